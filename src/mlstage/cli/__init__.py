@@ -1,0 +1,40 @@
+"""The ``mlstage`` command line. Errors become one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mlstage.cli import cache_cmd, lineage_cmd, stage_cmd
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Stage ML datasets fast, verified and versioned.",
+)
+app.command("stage")(stage_cmd.stage)
+app.add_typer(lineage_cmd.app, name="lineage")
+app.add_typer(cache_cmd.app, name="cache")
+
+
+def main() -> None:
+    from mlstage.errors import ConfigError, MlstageError
+
+    try:
+        app(standalone_mode=False)
+    except MlstageError as exc:
+        typer.echo(f"mlstage: error: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    except typer.Abort:
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

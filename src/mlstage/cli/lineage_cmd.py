@@ -1,0 +1,122 @@
+"""``mlstage lineage``: which exact data every benchmark run consumed."""
+
+from __future__ import annotations
+
+import typer
+
+from mlstage.cli.output import emit_json, emit_table
+
+app = typer.Typer(
+    no_args_is_help=False, invoke_without_command=True, help="What each benchmark run consumed."
+)
+
+RUN_COLUMNS = [
+    "run_id",
+    "model",
+    "dataset",
+    "version",
+    "artifact_id",
+    "cache_hit",
+    "bytes_fetched",
+    "status",
+    "metrics",
+]
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from mlstage.settings import get_settings
+    from mlstage.state import StateStore
+
+    return StateStore.open(get_settings().resolved_state_url)
+
+
+def _rows(rows: list, as_json: bool, title: str) -> None:  # type: ignore[type-arg]
+    dicts = [r.to_dict() for r in rows]
+    if as_json:
+        emit_json(dicts)
+        return
+    for d in dicts:
+        d["run_id"] = d["run_id"][:12]
+        d["version"] = (d["version"] or "")[:12]
+        d["artifact_id"] = (d["artifact_id"] or "")[:12]
+    emit_table(dicts, RUN_COLUMNS, title)
+
+
+@app.callback()
+def default(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Without a subcommand: every run with what it consumed."""
+    if ctx.invoked_subcommand is None:
+        _rows(_store().runs(), as_json, "benchmark runs and what they consumed")
+
+
+@app.command("runs")
+def runs(
+    as_json: bool = typer.Option(False, "--json"),
+    sweep: str | None = typer.Option(None, help="Only this sweep id."),
+) -> None:
+    """Every run with the dataset version and artifact it consumed."""
+    _rows(_store().runs(sweep_id=sweep), as_json, "benchmark runs and what they consumed")
+
+
+@app.command("run")
+def run(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """One run (by mlstage run id or Prefect flow run id)."""
+    from mlstage.errors import ConfigError
+
+    row = _store().run(run_id)
+    if row is None:
+        raise ConfigError(
+            f"no run {run_id!r} in the state DB", hint="list them with: mlstage lineage runs"
+        )
+    if as_json:
+        emit_json(row.to_dict())
+    else:
+        for k, v in row.to_dict().items():
+            typer.echo(f"{k:>14}: {v}")
+
+
+@app.command("consumers")
+def consumers(
+    version: str | None = typer.Option(None, help="A dataset version (fingerprint)."),
+    artifact: str | None = typer.Option(None, help="An artifact id."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Runs that consumed a given dataset version or artifact."""
+    from mlstage.errors import ConfigError
+
+    if not version and not artifact:
+        raise ConfigError("give --version or --artifact")
+    _rows(
+        _store().runs_consuming(version=version, artifact_id=artifact),
+        as_json,
+        "runs that consumed it",
+    )
+
+
+@app.command("stale")
+def stale(
+    dataset: str | None = typer.Option(None), as_json: bool = typer.Option(False, "--json")
+) -> None:
+    """Runs whose dataset has a newer version than the one they consumed."""
+    _rows(_store().stale_runs(dataset), as_json, "stale runs")
+
+
+@app.command("versions")
+def versions(dataset: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """A dataset's version history."""
+    rows = [
+        {
+            "version": v.fingerprint,
+            "source": v.source_uri,
+            "files": v.files,
+            "bytes": v.bytes,
+            "first_seen": v.first_seen.isoformat(),
+        }
+        for v in _store().versions(dataset)
+    ]
+    if as_json:
+        emit_json(rows)
+    else:
+        emit_table(
+            rows, ["version", "source", "files", "bytes", "first_seen"], f"versions of {dataset}"
+        )

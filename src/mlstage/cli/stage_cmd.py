@@ -1,0 +1,98 @@
+"""``mlstage stage URI``: stage one dataset into the node-local cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import typer
+
+from mlstage.cli.output import emit_json
+from mlstage.errors import ConfigError
+
+
+def materialize(src: Path, dest: Path) -> None:
+    """Put a copy of the staged tree at ``dest`` (hard links when possible), atomically."""
+    if dest.exists() and any(dest.iterdir()):
+        raise ConfigError(
+            f"{dest} exists and is not empty", hint="choose an empty or new folder for --to"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.mlstage-tmp-{os.getpid()}")
+
+    def link_or_copy(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    try:
+        shutil.copytree(src, tmp, copy_function=link_or_copy)
+        for dirpath, _dirs, _files in os.walk(tmp):
+            os.chmod(dirpath, 0o755)
+        if dest.exists():
+            dest.rmdir()
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def stage(
+    uri: str = typer.Argument(
+        ...,
+        help="s3://bucket/prefix, https://host/shard-{000..009}.tar, clearml://..., or a folder",
+    ),
+    to: Path | None = typer.Option(
+        None, "--to", help="Also materialise the dataset at this folder."
+    ),
+    workers: int = typer.Option(
+        0, "--workers", min=0, help="Concurrent transfers (default: MLSTAGE_WORKERS or 16)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Stage one dataset into the node-local cache (fetching only what is missing)."""
+    from mlstage.cache import LocalCache
+    from mlstage.progress import ByteProgress
+    from mlstage.settings import get_settings
+    from mlstage.sources import open_source
+
+    settings = get_settings()
+    started = time.monotonic()
+    source = open_source(uri)
+    manifest = source.resolve()
+    cache = LocalCache(settings.resolved_cache_dir, limit_bytes=settings.cache_limit_bytes)
+    with ByteProgress(manifest.total_bytes, f"staging {uri}", enabled=not as_json) as progress:
+        staged = cache.stage(
+            source,
+            manifest,
+            workers=workers or settings.workers,
+            part_size=settings.part_size,
+            on_bytes=progress.advance,
+        )
+    path = staged.path
+    if to is not None:
+        materialize(staged.path, to)
+        path = to
+    result = {
+        "uri": uri,
+        "version": staged.fingerprint,
+        "files": staged.files,
+        "bytes": staged.bytes,
+        "bytes_fetched": staged.bytes_fetched,
+        "objects_fetched": staged.objects_fetched,
+        "cache_hits": staged.files if staged.hit else staged.files - staged.objects_fetched,
+        "hit": staged.hit,
+        "retries": staged.retries,
+        "seconds": round(time.monotonic() - started, 3),
+        "path": str(path),
+    }
+    if as_json:
+        emit_json(result)
+    else:
+        what = "cache hit" if staged.hit else f"fetched {staged.bytes_fetched:,} bytes"
+        typer.echo(
+            f"{uri}: {staged.files} files, {staged.bytes:,} bytes ({what}) in {result['seconds']} s -> {path}"
+        )

@@ -1,0 +1,51 @@
+"""Relative paths that can never escape their destination."""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path, PurePosixPath
+
+from mlstage.errors import UnsafePathError
+
+
+def safe_relpath(name: str, *, origin: str = "") -> str:
+    """Return ``name`` as a normalised relative POSIX path, or refuse it.
+
+    Refused: empty names, absolute paths (``/x``, ``C:\\x``), any ``..`` component,
+    backslashes and NUL bytes. ``origin`` (a URI) is named in the error.
+    """
+    where = f" from {origin}" if origin else ""
+    if not name or "\x00" in name or "\\" in name:
+        raise UnsafePathError(
+            f"refusing unsafe path {name!r}{where}", hint="names must be relative POSIX paths"
+        )
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise UnsafePathError(
+            f"refusing absolute path {name!r}{where}",
+            hint="keys and archive members must be relative",
+        )
+    parts = PurePosixPath(name).parts
+    if any(p == ".." for p in parts):
+        raise UnsafePathError(
+            f"refusing path {name!r}{where}: it escapes the destination with '..'",
+            hint="remove '..' from the key or member name",
+        )
+    norm = posixpath.normpath(name)
+    if norm in (".", "") or norm.startswith("../"):
+        raise UnsafePathError(
+            f"refusing unsafe path {name!r}{where}", hint="names must be inside the destination"
+        )
+    return norm
+
+
+def join_inside(root: Path, relpath: str) -> Path:
+    """``root / relpath``, refusing any result outside ``root`` (symlinked parents included)."""
+    rel = safe_relpath(relpath)
+    target = root / rel
+    resolved_root = root.resolve()
+    resolved_parent = target.parent.resolve()
+    if resolved_parent != resolved_root and resolved_root not in resolved_parent.parents:
+        raise UnsafePathError(
+            f"refusing {relpath!r}: it resolves outside {root}", hint="a parent folder is a link"
+        )
+    return target

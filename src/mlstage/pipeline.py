@@ -1,0 +1,227 @@
+"""The six verbs of the data path, as plain functions over a Workspace.
+
+    DatasetSpec --resolve--> Manifest --preprocess--> Artifact --publish--> shared tier
+    lineage DB <--record-- BenchmarkRun <--run-- StagedDataset <--stage-----------'
+
+Flows are thin wrappers over these; everything here runs and is tested without Prefect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlstage.cache import LocalCache, StagedDataset
+from mlstage.errors import ConfigError, MlstageError
+from mlstage.manifest import Manifest
+from mlstage.recipes import load_recipe
+from mlstage.runner import Metrics, check_entrypoint, run_entrypoint
+from mlstage.settings import Settings, get_settings
+from mlstage.shared import Artifact, SharedTier, open_shared
+from mlstage.sources import check_uri, open_source
+from mlstage.sources.base import Source
+from mlstage.specs import DatasetSpec, ModelSpec, SweepSpec
+from mlstage.state import StateStore
+
+
+@dataclass
+class Workspace:
+    """This node's view of the world: its cache, the shared tier, the state DB."""
+
+    cache: LocalCache
+    shared: SharedTier
+    state: StateStore
+    settings: Settings = field(default_factory=get_settings)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Workspace:
+        s = settings or get_settings()
+        return cls(
+            cache=LocalCache(s.resolved_cache_dir, limit_bytes=s.cache_limit_bytes),
+            shared=open_shared(s.resolved_shared),
+            state=StateStore.open(s.resolved_state_url),
+            settings=s,
+        )
+
+
+@dataclass(frozen=True)
+class Resolved:
+    spec: DatasetSpec
+    source: Source
+    manifest: Manifest
+    version_id: int
+    new_version: bool
+
+    @property
+    def version(self) -> str:
+        return self.manifest.fingerprint
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A dataset's artifact on the shared tier, and whether this call made it."""
+
+    dataset: str
+    version: str
+    artifact: Artifact
+    skipped: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Ready:
+    """An artifact staged on this node, recorded in the state DB."""
+
+    dataset: str
+    version: str
+    artifact_id: str
+    staged: StagedDataset
+    stage_record_id: int
+    ready_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    model: str
+    dataset: str
+    status: str
+    metrics: Metrics
+    error: str | None
+    ready: Ready | None
+
+
+def validate_sweep(spec: SweepSpec) -> list[str]:
+    """Every problem that would stop the sweep, found before any data moves."""
+    problems: list[str] = []
+    for d in spec.datasets:
+        try:
+            check_uri(d.uri)
+        except MlstageError as exc:
+            problems.append(f"dataset {d.name}: {exc}")
+        try:
+            load_recipe(d.recipe)
+        except MlstageError as exc:
+            problems.append(f"dataset {d.name}: {exc}")
+    for m in spec.models:
+        try:
+            check_entrypoint(m.entrypoint)
+        except MlstageError as exc:
+            problems.append(f"model {m.name}: {exc}")
+    return problems
+
+
+def resolve(ws: Workspace, spec: DatasetSpec) -> Resolved:
+    """List the source (no bytes move) and record the version it is at."""
+    source = open_source(spec.uri)
+    manifest = source.resolve()
+    row, new = ws.state.record_version(
+        spec.name, manifest.fingerprint, spec.uri, len(manifest), manifest.total_bytes
+    )
+    assert row.id is not None
+    return Resolved(spec, source, manifest, row.id, new)
+
+
+def preprocess(ws: Workspace, resolved: Resolved) -> Prepared:
+    """Apply the spec's recipe and publish the artifact, unless the shared tier has it."""
+    started = time.monotonic()
+    recipe = load_recipe(resolved.spec.recipe)
+    artifact_id = recipe.artifact_id(resolved.version)
+    artifact = ws.shared.get(artifact_id)
+    skipped = artifact is not None
+    if artifact is None:
+        raw = ws.cache.stage(
+            resolved.source,
+            resolved.manifest,
+            workers=ws.settings.workers,
+            part_size=ws.settings.part_size,
+        )
+        with (
+            ws.cache.lease(raw.fingerprint),
+            tempfile.TemporaryDirectory(prefix="mlstage-recipe-") as tmp,
+        ):
+            out = Path(tmp) / "out"
+            out.mkdir()
+            recipe.apply(raw.path, out)
+            if not any(out.iterdir()):
+                raise ConfigError(
+                    f"recipe {recipe.name!r} produced no files for {resolved.spec.name}"
+                )
+            info: dict[str, Any] = {
+                "dataset": resolved.spec.name,
+                "source": resolved.spec.uri,
+                "version": resolved.version,
+                "recipe": recipe.name,
+                "recipe_version": recipe.version,
+                "params": recipe.params_json,
+            }
+            artifact = ws.shared.publish(artifact_id, out, info)
+    digest = hashlib.sha256(artifact.manifest.to_json().encode()).hexdigest()
+    ws.state.record_artifact(
+        artifact_id,
+        resolved.version_id,
+        (recipe.name, recipe.version, recipe.params_json),
+        artifact.uri,
+        digest,
+        len(artifact.manifest),
+        artifact.bytes,
+    )
+    return Prepared(
+        resolved.spec.name, resolved.version, artifact, skipped, time.monotonic() - started
+    )
+
+
+def stage(ws: Workspace, prepared: Prepared, **kwargs: Any) -> Ready:
+    """Bring an artifact onto this node's cache (fetched once, however many callers) and record it."""
+    started = time.monotonic()
+    source = ws.shared.source(prepared.artifact)
+    staged = ws.cache.stage(
+        source,
+        prepared.artifact.manifest,
+        workers=ws.settings.workers,
+        part_size=ws.settings.part_size,
+        **kwargs,
+    )
+    ready_seconds = staged.seconds if not staged.hit else time.monotonic() - started
+    rec = ws.state.record_stage(
+        prepared.artifact.artifact_id,
+        hit=staged.hit,
+        bytes_fetched=staged.bytes_fetched,
+        objects_fetched=staged.objects_fetched,
+        first_object_seconds=staged.first_object_seconds,
+        ready_seconds=ready_seconds,
+    )
+    assert rec.id is not None
+    return Ready(prepared.dataset, prepared.version, prepared.artifact.artifact_id, staged, rec.id)
+
+
+def run(
+    ws: Workspace,
+    model: ModelSpec,
+    ready: Ready,
+    *,
+    sweep_id: str | None = None,
+    flow_run_id: str | None = None,
+) -> RunOutcome:
+    """Run the model's entrypoint on its staged data (leased against eviction) and record it."""
+    row = ws.state.start_run(
+        model=model.name,
+        dataset=model.dataset,
+        entrypoint=model.entrypoint,
+        params=model.params,
+        sweep_id=sweep_id,
+        flow_run_id=flow_run_id,
+    )
+    ws.state.record_consumption(row.id, ready.artifact_id, ready.stage_record_id)
+    try:
+        with ws.cache.lease(ready.staged.fingerprint) as data_dir:
+            metrics = run_entrypoint(model.entrypoint, data_dir, model.params)
+    except MlstageError as exc:
+        ws.state.finish_run(row.id, status="failed", error=str(exc))
+        return RunOutcome(row.id, model.name, model.dataset, "failed", {}, str(exc), ready)
+    ws.state.finish_run(row.id, status="completed", metrics=metrics)
+    return RunOutcome(row.id, model.name, model.dataset, "completed", metrics, None, ready)

@@ -1,0 +1,83 @@
+"""Start a model's entrypoint on its staged data and collect its metrics.
+
+Two forms: ``module:function`` is imported and called as ``fn(data_dir=Path, **params)`` and
+returns a dict of metrics (or a number, recorded as ``score``); any other string is a command
+line, formatted with ``{data_dir}`` and the parameters, whose last stdout line may be a JSON
+object of metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlstage.errors import ConfigError, RunError
+from mlstage.recipes import import_entrypoint
+from mlstage.specs import PY_ENTRYPOINT_RE
+
+Metrics = dict[str, Any]
+
+
+def check_entrypoint(entrypoint: str) -> None:
+    """Fail fast (ConfigError) when an entrypoint cannot start: import it, or check the command."""
+    if PY_ENTRYPOINT_RE.match(entrypoint):
+        import_entrypoint(entrypoint)
+    elif "{data_dir}" not in entrypoint:
+        raise ConfigError(
+            f"command {entrypoint!r} does not mention {{data_dir}}",
+            hint="write e.g. 'python train.py --data {data_dir}'",
+        )
+
+
+def _as_metrics(value: Any) -> Metrics:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, int | float):
+        return {"score": value}
+    raise RunError(
+        f"an entrypoint returned {type(value).__name__}; return a dict of metrics or a number"
+    )
+
+
+def run_entrypoint(
+    entrypoint: str,
+    data_dir: Path,
+    params: Mapping[str, Any] | None = None,
+    *,
+    timeout: float | None = None,
+) -> Metrics:
+    """Run ``entrypoint`` on ``data_dir``; return its metrics. RunError when it fails."""
+    params = dict(params or {})
+    if PY_ENTRYPOINT_RE.match(entrypoint):
+        fn = import_entrypoint(entrypoint)
+        try:
+            return _as_metrics(fn(data_dir=Path(data_dir), **params))
+        except RunError:
+            raise
+        except Exception as exc:
+            raise RunError(f"{entrypoint} failed: {type(exc).__name__}: {exc}") from exc
+    argv = [arg.format(data_dir=str(data_dir), **params) for arg in shlex.split(entrypoint)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError as exc:
+        raise RunError(
+            f"command not found: {argv[0]!r}", hint="is it installed on this node?"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise RunError(f"{argv[0]} timed out after {timeout} s") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RunError(f"{argv[0]} exited with {proc.returncode}: {' | '.join(tail)}")
+    lines = proc.stdout.strip().splitlines()
+    if lines:
+        try:
+            return _as_metrics(json.loads(lines[-1]))
+        except (json.JSONDecodeError, RunError):
+            pass
+    return {}

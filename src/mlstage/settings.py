@@ -1,0 +1,62 @@
+"""Settings, read from MLSTAGE_* environment variables when asked for (never at import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".mlstage"
+
+
+class Settings(BaseSettings):
+    """Where mlstage keeps its state on this node, and how hard it works."""
+
+    model_config = SettingsConfigDict(env_prefix="MLSTAGE_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Root folder for the embedded defaults (state DB, cache, shared tier).",
+    )
+    state_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the state DB; default: a SQLite file under home.",
+    )
+    shared: str | None = Field(
+        default=None,
+        description="Shared tier: a folder or s3://bucket/prefix; default: home/shared.",
+    )
+    cache_dir: Path | None = Field(
+        default=None, description="Node-local cache folder; default: home/cache."
+    )
+    cache_limit_bytes: int = Field(
+        default=0, ge=0, description="Cache size limit in bytes; 0 means unlimited."
+    )
+    workers: int = Field(
+        default=16, ge=1, le=256, description="Concurrent object transfers per staging."
+    )
+    part_size: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Objects larger than this are fetched as parallel ranged GETs of this size.",
+    )
+
+    @property
+    def resolved_state_url(self) -> str:
+        return self.state_url or f"sqlite:///{self.home / 'state.db'}"
+
+    @property
+    def resolved_shared(self) -> str:
+        return self.shared or str(self.home / "shared")
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.home / "cache"
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment now."""
+    return Settings()

@@ -1,0 +1,217 @@
+"""The shared tier: where preprocessed artifacts live for every node and job to stage.
+
+An artifact is content-addressed (its id is the hash of its inputs, see recipes) and written
+manifest-last, so a reader either finds ``manifest.json`` and a complete artifact, or nothing::
+
+    <root>/artifacts/<artifact_id>/data/...       the files
+    <root>/artifacts/<artifact_id>/artifact.json  provenance: source version, recipe, params
+    <root>/artifacts/<artifact_id>/manifest.json  written last: the files with sha256
+
+A folder (NFS, a PVC) is the default; ``s3://bucket/prefix`` for teams.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from mlstage.errors import ObjectNotFound, SharedTierError
+from mlstage.manifest import Entry, Manifest
+from mlstage.sources import scheme_of
+from mlstage.sources.base import Source
+from mlstage.sources.local import FolderSource
+from mlstage.transfer import file_sha256
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A published artifact: its id, where it is, its files, and where it came from."""
+
+    artifact_id: str
+    uri: str
+    manifest: Manifest
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        return self.manifest.total_bytes
+
+
+def manifest_of_dir(root: Path, *, source: str) -> Manifest:
+    """A manifest of every file under ``root`` with its sha256 (locators relative to root)."""
+    entries = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        entries.append(
+            Entry(
+                path=rel,
+                size=path.stat().st_size,
+                checksum=f"sha256:{file_sha256(path)}",
+                locator=rel,
+            )
+        )
+    return Manifest(source=source, entries=entries)
+
+
+class SharedTier(Protocol):
+    uri: str
+
+    def get(self, artifact_id: str) -> Artifact | None:
+        """The artifact if it is completely published, else None."""
+        ...
+
+    def publish(self, artifact_id: str, data_dir: Path, info: dict[str, Any]) -> Artifact:
+        """Publish ``data_dir`` under ``artifact_id``; idempotent, manifest last."""
+        ...
+
+    def source(self, artifact: Artifact) -> Source:
+        """A Source that reads the artifact's files."""
+        ...
+
+
+class FolderSharedTier:
+    """The shared tier on a file system every node mounts."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).expanduser()
+        self.uri = str(self.root)
+
+    def _dir(self, artifact_id: str) -> Path:
+        return self.root / "artifacts" / artifact_id
+
+    def get(self, artifact_id: str) -> Artifact | None:
+        d = self._dir(artifact_id)
+        try:
+            manifest = Manifest.from_json((d / "manifest.json").read_bytes())
+            info = json.loads((d / "artifact.json").read_text())
+        except FileNotFoundError:
+            return None
+        return Artifact(artifact_id, str(d), manifest, info)
+
+    def publish(self, artifact_id: str, data_dir: Path, info: dict[str, Any]) -> Artifact:
+        existing = self.get(artifact_id)
+        if existing is not None:
+            return existing
+        final = self._dir(artifact_id)
+        tmp = final.with_name(f".tmp-{artifact_id}-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(data_dir, tmp / "data")
+            manifest = manifest_of_dir(tmp / "data", source=str(final / "data"))
+            (tmp / "artifact.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+            (tmp / "manifest.json").write_text(manifest.to_json())
+            try:
+                os.rename(tmp, final)
+            except OSError:  # someone else published it first: theirs is identical by construction
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SharedTierError(
+                f"cannot publish {artifact_id} to {self.root}: {exc}",
+                hint="check the shared folder is mounted and writable",
+            ) from exc
+        published = self.get(artifact_id)
+        assert published is not None
+        return published
+
+    def source(self, artifact: Artifact) -> Source:
+        return FolderSource(self._dir(artifact.artifact_id) / "data", uri=f"{artifact.uri}/data")
+
+
+class S3SharedTier:
+    """The shared tier under ``s3://bucket/prefix``."""
+
+    def __init__(self, uri: str, *, client: Any | None = None) -> None:
+        from mlstage.sources.s3 import make_client, parse_s3_uri
+
+        self.bucket, prefix = parse_s3_uri(uri)
+        self.prefix = prefix.rstrip("/") + "/" if prefix else ""
+        self.uri = f"s3://{self.bucket}/{self.prefix}"
+        self.client = client or make_client()
+
+    def _key(self, artifact_id: str, name: str) -> str:
+        return f"{self.prefix}artifacts/{artifact_id}/{name}"
+
+    def get(self, artifact_id: str) -> Artifact | None:
+        from mlstage.sources.s3 import map_client_error
+
+        try:
+            manifest = Manifest.from_json(self._read(self._key(artifact_id, "manifest.json")))
+            info = json.loads(self._read(self._key(artifact_id, "artifact.json")))
+        except ObjectNotFound:
+            return None
+        except Exception as exc:
+            raise map_client_error(exc, self.uri, "reading an artifact") from exc
+        return Artifact(
+            artifact_id,
+            f"s3://{self.bucket}/{self._key(artifact_id, '')}".rstrip("/"),
+            manifest,
+            info,
+        )
+
+    def _read(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        from mlstage.sources.s3 import map_client_error
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            raise map_client_error(exc, f"s3://{self.bucket}/{key}", "GET") from exc
+
+    def publish(self, artifact_id: str, data_dir: Path, info: dict[str, Any]) -> Artifact:
+        from mlstage.sources.s3 import map_client_error
+
+        existing = self.get(artifact_id)
+        if existing is not None:
+            return existing
+        manifest = manifest_of_dir(
+            data_dir, source=f"s3://{self.bucket}/{self._key(artifact_id, 'data')}"
+        )
+
+        def put(e: Entry) -> None:
+            self.client.upload_file(
+                str(data_dir / e.path), self.bucket, self._key(artifact_id, f"data/{e.path}")
+            )
+
+        try:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(put, manifest.entries))
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(artifact_id, "artifact.json"),
+                Body=json.dumps(info, indent=2, sort_keys=True).encode(),
+            )
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(artifact_id, "manifest.json"),
+                Body=manifest.to_json().encode(),
+            )
+        except Exception as exc:
+            raise SharedTierError(
+                f"cannot publish {artifact_id} to {self.uri}: {map_client_error(exc, self.uri, 'PUT')}"
+            ) from exc
+        published = self.get(artifact_id)
+        assert published is not None
+        return published
+
+    def source(self, artifact: Artifact) -> Source:
+        from mlstage.sources.s3 import S3Source
+
+        return S3Source(self.bucket, self._key(artifact.artifact_id, "data/"), client=self.client)
+
+
+def open_shared(location: str, *, client: Any | None = None) -> SharedTier:
+    """The shared tier at a folder path or ``s3://bucket/prefix``."""
+    if scheme_of(location) == "s3":
+        return S3SharedTier(location, client=client)
+    if scheme_of(location) in ("", "file"):
+        return FolderSharedTier(location.removeprefix("file://"))
+    raise SharedTierError(
+        f"unsupported shared tier {location!r}", hint="use a folder path or s3://bucket/prefix"
+    )

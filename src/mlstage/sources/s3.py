@@ -1,0 +1,189 @@
+"""S3 and S3-compatible stores: ``s3://bucket/prefix``.
+
+boto3 resolves credentials and the endpoint the standard way (AWS_ENDPOINT_URL, AWS_PROFILE,
+instance roles, ...); a client may also be injected (the S3 shared-tier block builds one).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+from mlstage.errors import AccessDenied, ConfigError, ObjectNotFound, SourceError, TransientError
+from mlstage.manifest import Entry, Manifest
+from mlstage.sources.base import FileObjectSource, RemoteObject
+
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+    "502",
+    "504",
+    "RequestTimeTooSkewed",
+}
+_MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
+_DENIED_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "403",
+    "ExpiredToken",
+}
+_CHUNK = 1024 * 1024
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` -> (bucket, prefix without leading slash)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ConfigError(f"not an S3 URI: {uri!r}", hint="write s3://bucket/prefix")
+    if parsed.username or parsed.password:
+        raise ConfigError(
+            "credentials do not belong in an S3 URI",
+            hint="use a Prefect block or the AWS environment",
+        )
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def make_client(**kwargs: Any) -> Any:
+    """A thread-safe boto3 S3 client with connection pooling sized for concurrent transfers."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        max_pool_connections=64,
+        retries={"max_attempts": 1, "mode": "standard"},  # mlstage retries itself, with jitter
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.session.Session().client("s3", config=config, **kwargs)
+
+
+def map_client_error(exc: Exception, uri: str, what: str) -> Exception:
+    """botocore errors -> mlstage errors naming ``uri`` and a hint."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _MISSING_CODES or status == "404":
+            return ObjectNotFound(
+                f"{uri}: {what} not found ({code or status})", hint="check the bucket and prefix"
+            )
+        if code in _DENIED_CODES or status == "403":
+            return AccessDenied(
+                f"{uri}: access denied ({code})",
+                hint="check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, or the block)",
+            )
+        if code in _TRANSIENT_CODES or status.startswith("5"):
+            return TransientError(f"{uri}: {what}: {code or status}")
+        return SourceError(f"{uri}: {what} failed: {code} {exc}")
+    if isinstance(exc, EndpointConnectionError):
+        return SourceError(
+            f"{uri}: cannot reach the S3 endpoint ({exc})",
+            hint="check AWS_ENDPOINT_URL and the network",
+        )
+    if isinstance(exc, NoCredentialsError):
+        return AccessDenied(
+            f"{uri}: no AWS credentials found",
+            hint="set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use a block",
+        )
+    if isinstance(
+        exc,
+        ConnectionClosedError
+        | ReadTimeoutError
+        | ResponseStreamingError
+        | ConnectionError
+        | TimeoutError,
+    ):
+        return TransientError(f"{uri}: {what}: {type(exc).__name__}")
+    return SourceError(f"{uri}: {what} failed: {exc}")
+
+
+class S3Source(FileObjectSource):
+    """Every object under ``s3://bucket/prefix``; keys become paths relative to the prefix."""
+
+    supports_ranges = True
+
+    def __init__(self, bucket: str, prefix: str = "", *, client: Any | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.uri = f"s3://{bucket}/{self.prefix}"
+        self._client = client
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = make_client()
+            return self._client
+
+    def resolve(self) -> Manifest:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        entries: list[Entry] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    rel = key[len(self.prefix) :]
+                    if not rel or rel.endswith("/"):
+                        continue  # folder markers
+                    etag = obj.get("ETag", "").strip('"')
+                    md5 = f"md5:{etag}" if etag and "-" not in etag else None
+                    entries.append(
+                        Entry(
+                            path=rel, size=obj["Size"], checksum=md5, etag=etag or None, locator=rel
+                        )
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            raise map_client_error(exc, self.uri, "listing") from exc
+        if not entries:
+            raise ObjectNotFound(
+                f"{self.uri}: no objects under this prefix",
+                hint="check the prefix (it is case-sensitive)",
+            )
+        return Manifest(source=self.uri, entries=entries)
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        end = obj.size if end is None else end
+        if end <= start:
+            return
+        key = self.prefix + obj.key
+        try:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+            if start or end != obj.size:
+                kwargs["Range"] = f"bytes={start}-{end - 1}"
+            body = self.client.get_object(**kwargs)["Body"]
+            try:
+                while chunk := body.read(_CHUNK):
+                    yield chunk
+            finally:
+                body.close()
+        except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as exc:
+            raise map_client_error(exc, f"s3://{self.bucket}/{key}", "GET") from exc
+
+
+def from_uri(uri: str) -> S3Source:
+    bucket, prefix = parse_s3_uri(uri)
+    return S3Source(bucket, prefix)
