@@ -1,0 +1,55 @@
+"""Fixtures every test folder shares: isolated homes, a real S3 endpoint on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlstage.testing.s3 import S3Endpoint, moto_server
+
+# Prefect must never touch the developer's own profile or reach the network.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh MLSTAGE_HOME with the embedded defaults (SQLite, folders)."""
+    h = tmp_path / "mlstage-home"
+    monkeypatch.setenv("MLSTAGE_HOME", str(h))
+    for var in (
+        "MLSTAGE_STATE_URL",
+        "MLSTAGE_SHARED",
+        "MLSTAGE_CACHE_DIR",
+        "MLSTAGE_CACHE_LIMIT_BYTES",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    return h
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[S3Endpoint]:
+    """A real S3 endpoint over HTTP (moto server mode) for the whole session."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> S3Endpoint:
+    """The standard AWS environment pointed at the test endpoint."""
+    for k, v in s3_endpoint.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return s3_endpoint
+
+
+@pytest.fixture
+def bucket(s3_env: S3Endpoint) -> str:
+    """A new, empty bucket with a valid S3 name."""
+    name = f"mlstage-test-{uuid.uuid4().hex[:12]}"
+    s3_env.client().create_bucket(Bucket=name)
+    return name
