@@ -19,6 +19,7 @@ app.add_typer(cache_cmd.app, name="cache")
 
 
 def main() -> None:
+    """Entry point of the ``mlstage`` console script."""
     from mlstage.errors import ConfigError, MlstageError
 
     try:

@@ -1,0 +1,3 @@
+from mlstage.cli import main
+
+main()

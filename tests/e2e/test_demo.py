@@ -1,0 +1,57 @@
+"""`make demo`'s job, run as a user runs it: twice, then `mlstage lineage runs`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.prefect]
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_demo_runs_end_to_end_and_second_run_is_all_hits(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "MLSTAGE_HOME": str(tmp_path / "home"),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "COLUMNS": "200",
+    }
+    env.pop("PREFECT_API_URL", None)
+    first = run([sys.executable, "-m", "flows.demo"], env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for model in ("iris-logistic", "wine-forest", "cancer-gboost", "digits-svc", "diabetes-ridge"):
+        assert model in first.stdout
+    assert first.stdout.count("miss") == 5
+    assert "Staged" in first.stdout
+
+    second = run([sys.executable, "-m", "flows.demo"], env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count(" hit ") == 5
+    assert "nothing was staged" in second.stdout
+
+    lineage = run([str(Path(sys.executable).parent / "mlstage"), "lineage", "runs", "--json"], env)
+    assert lineage.returncode == 0, lineage.stderr
+    rows = json.loads(lineage.stdout)
+    assert len(rows) == 10
+    assert {r["status"] for r in rows} == {"completed"}
+    by_model: dict[str, set[str]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], set()).add(r["artifact_id"])
+        assert r["version"] and r["source_uri"].startswith(str(tmp_path))
+    # both runs of a model consumed the same artifact; the scores are real
+    assert all(len(ids) == 1 for ids in by_model.values())
+    digits = [r for r in rows if r["model"] == "digits-svc"]
+    assert all(r["metrics"]["score"] > 0.9 and r["metrics"]["samples"] == 1797 for r in digits)

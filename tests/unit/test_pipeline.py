@@ -1,0 +1,114 @@
+"""The six verbs end to end on embedded defaults, without Prefect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mlstage import pipeline
+from mlstage.reader import iter_samples, shard_paths
+from mlstage.settings import get_settings
+from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec, SweepSpec
+
+
+def write_remote(root: Path, n: int = 40) -> Path:
+    root.mkdir(parents=True)
+    for i in range(n):
+        (root / f"sample-{i:04d}.json").write_text(json.dumps({"x": [i, i % 3], "y": i % 2}))
+    return root
+
+
+@pytest.fixture
+def ws(home: Path) -> pipeline.Workspace:
+    return pipeline.Workspace.from_settings(get_settings())
+
+
+def spec(remote: Path) -> DatasetSpec:
+    return DatasetSpec(
+        name="toy", uri=str(remote), recipe=RecipeSpec(params={"target_bytes": 1024})
+    )
+
+
+def test_resolve_preprocess_stage_run_record(ws: pipeline.Workspace, tmp_path: Path) -> None:
+    remote = write_remote(tmp_path / "remote")
+    resolved = pipeline.resolve(ws, spec(remote))
+    assert resolved.new_version and len(resolved.manifest) == 40
+
+    prepared = pipeline.preprocess(ws, resolved)
+    assert not prepared.skipped
+    shards = [e.path for e in prepared.artifact.manifest.entries]
+    assert len(shards) > 1 and all(p.endswith(".tar") for p in shards)
+
+    ready = pipeline.stage(ws, prepared)
+    assert not ready.staged.hit and ready.staged.bytes_fetched == prepared.artifact.bytes
+    samples = list(iter_samples(shard_paths(ready.staged.path)))
+    assert len(samples) == 40  # every sample exactly once
+    assert len({s["__key__"] for s in samples}) == 40
+
+    model = ModelSpec(
+        name="m",
+        dataset="toy",
+        entrypoint="mlstage.examples:fit_and_score",
+        params={"estimator": "logistic"},
+    )
+    outcome = pipeline.run(ws, model, ready)
+    assert outcome.status == "completed" and outcome.metrics["samples"] == 40
+
+    (row,) = ws.state.runs()
+    assert row.model == "m" and row.version == resolved.version
+    assert row.artifact_id == prepared.artifact.artifact_id and row.cache_hit is False
+
+
+def test_second_pass_moves_nothing(ws: pipeline.Workspace, tmp_path: Path) -> None:
+    remote = write_remote(tmp_path / "remote")
+    first = pipeline.stage(ws, pipeline.preprocess(ws, pipeline.resolve(ws, spec(remote))))
+    again = pipeline.preprocess(ws, pipeline.resolve(ws, spec(remote)))
+    assert again.skipped
+    second = pipeline.stage(ws, again)
+    assert second.staged.hit and second.staged.bytes_fetched == 0
+    assert second.artifact_id == first.artifact_id
+
+
+def test_changed_source_is_a_new_version(ws: pipeline.Workspace, tmp_path: Path) -> None:
+    remote = write_remote(tmp_path / "remote")
+    v1 = pipeline.resolve(ws, spec(remote))
+    (remote / "sample-9999.json").write_text(json.dumps({"x": [1, 1], "y": 1}))
+    v2 = pipeline.resolve(ws, spec(remote))
+    assert v2.new_version and v2.version != v1.version
+    assert [v.fingerprint for v in ws.state.versions("toy")] == [v1.version, v2.version]
+
+
+def test_failing_model_is_recorded_not_raised(ws: pipeline.Workspace, tmp_path: Path) -> None:
+    remote = write_remote(tmp_path / "remote")
+    ready = pipeline.stage(ws, pipeline.preprocess(ws, pipeline.resolve(ws, spec(remote))))
+    bad = ModelSpec(
+        name="bad",
+        dataset="toy",
+        entrypoint="mlstage.examples:fit_and_score",
+        params={"estimator": "nope"},
+    )
+    outcome = pipeline.run(ws, bad, ready)
+    assert outcome.status == "failed" and "nope" in (outcome.error or "")
+    assert ws.state.run(outcome.run_id).status == "failed"  # type: ignore[union-attr]
+
+
+def test_validate_sweep_lists_every_problem(tmp_path: Path) -> None:
+    sweep = SweepSpec(
+        datasets=[
+            DatasetSpec(name="a", uri="gopher://nowhere/x"),
+            DatasetSpec(
+                name="b", uri=str(tmp_path), recipe=RecipeSpec(params={"target_bytes": "big"})
+            ),
+        ],
+        models=[
+            ModelSpec(name="m1", dataset="a", entrypoint="no_such_module:fn"),
+            ModelSpec(name="m2", dataset="b", entrypoint="python train.py"),
+        ],
+    )
+    problems = pipeline.validate_sweep(sweep)
+    assert len(problems) == 4, problems
+    text = "\n".join(problems)
+    assert "gopher://nowhere/x" in text and "target_bytes" in text
+    assert "no_such_module" in text and "{data_dir}" in text
