@@ -1,6 +1,17 @@
 """The state DB: lineage of datasets, versions, artifacts, stagings and benchmark runs."""
 
-from mlstage.state.db import make_engine, mask_url
-from mlstage.state.store import LineageRow, StateStore
+from mlstage.state.db import head_revision, make_engine, mask_url, migrate
+from mlstage.state.redact import scrub_params, scrub_uri
+from mlstage.state.store import LineageRow, StateStore, VersionRow
 
-__all__ = ["LineageRow", "StateStore", "make_engine", "mask_url"]
+__all__ = [
+    "LineageRow",
+    "StateStore",
+    "VersionRow",
+    "head_revision",
+    "make_engine",
+    "mask_url",
+    "migrate",
+    "scrub_params",
+    "scrub_uri",
+]

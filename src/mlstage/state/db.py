@@ -1,24 +1,59 @@
-"""The state DB engine: SQLite by default (WAL, busy timeout), PostgreSQL by URL."""
+"""The state DB engine: SQLite by default (WAL, busy timeout), PostgreSQL by URL.
+
+``make_engine`` also brings the schema to the head Alembic revision, once, under a lock
+(a file lock next to a SQLite DB, ``pg_advisory_xact_lock`` on PostgreSQL), so many processes
+opening the same DB at once never race a migration. A DB made before migrations existed
+(tables, no alembic_version) is stamped at revision 0001 and upgraded from there.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
-from sqlmodel import SQLModel, create_engine
+import contextlib
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import create_engine
 
 from mlstage.errors import StateError
 
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+FIRST_REVISION = "0001"
+# Any constant works; it only has to be the same in every mlstage process.
+_PG_MIGRATION_LOCK = 0x6D6C7374  # "mlst"
+WRITE_OPTION = "mlstage_write"
+_URL_HINT = "e.g. sqlite:////path/state.db or postgresql+psycopg://user@host:5432/db"
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ***."""
+
+def mask_url(url: str | URL) -> str:
+    """``url`` with any password replaced by ***, for messages and logs."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        return url.split("@")[-1] if "@" in url else url
+        text_url = str(url)
+        if "@" not in text_url:
+            return text_url
+        scheme, _, rest = text_url.rpartition("://")
+        return f"{scheme}://***@{rest.rsplit('@', 1)[-1]}" if scheme else "***@" + rest
+    except Exception:  # noqa: BLE001 - a message helper must never fail
+        return "<unparseable URL>"
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def first_line(exc: BaseException) -> str:
+    """The driver's own first line for a DB error, without SQLAlchemy's decorations."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [ln.strip() for ln in str(orig).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(orig).__name__
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # The driver's own transaction handling is off; the "begin" hook below starts them.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
@@ -27,43 +62,151 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``, with the schema brought up to date. StateError names the URL."""
+def _sqlite_begin(conn: Connection) -> None:
+    # A write transaction takes the write lock up front (waiting up to busy_timeout), so a
+    # read-then-write never fails with SQLITE_BUSY when another process wrote in between.
+    immediate = conn.get_execution_options().get(WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    db = url.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db).expanduser()
+
+
+def make_engine(url: str, *, upgrade: bool = True) -> Engine:
+    """An engine for ``url`` with the schema at head; StateError (URL masked) when unusable.
+
+    ``upgrade=False`` skips the migration (for tests that build an old schema on purpose).
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise StateError(
-            f"not a database URL: {mask_url(url)}",
-            hint="e.g. sqlite:///path/state.db or postgresql+psycopg://user@host/db",
-        ) from exc
-    if parsed.drivername.startswith("sqlite"):
-        if parsed.database and parsed.database != ":memory:":
-            from pathlib import Path
-
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        try:
-            engine = create_engine(url, pool_pre_ping=True)
-        except Exception as exc:
-            raise StateError(
-                f"cannot use state DB {mask_url(url)}: {exc}",
-                hint="is the driver installed? pip install 'mlstage[postgres]'",
-            ) from exc
+        raise StateError(f"not a database URL: {mask_url(url)}", hint=_URL_HINT) from exc
     try:
-        migrate(engine)
-    except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        if parsed.drivername.startswith("sqlite"):
+            engine = _sqlite_engine(parsed)
+        else:
+            engine = _server_engine(parsed)
+    except NoSuchModuleError as exc:
         raise StateError(
-            f"cannot reach state DB {mask_url(url)}: {reason}",
-            hint="check MLSTAGE_STATE_URL and that the server is up",
+            f"unknown database kind {parsed.drivername!r} in {mask_url(parsed)}", hint=_URL_HINT
         ) from exc
+    except ModuleNotFoundError as exc:
+        raise StateError(
+            f"no driver for {mask_url(parsed)}: {exc}",
+            hint="for PostgreSQL: pip install 'mlstage[postgres]' and use postgresql+psycopg://",
+        ) from exc
+    except OSError as exc:
+        raise StateError(
+            f"cannot create the folder of state DB {mask_url(parsed)}: {exc}",
+            hint="set MLSTAGE_STATE_URL or MLSTAGE_HOME to a writable place",
+        ) from exc
+    if upgrade:
+        try:
+            migrate(engine)
+        except DBAPIError as exc:
+            engine.dispose()
+            raise StateError(
+                f"cannot use state DB {mask_url(parsed)}: {first_line(exc)}",
+                hint="check MLSTAGE_STATE_URL (host, port, user, database) and that the "
+                "server is up",
+            ) from exc
     return engine
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema up to date."""
-    from mlstage.state import models  # noqa: F401  (registers the tables)
+def _sqlite_engine(url: URL) -> Engine:
+    path = _sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {
+        "connect_args": {"timeout": 60, "check_same_thread": False},
+    }
+    if path is None and not (url.database or "").startswith("file:"):
+        kwargs["poolclass"] = StaticPool  # one in-memory DB, not one per connection
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
 
-    SQLModel.metadata.create_all(engine)
+
+def _server_engine(url: URL) -> Engine:
+    connect_args: dict[str, Any] = {}
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = 10
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def write_engine(engine: Engine) -> Engine:
+    """The same engine, with SQLite write transactions taking the write lock up front."""
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
+# -- migrations -------------------------------------------------------------------------
+def _alembic_config(connection: Connection | None = None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest schema revision this mlstage knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The revision a DB is at; None for an empty DB or one made before migrations."""
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    path = _sqlite_path(engine.url)
+    if path is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: SQLite's own locking still serialises the DDL
+        yield
+        return
+    with open(path.with_name(path.name + ".migrate.lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the schema to ``revision`` (default head), keeping the data.
+
+    Cheap when the DB is already there (one query); otherwise serialised across processes.
+    """
+    from alembic import command
+
+    if revision == "head":
+        with engine.connect() as conn:
+            if current_revision(conn) == head_revision():
+                return
+    sqlite = engine.dialect.name == "sqlite"
+    lock = _sqlite_file_lock(engine) if sqlite else contextlib.nullcontext()
+    with lock, write_engine(engine).begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+        cfg = _alembic_config(conn)
+        if current_revision(conn) is None and inspect(conn).has_table("datasets"):
+            command.stamp(cfg, FIRST_REVISION)  # made by create_all before migrations
+        command.upgrade(cfg, revision)

@@ -1,18 +1,27 @@
-"""Recording what happened and answering lineage questions, over one engine."""
+"""Recording what happened and answering lineage questions, over one engine.
+
+Every value that could carry a credential (source URIs, run parameters, sweep specs, error
+messages) passes through ``mlstage.state.redact`` before it is stored.
+"""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import ColumnElement, func
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
-from sqlmodel import Session, col, func, select
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col, select
 
-from mlstage.state.db import make_engine
+from mlstage.errors import ConfigError, StateError
+from mlstage.state.db import first_line, make_engine, mask_url, write_engine
 from mlstage.state.models import (
     Artifact,
     BenchmarkRun,
@@ -24,11 +33,18 @@ from mlstage.state.models import (
     Sweep,
     utcnow,
 )
+from mlstage.state.redact import scrub_params, scrub_text, scrub_uri
+
+_MIN_PREFIX = 6
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts else None
 
 
 @dataclass(frozen=True)
 class LineageRow:
-    """One run and exactly what it consumed."""
+    """One run and exactly what it consumed (one row per consumed artifact)."""
 
     run_id: str
     flow_run_id: str | None
@@ -43,9 +59,60 @@ class LineageRow:
     bytes_fetched: int | None
     metrics: dict[str, Any]
     started_at: str
+    params: dict[str, Any] = field(default_factory=dict)
+    finished_at: str | None = None
+    error: str | None = None
+    node: str | None = None
+    bytes_from_shared: int | None = None
+    bytes_from_source: int | None = None
+    first_object_seconds: float | None = None
+    ready_seconds: float | None = None
+    stall_seconds: float | None = None
+    latest_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (what ``--json`` prints)."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One version in a dataset's history, and how many runs consumed it."""
+
+    version: str
+    source_uri: str
+    files: int
+    bytes: int
+    first_seen: str
+    last_seen: str | None
+    current: bool
+    runs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (what ``--json`` prints)."""
+        return asdict(self)
+
+
+def _id_match(column: Any, value: str) -> ColumnElement[bool]:
+    """Equal, or a prefix match for long enough values (tables show ids shortened)."""
+    return column.startswith(value) if len(value) >= _MIN_PREFIX else column == value
+
+
+def _current_versions() -> Any:
+    """Subquery: each dataset's current version (the one a resolve saw last)."""
+    seen = func.coalesce(DatasetVersion.last_seen, DatasetVersion.first_seen)
+    ranked = select(
+        col(DatasetVersion.id).label("id"),
+        col(DatasetVersion.dataset_id).label("dataset_id"),
+        col(DatasetVersion.fingerprint).label("fingerprint"),
+        func.row_number()
+        .over(
+            partition_by=DatasetVersion.dataset_id,
+            order_by=(seen.desc(), col(DatasetVersion.id).desc()),
+        )
+        .label("rn"),
+    ).subquery()
+    return select(ranked.c.id, ranked.c.dataset_id, ranked.c.fingerprint).where(ranked.c.rn == 1)
 
 
 class StateStore:
@@ -53,15 +120,28 @@ class StateStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._writer = write_engine(engine)
 
     @classmethod
     def open(cls, url: str) -> StateStore:
+        """Open (creating or upgrading) the state DB at ``url``; StateError if unusable."""
         return cls(make_engine(url))
 
+    def close(self) -> None:
+        """Release the engine's connections."""
+        self.engine.dispose()
+
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as s:
-            yield s
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """A session; DB failures become StateError naming the (masked) URL."""
+        try:
+            with Session(self._writer if write else self.engine, expire_on_commit=False) as s:
+                yield s
+        except DBAPIError as exc:
+            raise StateError(
+                f"state DB {mask_url(self.engine.url)} failed: {first_line(exc)}",
+                hint="check that the server is up and MLSTAGE_STATE_URL is right",
+            ) from exc
 
     # -- recording ----------------------------------------------------------------------
     def _dataset(self, s: Session, name: str) -> Dataset:
@@ -79,19 +159,22 @@ class StateStore:
     def record_version(
         self, dataset: str, fingerprint: str, source_uri: str, files: int, nbytes: int
     ) -> tuple[DatasetVersion, bool]:
-        """The version row for ``fingerprint``; True when it was new."""
-        with self.session() as s:
+        """The version row for ``fingerprint`` (now the current one); True when it was new."""
+        with self.session(write=True) as s:
             ds = self._dataset(s, dataset)
             q = select(DatasetVersion).where(
                 DatasetVersion.dataset_id == ds.id, DatasetVersion.fingerprint == fingerprint
             )
             v = s.exec(q).first()
             if v is not None:
+                v.last_seen = utcnow()
+                s.add(v)
+                s.commit()
                 return v, False
             v = DatasetVersion(
                 dataset_id=ds.id,
                 fingerprint=fingerprint,
-                source_uri=source_uri,
+                source_uri=scrub_uri(source_uri),
                 files=files,
                 bytes=nbytes,
             )
@@ -113,8 +196,9 @@ class StateStore:
         files: int,
         nbytes: int,
     ) -> Artifact:
+        """The artifact row (made once per content address) and its recipe row."""
         name, version, params_json = recipe
-        with self.session() as s:
+        with self.session(write=True) as s:
             a = s.get(Artifact, artifact_id)
             if a is not None:
                 return a
@@ -134,7 +218,7 @@ class StateStore:
                 id=artifact_id,
                 version_id=version_id,
                 recipe_id=r.id,
-                location=location,
+                location=scrub_uri(location),
                 manifest_digest=manifest_digest,
                 files=files,
                 bytes=nbytes,
@@ -145,6 +229,7 @@ class StateStore:
             except DBIntegrityError:
                 s.rollback()
                 a = s.get(Artifact, artifact_id)
+            assert a is not None
             return a
 
     def record_stage(
@@ -157,30 +242,48 @@ class StateStore:
         first_object_seconds: float | None,
         ready_seconds: float,
         node: str | None = None,
+        bytes_from_source: int = 0,
+        stall_seconds: float | None = None,
     ) -> StageRecord:
-        with self.session() as s:
+        """One staging onto a node. Bytes not read from the source came from the shared tier."""
+        with self.session(write=True) as s:
             rec = StageRecord(
                 node=node or socket.gethostname(),
                 artifact_id=artifact_id,
                 cache_hit=hit,
                 bytes_fetched=bytes_fetched,
+                bytes_from_shared=max(0, bytes_fetched - bytes_from_source),
+                bytes_from_source=bytes_from_source,
                 objects_fetched=objects_fetched,
                 first_object_seconds=first_object_seconds,
                 ready_seconds=ready_seconds,
+                stall_seconds=stall_seconds,
             )
             s.add(rec)
             s.commit()
             return rec
 
+    def add_stall(self, stage_record_id: int, seconds: float) -> None:
+        """Add time a streaming reader spent waiting for objects of this staging."""
+        with self.session(write=True) as s:
+            rec = s.get(StageRecord, stage_record_id)
+            if rec is None:
+                raise LookupError(f"unknown stage record {stage_record_id}")
+            rec.stall_seconds = (rec.stall_seconds or 0.0) + seconds
+            s.add(rec)
+            s.commit()
+
     def start_sweep(self, name: str, spec: dict[str, Any], flow_run_id: str | None = None) -> Sweep:
-        with self.session() as s:
-            sw = Sweep(name=name, spec=spec, flow_run_id=flow_run_id)
+        """A new sweep row (its spec stored with secrets masked)."""
+        with self.session(write=True) as s:
+            sw = Sweep(name=name, spec=scrub_params(spec), flow_run_id=flow_run_id)
             s.add(sw)
             s.commit()
             return sw
 
     def finish_sweep(self, sweep_id: str, status: str) -> None:
-        with self.session() as s:
+        """Mark a sweep finished with ``status``."""
+        with self.session(write=True) as s:
             sw = s.get(Sweep, sweep_id)
             if sw is not None:
                 sw.status, sw.finished_at = status, utcnow()
@@ -197,12 +300,13 @@ class StateStore:
         sweep_id: str | None = None,
         flow_run_id: str | None = None,
     ) -> BenchmarkRun:
-        with self.session() as s:
+        """A new benchmark run row (parameters stored with secrets masked)."""
+        with self.session(write=True) as s:
             run = BenchmarkRun(
                 model=model,
                 dataset=dataset,
-                entrypoint=entrypoint,
-                params=params,
+                entrypoint=scrub_uri(entrypoint),
+                params=scrub_params(params),
                 sweep_id=sweep_id,
                 flow_run_id=flow_run_id,
             )
@@ -213,7 +317,8 @@ class StateStore:
     def record_consumption(
         self, run_id: str, artifact_id: str, stage_record_id: int | None
     ) -> Consumption:
-        with self.session() as s:
+        """Run ``run_id`` read artifact ``artifact_id`` (and so its source version)."""
+        with self.session(write=True) as s:
             art = s.get(Artifact, artifact_id)
             if art is None:
                 raise LookupError(f"unknown artifact {artifact_id}")
@@ -235,26 +340,45 @@ class StateStore:
         metrics: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
-        with self.session() as s:
+        """Record a run's outcome: status, metrics, error (URL credentials removed)."""
+        with self.session(write=True) as s:
             run = s.get(BenchmarkRun, run_id)
             if run is None:
                 raise LookupError(f"unknown run {run_id}")
-            run.status, run.metrics, run.error, run.finished_at = (
-                status,
-                metrics or {},
-                error,
-                utcnow(),
-            )
+            run.status = status
+            run.metrics = scrub_params(metrics or {})
+            run.error = scrub_text(error) if error else None
+            run.finished_at = utcnow()
             s.add(run)
             s.commit()
 
     # -- lineage queries ----------------------------------------------------------------
-    def _lineage(self, s: Session, runs: list[BenchmarkRun]) -> list[LineageRow]:
+    def _lineage(
+        self,
+        s: Session,
+        *where: ColumnElement[bool],
+        newest_first: bool = False,
+        limit: int | None = None,
+        stale_only: bool = False,
+    ) -> list[LineageRow]:
+        cur = _current_versions().subquery()
+        q = (
+            select(BenchmarkRun, Consumption, DatasetVersion, StageRecord, cur.c.fingerprint)
+            .outerjoin(Consumption, col(Consumption.run_id) == BenchmarkRun.id)
+            .outerjoin(DatasetVersion, col(DatasetVersion.id) == Consumption.version_id)
+            .outerjoin(StageRecord, col(StageRecord.id) == Consumption.stage_record_id)
+            .outerjoin(cur, cur.c.dataset_id == DatasetVersion.dataset_id)
+        )
+        for w in where:
+            q = q.where(w)
+        if stale_only:
+            q = q.where(cur.c.id != DatasetVersion.id)
+        started = col(BenchmarkRun.started_at)
+        q = q.order_by(started.desc() if newest_first else started, col(BenchmarkRun.id))
+        if limit:
+            q = q.limit(limit)
         out = []
-        for run in runs:
-            c = s.exec(select(Consumption).where(Consumption.run_id == run.id)).first()
-            v = s.get(DatasetVersion, c.version_id) if c else None
-            st = s.get(StageRecord, c.stage_record_id) if c and c.stage_record_id else None
+        for run, c, v, st, latest in s.exec(q):
             out.append(
                 LineageRow(
                     run_id=run.id,
@@ -270,67 +394,103 @@ class StateStore:
                     bytes_fetched=st.bytes_fetched if st else None,
                     metrics=run.metrics or {},
                     started_at=run.started_at.isoformat(),
+                    params=run.params or {},
+                    finished_at=_iso(run.finished_at),
+                    error=run.error,
+                    node=st.node if st else None,
+                    bytes_from_shared=st.bytes_from_shared if st else None,
+                    bytes_from_source=st.bytes_from_source if st else None,
+                    first_object_seconds=st.first_object_seconds if st else None,
+                    ready_seconds=st.ready_seconds if st else None,
+                    stall_seconds=st.stall_seconds if st else None,
+                    latest_version=latest,
                 )
             )
         return out
 
     def runs(self, *, sweep_id: str | None = None, limit: int = 1000) -> list[LineageRow]:
         """Every run (newest first) with what it consumed."""
+        where = [col(BenchmarkRun.sweep_id) == sweep_id] if sweep_id else []
         with self.session() as s:
-            q = select(BenchmarkRun).order_by(col(BenchmarkRun.started_at).desc()).limit(limit)
-            if sweep_id:
-                q = q.where(BenchmarkRun.sweep_id == sweep_id)
-            return self._lineage(s, list(s.exec(q)))
+            return self._lineage(s, *where, newest_first=True, limit=limit)
 
     def run(self, run_id: str) -> LineageRow | None:
+        """One run by mlstage run id, Prefect flow run id, or a unique prefix of either."""
         with self.session() as s:
-            run = s.get(BenchmarkRun, run_id)
-            if run is None:
-                run = s.exec(select(BenchmarkRun).where(BenchmarkRun.flow_run_id == run_id)).first()
-            return self._lineage(s, [run])[0] if run else None
+            for column in (BenchmarkRun.id, BenchmarkRun.flow_run_id):
+                rows = self._lineage(s, col(column) == run_id)
+                if rows:
+                    return rows[0]
+            if len(run_id) < _MIN_PREFIX:
+                return None
+            ids = set(
+                s.exec(select(BenchmarkRun.id).where(col(BenchmarkRun.id).startswith(run_id)))
+            )
+            if len(ids) > 1:
+                raise ConfigError(
+                    f"run id prefix {run_id!r} matches {len(ids)} runs",
+                    hint="give more characters of the run id",
+                )
+            rows = self._lineage(s, col(BenchmarkRun.id) == ids.pop()) if ids else []
+            return rows[0] if rows else None
 
     def runs_consuming(
         self, *, version: str | None = None, artifact_id: str | None = None
     ) -> list[LineageRow]:
-        """Runs that consumed a dataset version (fingerprint) or an artifact."""
+        """Runs that consumed a dataset version (fingerprint) or an artifact (or a prefix)."""
+        if not version and not artifact_id:
+            raise ConfigError("give a dataset version or an artifact id")
+        where = [
+            _id_match(col(column), value)
+            for value, column in (
+                (version, DatasetVersion.fingerprint),
+                (artifact_id, Consumption.artifact_id),
+            )
+            if value
+        ]
         with self.session() as s:
-            q = select(BenchmarkRun).join(Consumption, Consumption.run_id == BenchmarkRun.id)
-            if artifact_id:
-                q = q.where(Consumption.artifact_id == artifact_id)
-            if version:
-                q = q.join(DatasetVersion, DatasetVersion.id == Consumption.version_id).where(
-                    DatasetVersion.fingerprint == version
-                )
-            return self._lineage(s, list(s.exec(q.order_by(col(BenchmarkRun.started_at)))))
+            return self._lineage(s, *where)
 
     def stale_runs(self, dataset: str | None = None) -> list[LineageRow]:
-        """Runs whose dataset has a version newer than the one they consumed."""
-        with self.session() as s:
-            latest = (
-                select(DatasetVersion.dataset_id, func.max(DatasetVersion.id).label("latest"))
-                .group_by(DatasetVersion.dataset_id)
-                .subquery()
-            )
-            q = (
-                select(BenchmarkRun)
-                .join(Consumption, Consumption.run_id == BenchmarkRun.id)
-                .join(DatasetVersion, DatasetVersion.id == Consumption.version_id)
-                .join(latest, latest.c.dataset_id == DatasetVersion.dataset_id)
-                .where(DatasetVersion.id < latest.c.latest)
-            )
-            if dataset:
-                q = q.join(Dataset, Dataset.id == DatasetVersion.dataset_id).where(
-                    Dataset.name == dataset
-                )
-            return self._lineage(s, list(s.exec(q.order_by(col(BenchmarkRun.started_at)))))
+        """Runs whose dataset is now at a different version than the one they consumed.
 
-    def versions(self, dataset: str) -> list[DatasetVersion]:
-        """A dataset's version history, oldest first."""
+        "Now" is the version a resolve saw last, so a source that went back to an older
+        version makes the runs on the newer one stale, not the other way round.
+        """
+        where: list[ColumnElement[bool]] = []
+        if dataset:
+            ds_id = select(Dataset.id).where(Dataset.name == dataset).scalar_subquery()
+            where.append(col(DatasetVersion.dataset_id) == ds_id)
         with self.session() as s:
-            q = (
-                select(DatasetVersion)
-                .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
-                .where(Dataset.name == dataset)
-                .order_by(col(DatasetVersion.id))
-            )
-            return list(s.exec(q))
+            return self._lineage(s, *where, stale_only=True)
+
+    def versions(self, dataset: str) -> list[VersionRow]:
+        """A dataset's version history, oldest first, with the current one marked."""
+        cur = _current_versions().subquery()
+        consumed = aliased(Consumption)
+        runs = (
+            select(func.count(func.distinct(consumed.run_id)))
+            .where(consumed.version_id == DatasetVersion.id)
+            .scalar_subquery()
+        )
+        q = (
+            select(DatasetVersion, cur.c.id, runs)
+            .join(Dataset, col(Dataset.id) == DatasetVersion.dataset_id)
+            .outerjoin(cur, cur.c.dataset_id == DatasetVersion.dataset_id)
+            .where(Dataset.name == dataset)
+            .order_by(col(DatasetVersion.first_seen), col(DatasetVersion.id))
+        )
+        with self.session() as s:
+            return [
+                VersionRow(
+                    version=v.fingerprint,
+                    source_uri=v.source_uri,
+                    files=v.files,
+                    bytes=v.bytes,
+                    first_seen=v.first_seen.isoformat(),
+                    last_seen=_iso(v.last_seen),
+                    current=v.id == current_id,
+                    runs=int(n or 0),
+                )
+                for v, current_id, n in s.exec(q)
+            ]

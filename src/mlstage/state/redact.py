@@ -1,0 +1,103 @@
+"""Keeping secrets out of the state DB: credentials in URIs, secret-looking parameters.
+
+Everything the state DB stores outlives the run that wrote it and is read by anyone who can
+query lineage, so the store passes every URI, parameter set and error message through here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+MASK = "***"
+
+# Words that make a parameter name or query key secret (compared per word of the name).
+_SECRET_WORDS = {
+    "password",
+    "passwd",
+    "pwd",
+    "pass",
+    "secret",
+    "token",
+    "key",
+    "apikey",
+    "credential",
+    "credentials",
+    "auth",
+    "authorization",
+    "signature",
+    "sig",
+    "cookie",
+}
+# Whole query keys used by presigned/SAS URLs that the word rule alone would miss.
+_SECRET_QUERY_KEYS = {
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "awsaccesskeyid",
+    "x-goog-signature",
+    "x-goog-credential",
+}
+_URL_WITH_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+
+
+def _words(name: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    return [w for w in re.split(r"[^a-zA-Z0-9]+", spaced.lower()) if w]
+
+
+def is_secret_name(name: str) -> bool:
+    """True when a parameter or query key name looks like it holds a secret."""
+    lowered = name.lower()
+    if lowered in _SECRET_QUERY_KEYS:
+        return True
+    words = _words(name)
+    return any(w in _SECRET_WORDS for w in words) or "".join(words) in _SECRET_WORDS
+
+
+def scrub_uri(uri: str) -> str:
+    """``uri`` without user:password@ and without secret query parameters.
+
+    The result still names the same data (scheme, host, path and harmless query keys stay),
+    so lineage stays readable; credentials come from blocks or the environment at run time.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return _URL_WITH_USERINFO.sub(r"\1", uri)
+    if not parts.scheme or not parts.netloc and not parts.query:
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = parts.query
+    if query:
+        kept = [
+            (k, v) for k, v in parse_qsl(query, keep_blank_values=True) if not is_secret_name(k)
+        ]
+        query = urlencode(kept)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def scrub_text(text: str) -> str:
+    """Free text (an error message) with user:password@ removed from any URL in it."""
+    return _URL_WITH_USERINFO.sub(r"\1", text)
+
+
+def scrub_params(value: Any) -> Any:
+    """A JSON-able copy of ``value`` with secret-looking keys masked and URLs scrubbed.
+
+    Walks dicts and lists; a key such as ``password``, ``api_key`` or ``hf_token`` gets its
+    value replaced by ``***``; pydantic ``SecretStr``/``SecretBytes`` values are masked too.
+    """
+    if isinstance(value, Mapping):
+        return {
+            str(k): MASK if is_secret_name(str(k)) else scrub_params(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [scrub_params(v) for v in value]
+    if type(value).__name__ in {"SecretStr", "SecretBytes"}:
+        return MASK
+    if isinstance(value, str) and "://" in value:
+        return scrub_uri(value)
+    return value
