@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows._workspace import workspace
+from flows.artifacts import publish_consumption
 from mlstage import pipeline
 from mlstage.specs import DatasetSpec, ModelSpec
 
@@ -28,5 +29,8 @@ def stage_task(prepared: pipeline.Prepared) -> pipeline.Ready:
 def run_task(
     model: ModelSpec, ready: pipeline.Ready, sweep_id: str | None = None
 ) -> pipeline.RunOutcome:
-    """Run one model on its staged data and record what it consumed."""
-    return pipeline.run(workspace(), model, ready, sweep_id=sweep_id, flow_run_id=flow_run.get_id())
+    """Run one model on its staged data, record what it consumed, and show it in the UI."""
+    ws = workspace()
+    outcome = pipeline.run(ws, model, ready, sweep_id=sweep_id, flow_run_id=flow_run.get_id())
+    publish_consumption(ws.state, outcome.run_id)
+    return outcome

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from mlstage.cli.output import emit_json, emit_table
+
+if TYPE_CHECKING:
+    from mlstage.state import LineageRow, StateStore
 
 app = typer.Typer(
     no_args_is_help=False, invoke_without_command=True, help="What each benchmark run consumed."
@@ -21,16 +26,19 @@ RUN_COLUMNS = [
     "status",
     "metrics",
 ]
+STALE_COLUMNS = [*RUN_COLUMNS[:4], "latest_version", *RUN_COLUMNS[4:]]
 
 
-def _store():  # type: ignore[no-untyped-def]
+def _store() -> StateStore:
     from mlstage.settings import get_settings
     from mlstage.state import StateStore
 
     return StateStore.open(get_settings().resolved_state_url)
 
 
-def _rows(rows: list, as_json: bool, title: str) -> None:  # type: ignore[type-arg]
+def _rows(
+    rows: list[LineageRow], as_json: bool, title: str, columns: list[str] | None = None
+) -> None:
     dicts = [r.to_dict() for r in rows]
     if as_json:
         emit_json(dicts)
@@ -39,7 +47,8 @@ def _rows(rows: list, as_json: bool, title: str) -> None:  # type: ignore[type-a
         d["run_id"] = d["run_id"][:12]
         d["version"] = (d["version"] or "")[:12]
         d["artifact_id"] = (d["artifact_id"] or "")[:12]
-    emit_table(dicts, RUN_COLUMNS, title)
+        d["latest_version"] = (d["latest_version"] or "")[:12]
+    emit_table(dicts, columns or RUN_COLUMNS, title)
 
 
 @app.callback()
@@ -60,7 +69,7 @@ def runs(
 
 @app.command("run")
 def run(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """One run (by mlstage run id or Prefect flow run id)."""
+    """One run (by mlstage run id, Prefect flow run id, or a unique id prefix)."""
     from mlstage.errors import ConfigError
 
     row = _store().run(run_id)
@@ -98,25 +107,21 @@ def stale(
     dataset: str | None = typer.Option(None), as_json: bool = typer.Option(False, "--json")
 ) -> None:
     """Runs whose dataset has a newer version than the one they consumed."""
-    _rows(_store().stale_runs(dataset), as_json, "stale runs")
+    _rows(_store().stale_runs(dataset), as_json, "stale runs", STALE_COLUMNS)
 
 
 @app.command("versions")
 def versions(dataset: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """A dataset's version history."""
-    rows = [
-        {
-            "version": v.fingerprint,
-            "source": v.source_uri,
-            "files": v.files,
-            "bytes": v.bytes,
-            "first_seen": v.first_seen.isoformat(),
-        }
-        for v in _store().versions(dataset)
-    ]
+    """A dataset's version history (oldest first; the current one marked)."""
+    rows = [v.to_dict() for v in _store().versions(dataset)]
     if as_json:
         emit_json(rows)
-    else:
-        emit_table(
-            rows, ["version", "source", "files", "bytes", "first_seen"], f"versions of {dataset}"
-        )
+        return
+    for d in rows:
+        d["version"] = d["version"][:12]
+        d["current"] = "yes" if d["current"] else ""
+    emit_table(
+        rows,
+        ["version", "current", "source_uri", "files", "bytes", "first_seen", "last_seen", "runs"],
+        f"versions of {dataset}",
+    )

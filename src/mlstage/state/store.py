@@ -434,6 +434,11 @@ class StateStore:
             rows = self._lineage(s, col(BenchmarkRun.id) == ids.pop()) if ids else []
             return rows[0] if rows else None
 
+    def consumed(self, run_id: str) -> list[LineageRow]:
+        """Everything run ``run_id`` (exact mlstage run id) consumed, one row per artifact."""
+        with self.session() as s:
+            return self._lineage(s, col(BenchmarkRun.id) == run_id)
+
     def runs_consuming(
         self, *, version: str | None = None, artifact_id: str | None = None
     ) -> list[LineageRow]:

@@ -1,0 +1,71 @@
+"""What a run consumed, as a table for people (the Prefect table artifact, reports)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from mlstage.state.store import LineageRow
+
+CONSUMPTION_COLUMNS = [
+    "model",
+    "dataset",
+    "version",
+    "source",
+    "artifact",
+    "cache_hit",
+    "node",
+    "bytes_fetched",
+    "bytes_from_shared",
+    "bytes_from_source",
+    "first_object_s",
+    "ready_s",
+    "run_id",
+    "status",
+]
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def consumption_table(rows: Sequence[LineageRow]) -> list[dict[str, Any]]:
+    """One table row per consumed artifact, with full ids (a table is for copying from)."""
+    return [
+        {
+            "model": r.model,
+            "dataset": r.dataset,
+            "version": r.version,
+            "source": r.source_uri,
+            "artifact": r.artifact_id,
+            "cache_hit": r.cache_hit,
+            "node": r.node,
+            "bytes_fetched": r.bytes_fetched,
+            "bytes_from_shared": r.bytes_from_shared,
+            "bytes_from_source": r.bytes_from_source,
+            "first_object_s": _seconds(r.first_object_seconds),
+            "ready_s": _seconds(r.ready_seconds),
+            "run_id": r.run_id,
+            "status": r.status,
+        }
+        for r in rows
+    ]
+
+
+def artifact_key(model: str) -> str:
+    """A Prefect artifact key for a model's consumption table (lowercase, digits, dashes)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-") or "model"
+    return f"mlstage-consumed-{slug}"[:100].rstrip("-")
+
+
+def consumption_markdown(rows: Sequence[LineageRow]) -> str:
+    """A one-paragraph description of what the run read, for the artifact's description."""
+    if not rows or rows[0].version is None:
+        return "This run has no recorded consumption."
+    parts = [
+        f"`{r.dataset}` version `{(r.version or '')[:12]}` via artifact "
+        f"`{(r.artifact_id or '')[:12]}` ({'cache hit' if r.cache_hit else 'fetched'})"
+        for r in rows
+    ]
+    return f"Run `{rows[0].run_id}` of model `{rows[0].model}` consumed " + "; ".join(parts) + "."
