@@ -113,7 +113,7 @@ def stale(
 @app.command("versions")
 def versions(dataset: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """A dataset's version history (oldest first; the current one marked)."""
-    rows = [v.to_dict() for v in _store().versions(dataset)]
+    rows = [v.to_dict() for v in _store().history(dataset)]
     if as_json:
         emit_json(rows)
         return

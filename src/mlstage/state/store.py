@@ -469,8 +469,19 @@ class StateStore:
         with self.session() as s:
             return self._lineage(s, *where, stale_only=True)
 
-    def versions(self, dataset: str) -> list[VersionRow]:
-        """A dataset's version history, oldest first, with the current one marked."""
+    def versions(self, dataset: str) -> list[DatasetVersion]:
+        """A dataset's version rows, oldest first."""
+        with self.session() as s:
+            q = (
+                select(DatasetVersion)
+                .join(Dataset, col(Dataset.id) == DatasetVersion.dataset_id)
+                .where(Dataset.name == dataset)
+                .order_by(col(DatasetVersion.first_seen), col(DatasetVersion.id))
+            )
+            return list(s.exec(q))
+
+    def history(self, dataset: str) -> list[VersionRow]:
+        """A dataset's version history, oldest first, the current one marked, runs counted."""
         cur = _current_versions().subquery()
         consumed = aliased(Consumption)
         runs = (
