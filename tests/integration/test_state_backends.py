@@ -7,6 +7,7 @@ MLSTAGE_REQUIRE_POSTGRES=1 it fails instead, so CI cannot pass without running i
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -415,3 +416,39 @@ def test_eight_processes_record_concurrently_and_lose_nothing(db_url: str) -> No
     with Session(st.engine) as s:
         assert len(list(s.exec(select(DatasetVersion.id)))) == 3
     st.close()
+
+
+# -- CLI --------------------------------------------------------------------------------
+def test_cli_lineage_queries_as_json(
+    db_url: str, store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from mlstage.cli import app
+
+    old = record_run(store, fingerprint="1" * 64, model="resnet", flow_run_id="flow-9")
+    new = record_run(store, fingerprint="2" * 64, model="vit")
+    monkeypatch.setenv("MLSTAGE_STATE_URL", db_url)
+    runner = CliRunner()
+
+    def cli_json(*args: str) -> object:
+        res = runner.invoke(app, ["lineage", *args, "--json"])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output)
+
+    runs = cli_json("runs")
+    assert {r["run_id"] for r in runs} == {old, new}
+    assert {"run_id", "model", "dataset", "version", "artifact_id", "cache_hit"} <= set(runs[0])
+    assert cli_json("run", old[:10])["version"] == "1" * 64
+    assert cli_json("run", "flow-9")["run_id"] == old
+    assert [r["run_id"] for r in cli_json("consumers", "--version", "2" * 64)] == [new]
+    assert [r["run_id"] for r in cli_json("consumers", "--artifact", "a-" + "1" * 64)] == [old]
+    (stale,) = cli_json("stale")
+    assert stale["run_id"] == old and stale["latest_version"] == "2" * 64
+    assert [(v["version"], v["current"]) for v in cli_json("versions", "mnist")] == [
+        ("1" * 64, False),
+        ("2" * 64, True),
+    ]
+
+    table = runner.invoke(app, ["lineage", "runs"])
+    assert table.exit_code == 0 and "resnet" in table.output and old[:12] in table.output

@@ -38,8 +38,9 @@ def mask_url(url: str | URL) -> str:
         text_url = str(url)
         if "@" not in text_url:
             return text_url
-        scheme, _, rest = text_url.rpartition("://")
-        return f"{scheme}://***@{rest.rsplit('@', 1)[-1]}" if scheme else "***@" + rest
+        scheme, sep, _ = text_url.partition("://")
+        prefix = f"{scheme}{sep}" if sep else ""
+        return f"{prefix}***@{text_url.rsplit('@', 1)[-1]}"
     except Exception:  # noqa: BLE001 - a message helper must never fail
         return "<unparseable URL>"
 

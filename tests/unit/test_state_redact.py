@@ -1,0 +1,93 @@
+"""Secrets never reach the state DB: URIs, parameters and messages are scrubbed first."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+
+from mlstage.state import mask_url, scrub_params, scrub_uri
+from mlstage.state.redact import is_secret_name, scrub_text
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3://AKIA123:topsecret@bucket/prefix/", "s3://bucket/prefix/"),
+        ("https://user:pw@host:8443/data.tar?x=1", "https://host:8443/data.tar?x=1"),
+        (
+            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F2026"
+            "&X-Amz-Signature=abcdef&X-Amz-Security-Token=tok&versionId=3",
+            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4&versionId=3",
+        ),
+        ("https://h/f?AWSAccessKeyId=AKIA&Signature=s&Expires=1", "https://h/f?Expires=1"),
+        (
+            "https://acct.blob.core.windows.net/c/x?sv=2024&sig=abc",
+            "https://acct.blob.core.windows.net/c/x?sv=2024",
+        ),
+        ("https://h/api?token=t&access_token=a&page=2", "https://h/api?page=2"),
+        ("/data/local/folder", "/data/local/folder"),
+        ("clearml://project/dataset", "clearml://project/dataset"),
+        ("file:///srv/nfs/ds", "file:///srv/nfs/ds"),
+    ],
+)
+def test_scrub_uri(uri: str, expected: str) -> None:
+    assert scrub_uri(uri) == expected
+
+
+def test_scrub_params_masks_secret_keys_at_any_depth() -> None:
+    params = {
+        "lr": 0.1,
+        "key_column": "id",  # masked too: names with "key" are treated as secret
+        "hfToken": "hf_x",
+        "nested": {"db_password": "pw", "layers": [1, 2], "opts": [{"api_key": "k"}]},
+        "remote": "s3://AK:SK@b/p",
+        "secret_str": SecretStr("x"),
+        "epochs": 3,
+    }
+    out = scrub_params(params)
+    assert out == {
+        "lr": 0.1,
+        "key_column": "***",
+        "hfToken": "***",
+        "nested": {"db_password": "***", "layers": [1, 2], "opts": [{"api_key": "***"}]},
+        "remote": "s3://b/p",
+        "secret_str": "***",
+        "epochs": 3,
+    }
+    assert params["nested"]["db_password"] == "pw"  # the caller's dict is untouched
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "password",
+        "PASSWORD",
+        "aws_secret_access_key",
+        "AccessKeyId",
+        "x-amz-signature",
+        "Authorization",
+        "clientSecret",
+    ],
+)
+def test_secret_names(name: str) -> None:
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["lr", "batch_size", "dataset", "monkey", "passes", "tokenizer_name_len"]
+)
+def test_harmless_names(name: str) -> None:
+    assert not is_secret_name(name)
+
+
+def test_scrub_text_removes_userinfo_from_urls_in_messages() -> None:
+    msg = "GET https://bob:hunter2@host/x failed; retry postgresql://u:p@db/x"
+    assert scrub_text(msg) == "GET https://host/x failed; retry postgresql://db/x"
+
+
+def test_mask_url_hides_the_password() -> None:
+    assert mask_url("postgresql+psycopg://bob:hunter2@db:5432/state") == (
+        "postgresql+psycopg://bob:***@db:5432/state"
+    )
+    assert mask_url("sqlite:////tmp/state.db") == "sqlite:////tmp/state.db"
+    assert "hunter2" not in mask_url("not a url://bob:hunter2@host")
