@@ -203,6 +203,9 @@ def test_no_secret_reaches_the_db(store: StateStore) -> None:
         params={"lr": 0.1, "hf_token": "tok123", "nested": {"db_password": "hunter2"}},
     )
     store.start_sweep("s", {"datasets": [{"uri": uri}], "password": "pw-in-spec"})
+    store.start_run(
+        model="cmd", dataset="mnist", entrypoint="python t.py --token tok123 {data_dir}", params={}
+    )
     store.finish_run(
         run_id, status="failed", error="cannot read https://u:boom-pass@host/x: refused"
     )

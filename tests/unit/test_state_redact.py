@@ -91,3 +91,20 @@ def test_mask_url_hides_the_password() -> None:
     )
     assert mask_url("sqlite:////tmp/state.db") == "sqlite:////tmp/state.db"
     assert "hunter2" not in mask_url("not a url://bob:hunter2@host")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "python train.py --hf-token abc123 {data_dir}",
+            "python train.py --hf-token *** {data_dir}",
+        ),
+        ("python train.py --api-key=abc123 --lr 0.1", "python train.py --api-key=*** --lr 0.1"),
+        ("host=db password=abc123 dbname=x", "host=db password=*** dbname=x"),
+        ("Tokenizer failed on sample 3", "Tokenizer failed on sample 3"),
+        ("python train.py --epochs 3 {data_dir}", "python train.py --epochs 3 {data_dir}"),
+    ],
+)
+def test_scrub_text_masks_secret_assignments_and_flags(text: str, expected: str) -> None:
+    assert scrub_text(text) == expected

@@ -41,6 +41,11 @@ _SECRET_QUERY_KEYS = {
     "x-goog-credential",
 }
 _URL_WITH_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+_SECRETISH = r"(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key)"
+# name=value and name: value, e.g. "password=abc" in a DSN or "--hf-token=abc" in a command
+_SECRET_ASSIGNMENT = re.compile(rf"(?i)([\w.-]*{_SECRETISH}[\w.-]*)(=|:[ \t]*)([^\s'\"&,;]+)")
+# --name value
+_SECRET_FLAG = re.compile(rf"(?i)(--[\w-]*{_SECRETISH}[\w-]*[ \t]+)([^\s-]\S*)")
 
 
 def _words(name: str) -> list[str]:
@@ -80,8 +85,14 @@ def scrub_uri(uri: str) -> str:
 
 
 def scrub_text(text: str) -> str:
-    """Free text (an error message) with user:password@ removed from any URL in it."""
-    return _URL_WITH_USERINFO.sub(r"\1", text)
+    """Free text (an error message, a command line) without credentials.
+
+    Removes user:password@ from URLs and masks values given to secret-looking names
+    (``password=...``, ``--api-key ...``).
+    """
+    text = _URL_WITH_USERINFO.sub(r"\1", text)
+    text = _SECRET_ASSIGNMENT.sub(rf"\1\2{MASK}", text)
+    return _SECRET_FLAG.sub(rf"\1{MASK}", text)
 
 
 def scrub_params(value: Any) -> Any:

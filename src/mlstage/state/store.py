@@ -305,7 +305,7 @@ class StateStore:
             run = BenchmarkRun(
                 model=model,
                 dataset=dataset,
-                entrypoint=scrub_uri(entrypoint),
+                entrypoint=scrub_text(entrypoint),
                 params=scrub_params(params),
                 sweep_id=sweep_id,
                 flow_run_id=flow_run_id,
