@@ -361,6 +361,16 @@ def test_db_made_before_migrations_is_stamped_and_upgraded(db_url: str) -> None:
     st.close()
 
 
+def test_db_from_a_newer_mlstage_is_refused_clearly(db_url: str) -> None:
+    StateStore.open(db_url).close()
+    engine = make_engine(db_url, upgrade=False)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(StateError, match="revision 9999, newer than this mlstage knows"):
+        StateStore.open(db_url)
+
+
 # -- errors -----------------------------------------------------------------------------
 def test_missing_database_is_one_line_with_the_password_masked(db_url: str) -> None:
     if db_url.startswith("sqlite"):

@@ -156,13 +156,26 @@ def _alembic_config(connection: Connection | None = None) -> Any:
 
 
 @functools.cache
-def head_revision() -> str:
-    """The newest schema revision this mlstage knows."""
+def known_revisions() -> tuple[str, ...]:
+    """Every schema revision this mlstage knows, oldest first."""
     from alembic.script import ScriptDirectory
 
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    assert head is not None
-    return head
+    script = ScriptDirectory.from_config(_alembic_config())
+    return tuple(reversed([r.revision for r in script.walk_revisions()]))
+
+
+def head_revision() -> str:
+    """The newest schema revision this mlstage knows."""
+    return known_revisions()[-1]
+
+
+def _check_known(revision: str | None, url: URL) -> None:
+    if revision is not None and revision not in known_revisions():
+        raise StateError(
+            f"state DB {mask_url(url)} is at schema revision {revision}, newer than this "
+            f"mlstage knows ({head_revision()})",
+            hint="upgrade mlstage here to the version that wrote it",
+        )
 
 
 def current_revision(conn: Connection) -> str | None:
@@ -200,14 +213,18 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
     if revision == "head":
         with engine.connect() as conn:
-            if current_revision(conn) == head_revision():
-                return
+            found = current_revision(conn)
+        if found == head_revision():
+            return
+        _check_known(found, engine.url)
     sqlite = engine.dialect.name == "sqlite"
     lock = _sqlite_file_lock(engine) if sqlite else contextlib.nullcontext()
     with lock, write_engine(engine).begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
         cfg = _alembic_config(conn)
-        if current_revision(conn) is None and inspect(conn).has_table("datasets"):
+        found = current_revision(conn)
+        _check_known(found, engine.url)
+        if found is None and inspect(conn).has_table("datasets"):
             command.stamp(cfg, FIRST_REVISION)  # made by create_all before migrations
         command.upgrade(cfg, revision)
