@@ -412,6 +412,10 @@ def test_eight_processes_record_concurrently_and_lose_nothing(db_url: str) -> No
         p.start()
     for p in procs:
         p.join(120)
+    for p in procs:
+        if p.is_alive():  # hung: fail below, but leave nothing behind
+            p.kill()
+            p.join(5)
     problems = []
     while not errors.empty():
         problems.append(errors.get())
