@@ -198,6 +198,10 @@ class StateStore:
     ) -> Artifact:
         """The artifact row (made once per content address) and its recipe row."""
         name, version, params_json = recipe
+        with self.session() as s:  # the usual case, without taking the write lock
+            a = s.get(Artifact, artifact_id)
+            if a is not None:
+                return a
         with self.session(write=True) as s:
             a = s.get(Artifact, artifact_id)
             if a is not None:
