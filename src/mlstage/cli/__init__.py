@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from mlstage.cli import cache_cmd, lineage_cmd, stage_cmd
+from mlstage.cli import cache_cmd, lineage_cmd, notify_cmd, stage_cmd
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.command("stage")(stage_cmd.stage)
 app.add_typer(lineage_cmd.app, name="lineage")
 app.add_typer(cache_cmd.app, name="cache")
+app.command("notify")(notify_cmd.notify)
 
 
 def main() -> None:

@@ -1,0 +1,161 @@
+"""Re-staging a changed dataset: preprocess and publish the new version, warm caches, and
+find (and, when asked, re-run) the benchmarks it made stale.
+
+Exactly one caller re-stages a (dataset, version), however many events or machines ask: the
+work starts with a claim in the state DB (see ``mlstage.state.claims``). Prefect-free; the
+restage-dataset flow wraps ``restage`` and emits the events.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlmodel import col, select
+
+from mlstage import pipeline
+from mlstage.cache import LocalCache
+from mlstage.events import EventSpec, benchmark_stale, dataset_restaged
+from mlstage.specs import ModelSpec
+from mlstage.state import StateStore
+from mlstage.state.claims import Coordination
+from mlstage.state.models import BenchmarkRun, Consumption, Dataset, DatasetVersion
+from mlstage.watch import WatchEntry
+
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class StaleRun:
+    """The latest run of a benchmark (model, entrypoint, params) on an older version."""
+
+    run_id: str
+    model: str
+    entrypoint: str
+    params: dict[str, Any]
+    consumed_version: str
+    status: str
+
+
+@dataclass
+class RestageResult:
+    """What one restage call did."""
+
+    dataset: str
+    version: str
+    status: Literal["restaged", "duplicate", "superseded"]
+    artifact_id: str | None = None
+    warmed: list[str] = field(default_factory=list)
+    stale: list[StaleRun] = field(default_factory=list)
+    reran: list[pipeline.RunOutcome] = field(default_factory=list)
+
+    def events(self) -> list[EventSpec]:
+        """``mlstage.benchmark.stale`` per stale run, then ``mlstage.dataset.restaged``."""
+        if self.status != "restaged" or self.artifact_id is None:
+            return []
+        out = [
+            benchmark_stale(s.run_id, s.model, self.dataset, s.consumed_version, self.version)
+            for s in self.stale
+        ]
+        out.append(
+            dataset_restaged(
+                self.dataset,
+                self.version,
+                self.artifact_id,
+                stale_runs=[s.run_id for s in self.stale],
+                reran=[r.run_id for r in self.reran],
+                warmed=self.warmed,
+            )
+        )
+        return out
+
+
+def stale_benchmarks(store: StateStore, dataset: str, current: str) -> list[StaleRun]:
+    """The benchmarks of ``dataset`` whose latest run consumed a version other than ``current``.
+
+    A benchmark is a (model, entrypoint, params); only its latest run counts, so a run that
+    was already re-run on ``current`` is not listed again, and re-running never duplicates.
+    """
+    with store.session() as s:
+        q = (
+            select(BenchmarkRun, DatasetVersion.fingerprint)
+            .join(Consumption, Consumption.run_id == BenchmarkRun.id)
+            .join(DatasetVersion, DatasetVersion.id == Consumption.version_id)
+            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+            .where(Dataset.name == dataset)
+            .order_by(col(BenchmarkRun.started_at))
+        )
+        latest: dict[tuple[str, str, str], tuple[BenchmarkRun, str]] = {}
+        for run, fingerprint in s.exec(q):
+            key = (run.model, run.entrypoint, json.dumps(run.params or {}, sort_keys=True))
+            latest[key] = (run, fingerprint)
+    return [
+        StaleRun(run.id, run.model, run.entrypoint, dict(run.params or {}), fp, run.status)
+        for run, fp in latest.values()
+        if fp != current
+    ]
+
+
+def warm(
+    ws: pipeline.Workspace, prepared: pipeline.Prepared, caches: list[str]
+) -> tuple[list[str], pipeline.Ready | None]:
+    """Stage the artifact into each named cache: ``local`` is this node's, others are folders."""
+    warmed: list[str] = []
+    ready: pipeline.Ready | None = None
+    for name in caches:
+        if name == LOCAL:
+            ready = pipeline.stage(ws, prepared)
+        else:
+            cache = LocalCache(Path(name).expanduser())
+            cache.stage(
+                ws.shared.source(prepared.artifact),
+                prepared.artifact.manifest,
+                workers=ws.settings.workers,
+                part_size=ws.settings.part_size,
+            )
+        warmed.append(name)
+    return warmed, ready
+
+
+def restage(
+    ws: pipeline.Workspace,
+    entry: WatchEntry,
+    version: str,
+    *,
+    rerun_stale: bool | None = None,
+    owner: str | None = None,
+    flow_run_id: str | None = None,
+) -> RestageResult:
+    """Preprocess, publish and warm ``version`` of ``entry``'s dataset; list stale benchmarks
+    and, when asked (``rerun_stale`` or the entry's option), re-run them on it.
+
+    ``duplicate``: another caller claimed this version. ``superseded``: the source moved on
+    since the change was announced (the watcher announces the newer version in turn).
+    """
+    name = entry.name
+    coord = Coordination(ws.state)
+    if not coord.claim(name, version, owner=owner):
+        return RestageResult(name, version, "duplicate")
+    try:
+        resolved = pipeline.resolve(ws, entry.dataset)
+        if resolved.version != version:
+            coord.finish(name, version, "superseded", f"source is now at {resolved.version}")
+            return RestageResult(name, version, "superseded")
+        prepared = pipeline.preprocess(ws, resolved)
+        result = RestageResult(name, version, "restaged", prepared.artifact.artifact_id)
+        result.warmed, ready = warm(ws, prepared, entry.warm_caches)
+        result.stale = stale_benchmarks(ws.state, name, version)
+        if result.stale and (entry.rerun_stale if rerun_stale is None else rerun_stale):
+            ready = ready or pipeline.stage(ws, prepared)
+            for s in result.stale:
+                model = ModelSpec(
+                    name=s.model, dataset=name, entrypoint=s.entrypoint, params=s.params
+                )
+                result.reran.append(pipeline.run(ws, model, ready, flow_run_id=flow_run_id))
+    except BaseException as exc:
+        coord.finish(name, version, "failed", f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    coord.finish(name, version, "done")
+    return result

@@ -1,0 +1,223 @@
+"""Coordination rows in the state DB, so watchers and re-stages can run on many machines.
+
+Two tables, both keyed so the database itself decides races:
+- ``watch_states``: per dataset, the version last announced (``current``) and a newer
+  fingerprint still settling (``pending`` since ``pending_since``). Announcing is a
+  compare-and-swap on ``current``: of several watchers that see the same change, one wins.
+- ``restage_claims``: one row per (dataset, version) re-stage; inserting it is the claim.
+  A failed claim, or one older than its lease, may be taken over.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import or_, update
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlmodel import Field, SQLModel
+
+from mlstage.state.models import utcnow
+from mlstage.state.store import StateStore
+
+
+class WatchState(SQLModel, table=True):
+    __tablename__ = "watch_states"
+    dataset: str = Field(primary_key=True)
+    current: str = Field(description="The version (fingerprint) last announced or baselined.")
+    pending: str | None = Field(default=None, description="A newer fingerprint, not settled yet.")
+    pending_since: float | None = Field(default=None, description="Epoch s it was first seen.")
+    observed_at: float | None = None
+    changed_at: datetime | None = None
+
+
+class RestageClaim(SQLModel, table=True):
+    __tablename__ = "restage_claims"
+    dataset: str = Field(primary_key=True)
+    version: str = Field(primary_key=True)
+    owner: str
+    status: str = Field(default="running", description="running, done, failed, superseded")
+    claimed_at: float
+    finished_at: datetime | None = None
+    detail: str | None = None
+
+
+TABLES = [WatchState.__table__, RestageClaim.__table__]  # type: ignore[attr-defined]
+
+Verdict = Literal["baseline", "unchanged", "pending", "changed", "lost"]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one observation of a dataset's fingerprint meant.
+
+    baseline: first sight, nothing to compare; unchanged: equals ``current``; pending: differs
+    but has not been stable for the settle time; changed: settled and this caller announced
+    it; lost: settled but another watcher announced it first.
+    """
+
+    verdict: Verdict
+    dataset: str
+    fingerprint: str
+    previous: str | None
+
+
+def default_owner() -> str:
+    """``host:pid``: who holds a claim, for people reading the table."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Coordination:
+    """Watch states and re-stage claims over a StateStore's engine (tables created on open)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        SQLModel.metadata.create_all(store.engine, tables=TABLES)
+
+    # -- watch states ---------------------------------------------------------------------
+    def watch_state(self, dataset: str) -> WatchState | None:
+        with self.store.session() as s:
+            return s.get(WatchState, dataset)
+
+    def observe(
+        self,
+        dataset: str,
+        fingerprint: str,
+        *,
+        now: float,
+        settle_seconds: float,
+        baseline: str | None = None,
+    ) -> Observation:
+        """Record that ``dataset`` was seen at ``fingerprint`` at ``now``; say what that means.
+
+        A fingerprint is settled once it has been seen for at least ``settle_seconds`` (two
+        observations that far apart, with no other fingerprint in between), so a burst of
+        uploads settles once, on its final state. ``baseline`` is the version to compare
+        with on first sight (the latest recorded one), else the first sight is the baseline.
+        """
+        with self.store.session() as s:
+            row = s.get(WatchState, dataset)
+            if row is None:
+                s.add(
+                    WatchState(
+                        dataset=dataset,
+                        current=baseline or fingerprint,
+                        observed_at=now,
+                    )
+                )
+                try:
+                    s.commit()
+                except DBIntegrityError:  # another watcher created it first
+                    s.rollback()
+                row = s.get(WatchState, dataset, populate_existing=True)
+                assert row is not None
+                if baseline is None and row.current == fingerprint:
+                    return Observation("baseline", dataset, fingerprint, None)
+            previous = row.current
+            if fingerprint == previous:
+                s.execute(
+                    update(WatchState)
+                    .where(WatchState.dataset == dataset)  # type: ignore[arg-type]
+                    .values(pending=None, pending_since=None, observed_at=now)
+                )
+                s.commit()
+                return Observation("unchanged", dataset, fingerprint, previous)
+            if row.pending != fingerprint or row.pending_since is None:
+                # first sight of this fingerprint: the settle clock starts now
+                s.execute(
+                    update(WatchState)
+                    .where(
+                        WatchState.dataset == dataset,  # type: ignore[arg-type]
+                        or_(
+                            WatchState.pending.is_(None),  # type: ignore[union-attr]
+                            WatchState.pending != fingerprint,  # type: ignore[arg-type]
+                        ),
+                    )
+                    .values(pending=fingerprint, pending_since=now, observed_at=now)
+                )
+                s.commit()
+                since = now
+            else:
+                since = row.pending_since
+            if settle_seconds > 0 and now - since < settle_seconds:
+                return Observation("pending", dataset, fingerprint, previous)
+            won = s.execute(
+                update(WatchState)
+                .where(
+                    WatchState.dataset == dataset,  # type: ignore[arg-type]
+                    WatchState.current == previous,  # type: ignore[arg-type]
+                )
+                .values(
+                    current=fingerprint,
+                    pending=None,
+                    pending_since=None,
+                    observed_at=now,
+                    changed_at=utcnow(),
+                )
+            ).rowcount
+            s.commit()
+            return Observation("changed" if won else "lost", dataset, fingerprint, previous)
+
+    # -- re-stage claims ------------------------------------------------------------------
+    def claim(
+        self, dataset: str, version: str, *, owner: str | None = None, lease_seconds: float = 3600
+    ) -> bool:
+        """Claim the re-stage of ``version`` of ``dataset``: True for exactly one caller.
+
+        A claim that failed, or is still running after ``lease_seconds`` (its owner died),
+        can be taken over; a done or superseded one cannot.
+        """
+        import time
+
+        owner = owner or default_owner()
+        now = time.time()
+        with self.store.session() as s:
+            s.add(RestageClaim(dataset=dataset, version=version, owner=owner, claimed_at=now))
+            try:
+                s.commit()
+                return True
+            except DBIntegrityError:
+                s.rollback()
+            taken = s.execute(
+                update(RestageClaim)
+                .where(
+                    RestageClaim.dataset == dataset,  # type: ignore[arg-type]
+                    RestageClaim.version == version,  # type: ignore[arg-type]
+                    or_(
+                        RestageClaim.status == "failed",  # type: ignore[arg-type]
+                        (RestageClaim.status == "running")  # type: ignore[arg-type]
+                        & (RestageClaim.claimed_at < now - lease_seconds),  # type: ignore[operator]
+                    ),
+                )
+                .values(owner=owner, status="running", claimed_at=now, detail=None)
+            ).rowcount
+            s.commit()
+            return bool(taken)
+
+    def finish(self, dataset: str, version: str, status: str, detail: str | None = None) -> None:
+        """Close a claim: done, failed (may be retried) or superseded (a newer version came)."""
+        with self.store.session() as s:
+            s.execute(
+                update(RestageClaim)
+                .where(
+                    RestageClaim.dataset == dataset,  # type: ignore[arg-type]
+                    RestageClaim.version == version,  # type: ignore[arg-type]
+                )
+                .values(status=status, finished_at=utcnow(), detail=detail)
+            )
+            s.commit()
+
+    def claims(self, dataset: str) -> list[RestageClaim]:
+        """Every re-stage claim of ``dataset``, oldest first."""
+        from sqlmodel import col, select
+
+        with self.store.session() as s:
+            q = (
+                select(RestageClaim)
+                .where(RestageClaim.dataset == dataset)
+                .order_by(col(RestageClaim.claimed_at))
+            )
+            return list(s.exec(q))
