@@ -1,0 +1,367 @@
+"""Re-staging end to end: a Prefect server and a process worker started here, the S3 endpoint,
+the real prefect.yaml (schedule and trigger), and the state DB the worker writes.
+
+Changing an object makes the scheduled watch-datasets run emit mlstage.dataset.changed; the
+deployment trigger starts restage-dataset, which preprocesses, publishes and stages the new
+version and re-runs the stale benchmark. A burst of 100 uploads makes one restage run; an S3
+event notification through `mlstage notify` does what polling does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from mlstage import pipeline
+from mlstage.settings import get_settings
+from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec
+from mlstage.state import StateStore
+from mlstage.testing.net import free_port, wait_until
+from mlstage.testing.s3 import S3Endpoint
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+POOL = "mlstage-process"
+WATCH_INTERVAL = 4  # seconds between scheduled watch-datasets runs in this test
+pytestmark = [pytest.mark.integration, pytest.mark.prefect, pytest.mark.slow]
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefect server + process worker. TO SWAP at merge for mlstage.testing.prefect_server (feat/flows);
+# everything Prefect-specific this module needs is in this one fixture and its helpers.
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PrefectStack:
+    api_url: str
+    env: dict[str, str]
+
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        r = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kw)
+        r.raise_for_status()
+        return r.json()
+
+    def restage_runs(self, dataset: str) -> list[dict[str, Any]]:
+        dep = self.api("GET", "/deployments/name/restage-dataset/restage-dataset")
+        runs = self.api(
+            "POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": [dep["id"]]}}}
+        )
+        return [r for r in runs if r["parameters"].get("dataset") == dataset]
+
+    def events(self, name: str, dataset: str, at_least: int = 1) -> list[dict[str, Any]]:
+        """Events ``name`` about ``dataset``, once at least ``at_least`` were persisted."""
+        deadline = time.monotonic() + 60
+        while True:
+            found = self._events(name, dataset)
+            if len(found) >= at_least or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
+    def _events(self, name: str, dataset: str) -> list[dict[str, Any]]:
+        body = {
+            "filter": {
+                "event": {"name": [name]},
+                "any_resource": {"id": [f"mlstage.dataset.{dataset}"]},
+                "order": "ASC",
+            },
+            "limit": 50,
+        }
+        return self.api("POST", "/events/filter", json=body)["events"]
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process we started and its group (a worker needs a second signal)."""
+    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _deploy_file(tmp: Path) -> Path:
+    """This repo's prefect.yaml, reduced to our deployments, with a short watch interval."""
+    doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    mine = [d for d in doc["deployments"] if d["name"] in ("watch-datasets", "restage-dataset")]
+    for d in mine:
+        if d["name"] == "watch-datasets":
+            d["schedules"] = [{"interval": WATCH_INTERVAL}]
+    doc["deployments"] = mine
+    out = tmp / "prefect.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
+@pytest.fixture(scope="module")
+def prefect_stack(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectStack]:
+    tmp = tmp_path_factory.mktemp("prefect")
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        **world.env,
+        "PREFECT_HOME": str(tmp / "home"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    logs = tmp / "logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        out = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        p = subprocess.Popen(
+            args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        procs.append(p)
+        return p
+
+    def cli(*args: str) -> None:
+        r = subprocess.run(
+            [str(BIN / "prefect"), *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert r.returncode == 0, f"prefect {' '.join(args)}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+
+    try:
+        start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1"])
+        wait_until(
+            lambda: httpx.get(f"{api_url}/health", timeout=2).status_code == 200,
+            timeout=120,
+            what="prefect server",
+            interval=0.5,
+        )
+        cli("work-pool", "create", POOL, "--type", "process")
+        cli("--no-prompt", "deploy", "--all", "--prefect-file", str(_deploy_file(tmp)))
+        start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL])
+        yield PrefectStack(api_url, env)
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+        for f in sorted(logs.iterdir()):  # shown by pytest when a test failed
+            print(f"----- {f.name} (tail)\n{f.read_text(errors='replace')[-4000:]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The watched datasets in a real bucket, with a benchmark run on each one's first version
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class World:
+    endpoint: S3Endpoint
+    bucket: str
+    home: Path
+    watchlist: Path
+    env: dict[str, str]
+
+    def store(self) -> StateStore:
+        return StateStore.open(f"sqlite:///{self.home / 'state.db'}")
+
+    def put(self, dataset: str, i: int) -> None:
+        body = json.dumps({"x": [i, i % 3, 1.0], "y": i % 2}).encode()
+        self.endpoint.client().put_object(
+            Bucket=self.bucket, Key=f"{dataset}/sample-{i:05d}.json", Body=body
+        )
+
+
+MODEL = ModelSpec(
+    name="logistic",
+    dataset="polled",
+    entrypoint="mlstage.examples:fit_and_score",
+    params={"estimator": "logistic"},
+)
+
+
+@pytest.fixture(scope="module")
+def world(s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("world")
+    bucket = f"mlstage-restage-{os.getpid()}"
+    s3_endpoint.client().create_bucket(Bucket=bucket)
+    recipe = RecipeSpec(params={"target_bytes": 4096})
+    entries = [
+        {"name": "polled", "settle": 1, "rerun_stale": True, "poll": True},
+        {"name": "burst", "settle": 3, "rerun_stale": False, "poll": True},
+        {"name": "pushed", "settle": 1, "rerun_stale": False, "poll": False},
+    ]
+    watchlist = tmp / "watchlist.yaml"
+    watchlist.write_text(
+        yaml.safe_dump(
+            {
+                "datasets": [
+                    {
+                        "dataset": DatasetSpec(
+                            name=e["name"], uri=f"s3://{bucket}/{e['name']}/", recipe=recipe
+                        ).model_dump(mode="json"),
+                        "settle_seconds": e["settle"],
+                        "rerun_stale": e["rerun_stale"],
+                        "poll": e["poll"],
+                    }
+                    for e in entries
+                ]
+            }
+        )
+    )
+    home = tmp / "mlstage-home"
+    env = {
+        **s3_endpoint.env(),
+        "MLSTAGE_HOME": str(home),
+        "MLSTAGE_WATCHLIST": str(watchlist),
+    }
+    w = World(s3_endpoint, bucket, home, watchlist, env)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        for k in ("MLSTAGE_STATE_URL", "MLSTAGE_SHARED", "MLSTAGE_CACHE_DIR", "AWS_PROFILE"):
+            mp.delenv(k, raising=False)
+        for e in entries:
+            for i in range(12):
+                w.put(e["name"], i)
+        ws = pipeline.Workspace.from_settings(get_settings())
+        from mlstage.watch import WatchList
+
+        wl = WatchList.load(watchlist)
+        for e in wl.datasets:  # version 1 of each, and a benchmark that consumed polled's
+            resolved = pipeline.resolve(ws, e.dataset)
+            if e.name == "polled":
+                ready = pipeline.stage(ws, pipeline.preprocess(ws, resolved))
+                assert pipeline.run(ws, MODEL, ready).status == "completed"
+        yield w
+
+
+def wait_for_restage(stack: PrefectStack, dataset: str, timeout: float = 150) -> dict[str, Any]:
+    """The first restage-dataset run for ``dataset`` once it finished; fails if it failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = stack.restage_runs(dataset)
+        done = [r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")]
+        if done:
+            run = done[0]
+            assert run["state_type"] == "COMPLETED", run["state"]
+            return run
+        time.sleep(1)
+    raise AssertionError(f"no restage-dataset run for {dataset} finished within {timeout} s")
+
+
+def fingerprint_now(world: World, dataset: str) -> str:
+    from mlstage.sources.s3 import S3Source
+
+    src = S3Source(world.bucket, f"{dataset}/", client=world.endpoint.client())
+    return src.resolve().fingerprint
+
+
+def test_a_changed_object_restages_and_reruns_the_stale_benchmark(
+    world: World, prefect_stack: PrefectStack
+) -> None:
+    store = world.store()
+    (old_run,) = store.runs()
+    v1 = store.versions("polled")[0].fingerprint
+    world.put("polled", 100)
+    v2 = fingerprint_now(world, "polled")
+
+    run = wait_for_restage(prefect_stack, "polled")
+    assert run["parameters"]["version"] == v2 and run["parameters"]["old_version"] == v1
+    assert [v.fingerprint for v in store.versions("polled")] == [v1, v2]
+    assert [r.run_id for r in store.stale_runs("polled")] == [old_run.run_id]
+    (rerun,) = store.runs_consuming(version=v2)
+    assert rerun.model == "logistic" and rerun.status == "completed"
+    assert rerun.metrics["samples"] == 13 and rerun.flow_run_id == run["id"]
+
+    (restaged,) = prefect_stack.events("mlstage.dataset.restaged", "polled")
+    assert restaged["payload"]["reran"] == [rerun.run_id]
+    assert restaged["payload"]["stale_runs"] == [old_run.run_id]
+    changed = prefect_stack.events("mlstage.dataset.changed", "polled")
+    assert [e["payload"]["version"] for e in changed] == [v2]
+    stale = prefect_stack.events("mlstage.benchmark.stale", "polled")
+    assert [e["payload"]["run_id"] for e in stale] == [old_run.run_id]
+
+
+def test_a_burst_of_100_changes_makes_one_restage(
+    world: World, prefect_stack: PrefectStack
+) -> None:
+    store = world.store()
+    (v1,) = [v.fingerprint for v in store.versions("burst")]
+    # 100 uploads spread over more than two watch intervals: every pass sees it moving
+    pace = 2.5 * WATCH_INTERVAL / 100
+    for i in range(100, 200):
+        world.put("burst", i)
+        time.sleep(pace)
+    final = fingerprint_now(world, "burst")
+
+    run = wait_for_restage(prefect_stack, "burst")
+    assert run["parameters"]["version"] == final
+    time.sleep(3 * WATCH_INTERVAL)  # later watch passes must not announce it again
+    assert len(prefect_stack.restage_runs("burst")) == 1
+    assert [v.fingerprint for v in store.versions("burst")] == [v1, final]
+    assert len(prefect_stack.events("mlstage.dataset.changed", "burst")) == 1
+
+
+def test_an_s3_event_notification_through_mlstage_notify_restages(
+    world: World, prefect_stack: PrefectStack, tmp_path: Path
+) -> None:
+    store = world.store()
+    (v1,) = [v.fingerprint for v in store.versions("pushed")]
+    world.put("pushed", 100)
+    body = {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": world.bucket},
+                    "object": {"key": "pushed/sample-00100.json", "size": 40},
+                },
+            }
+        ]
+    }
+    (tmp_path / "event.json").write_text(json.dumps(body))
+    out = subprocess.run(
+        [str(BIN / "mlstage"), "notify", str(tmp_path / "event.json")],
+        env=prefect_stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    v2 = fingerprint_now(world, "pushed")
+    assert report["matched"] == ["pushed"] and report["events_emitted"] == 1
+    assert report["changed"] == [{"dataset": "pushed", "old_version": v1, "version": v2}]
+
+    run = wait_for_restage(prefect_stack, "pushed")
+    assert run["parameters"]["version"] == v2
+    assert [v.fingerprint for v in store.versions("pushed")] == [v1, v2]
+    (changed,) = prefect_stack.events("mlstage.dataset.changed", "pushed")
+    assert changed["payload"]["via"] == "notify"
+    (restaged,) = prefect_stack.events("mlstage.dataset.restaged", "pushed")
+    assert restaged["payload"]["version"] == v2
