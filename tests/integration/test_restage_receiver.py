@@ -73,3 +73,27 @@ def test_a_burst_of_posts_settles_into_one_change(
     assert change.new_version == final and change.dataset == "ds"
     assert [v.fingerprint for v in store.versions("ds")][-1] == final
     assert len(store.versions("ds")) == 2
+
+
+def test_mlstage_notify_serve_answers_over_http(home: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    wl = tmp_path / "watchlist.json"
+    wl.write_text(json.dumps({"datasets": [{"dataset": {"name": "ds", "uri": "s3://bkt/ds/"}}]}))
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlstage"), "notify", "serve", "--port", str(port)],
+        env={**os.environ, "MLSTAGE_WATCHLIST": str(wl)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until(lambda: httpx.get(url, timeout=1).status_code == 200, timeout=60, what="serve")
+        r = httpx.post(url, content=notification("bkt", "other/key"), timeout=10)
+        assert r.status_code == 202 and r.json() == {"datasets": []}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
