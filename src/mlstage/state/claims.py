@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -170,8 +171,6 @@ class Coordination:
         A claim that failed, or is still running after ``lease_seconds`` (its owner died),
         can be taken over; a done or superseded one cannot.
         """
-        import time
-
         owner = owner or default_owner()
         now = time.time()
         with self.store.session() as s:
