@@ -20,7 +20,7 @@ from mlstage.restage import restage
 from mlstage.watch import WatchList, watchlist_path
 
 
-@flow(name="restage-dataset", log_prints=True)
+@flow(name="restage-dataset", log_prints=True, retries=1, retry_delay_seconds=30)
 def restage_dataset(
     dataset: str,
     version: str,

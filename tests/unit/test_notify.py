@@ -74,3 +74,24 @@ def test_debouncer_fires_once_after_the_burst_is_quiet() -> None:
     now[0] += 2.0
     assert d.due() == ["a"]
     assert d.due() == [] and len(d) == 0
+
+
+def test_cli_reads_stdin_and_reports_what_it_matched(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from mlstage.cli import app
+
+    monkeypatch.setenv("MLSTAGE_HOME", str(tmp_path / "home"))
+    wl = tmp_path / "w.json"
+    wl.write_text(json.dumps({"datasets": [{"dataset": {"name": "d", "uri": "s3://bkt/d/"}}]}))
+    body = json.dumps({"Records": [record("bkt", "elsewhere/k")]})
+    res = CliRunner().invoke(app, ["notify", "-", "-w", str(wl), "--no-emit"], input=body)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == {
+        "matched": [],
+        "changed": [],
+        "settling": [],
+        "events_emitted": 0,
+    }
+    res = CliRunner().invoke(app, ["notify", str(tmp_path / "nope.json"), "-w", str(wl)])
+    assert isinstance(res.exception, ConfigError) and "cannot read" in str(res.exception)
