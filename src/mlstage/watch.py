@@ -198,8 +198,8 @@ class Watcher:
         baseline = None
         first_sight = self.coord.watch_state(entry.name) is None
         if first_sight:
-            history = self.store.versions(entry.name)
-            baseline = history[-1].fingerprint if history else None
+            current = [v.version for v in self.store.history(entry.name) if v.current]
+            baseline = current[0] if current else None
         fp = manifest.fingerprint
         if first_sight and baseline is None:
             # the first sight is a version too: record it so lineage knows it

@@ -14,39 +14,13 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
-from sqlmodel import Field, SQLModel
 
-from mlstage.state.models import utcnow
+from mlstage.state.models import RestageClaim, WatchState, utcnow
 from mlstage.state.store import StateStore
-
-
-class WatchState(SQLModel, table=True):
-    __tablename__ = "watch_states"
-    dataset: str = Field(primary_key=True)
-    current: str = Field(description="The version (fingerprint) last announced or baselined.")
-    pending: str | None = Field(default=None, description="A newer fingerprint, not settled yet.")
-    pending_since: float | None = Field(default=None, description="Epoch s it was first seen.")
-    observed_at: float | None = None
-    changed_at: datetime | None = None
-
-
-class RestageClaim(SQLModel, table=True):
-    __tablename__ = "restage_claims"
-    dataset: str = Field(primary_key=True)
-    version: str = Field(primary_key=True)
-    owner: str
-    status: str = Field(default="running", description="running, done, failed, superseded")
-    claimed_at: float
-    finished_at: datetime | None = None
-    detail: str | None = None
-
-
-TABLES = [WatchState.__table__, RestageClaim.__table__]  # type: ignore[attr-defined]
 
 Verdict = Literal["baseline", "unchanged", "pending", "changed", "lost"]
 
@@ -72,11 +46,10 @@ def default_owner() -> str:
 
 
 class Coordination:
-    """Watch states and re-stage claims over a StateStore's engine (tables created on open)."""
+    """Watch states and re-stage claims over a StateStore (tables: migration 0003)."""
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        SQLModel.metadata.create_all(store.engine, tables=TABLES)
 
     # -- watch states ---------------------------------------------------------------------
     def watch_state(self, dataset: str) -> WatchState | None:
@@ -99,7 +72,7 @@ class Coordination:
         uploads settles once, on its final state. ``baseline`` is the version to compare
         with on first sight (the latest recorded one), else the first sight is the baseline.
         """
-        with self.store.session() as s:
+        with self.store.session(write=True) as s:
             row = s.get(WatchState, dataset)
             if row is None:
                 s.add(
@@ -173,7 +146,7 @@ class Coordination:
         """
         owner = owner or default_owner()
         now = time.time()
-        with self.store.session() as s:
+        with self.store.session(write=True) as s:
             s.add(RestageClaim(dataset=dataset, version=version, owner=owner, claimed_at=now))
             try:
                 s.commit()
@@ -198,7 +171,7 @@ class Coordination:
 
     def finish(self, dataset: str, version: str, status: str, detail: str | None = None) -> None:
         """Close a claim: done, failed (may be retried) or superseded (a newer version came)."""
-        with self.store.session() as s:
+        with self.store.session(write=True) as s:
             s.execute(
                 update(RestageClaim)
                 .where(

@@ -140,3 +140,28 @@ class Consumption(SQLModel, table=True):
     artifact_id: str = Field(foreign_key="artifacts.id", index=True)
     version_id: int = Field(foreign_key="dataset_versions.id", index=True)
     stage_record_id: int | None = Field(default=None, foreign_key="stage_records.id", index=True)
+
+
+class WatchState(SQLModel, table=True):
+    """Per watched dataset: the version last announced, and a newer one still settling."""
+
+    __tablename__ = "watch_states"
+    dataset: str = Field(primary_key=True)
+    current: str = Field(description="the version (fingerprint) last announced or baselined")
+    pending: str | None = Field(default=None, description="a newer fingerprint, not settled yet")
+    pending_since: float | None = Field(default=None, description="epoch s it was first seen")
+    observed_at: float | None = None
+    changed_at: datetime | None = None
+
+
+class RestageClaim(SQLModel, table=True):
+    """One re-stage of a (dataset, version): inserting the row is the claim."""
+
+    __tablename__ = "restage_claims"
+    dataset: str = Field(primary_key=True)
+    version: str = Field(primary_key=True)
+    owner: str = Field(description="host:pid of the claimant")
+    status: str = Field(default="running", description="running, done, failed, superseded")
+    claimed_at: float = Field(description="epoch s; a running claim older than its lease is dead")
+    finished_at: datetime | None = None
+    detail: str | None = None
