@@ -3,8 +3,8 @@ each change is announced once and each version re-staged once."""
 
 from __future__ import annotations
 
+import os
 import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +13,7 @@ from mlstage.manifest import Entry, Manifest
 from mlstage.specs import DatasetSpec
 from mlstage.state import StateStore
 from mlstage.state.claims import Coordination
+from mlstage.testing.postgres import postgres_unavailable, throwaway_database
 from mlstage.watch import Change, WatchEntry, Watcher
 
 pytestmark = pytest.mark.integration
@@ -21,18 +22,13 @@ N = 6
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    name = f"mlstage_watch_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.close()
+    reason = postgres_unavailable()
+    if reason:
+        if os.environ.get("MLSTAGE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"MLSTAGE_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    with throwaway_database("mlstage_watch_") as url:
+        yield url
 
 
 def run_together(fn, n: int) -> list:  # type: ignore[no-untyped-def, type-arg]
