@@ -143,6 +143,23 @@ class LocalCache:
             self.index.touch(fingerprint)
         return StagedDataset(fingerprint, path, row.files, row.bytes, hit=True)
 
+    def present(self, source: Source, entries: list[Entry]) -> dict[str, str]:
+        """The entries whose content is already in the object store: path -> sha256.
+
+        What a stage would not fetch again; a streaming reader yields these at once.
+        """
+        found: dict[str, str] = {}
+        for e in entries:
+            d = _known_digest(e)
+            if d is not None:
+                if self.index.has_object(d) and self.object_path(d).exists():
+                    found[e.path] = d
+                continue
+            d = self.index.digest_for(_source_key(source, e))
+            if d is not None and self.object_path(d).exists():
+                found[e.path] = d
+        return found
+
     def stats(self) -> CacheStats:
         return CacheStats(
             root=str(self.root),

@@ -1,0 +1,666 @@
+"""Streaming: read a dataset while it stages, and keep it as a normal cache entry afterwards.
+
+``open_stream`` starts ``LocalCache.stage`` in a background thread and hands back a
+``StreamingDataset``: an iterator of ready objects, in manifest order or completion order,
+that blocks only when the object it needs next has not landed yet. Objects are fetched in
+priority order (the reader's order first): the head object alone, so the first one arrives as
+fast as one fetch can make it, then a small byte window ahead of the reader.
+
+Every ready object is verified and already in the content-addressed store; it appears as a
+hard link in the stream's own folder (``data_dir``) and as one line in ``ready.jsonl``. That
+folder and log are the cross-process protocol: DataLoader workers, a WebDataset pipeline or a
+command entrypoint read them through a picklable ``StreamView``::
+
+    <cache>/streams/<fp12>-<pid>-<rand>/data/...        hard links to ready objects
+    <cache>/streams/<fp12>-<pid>-<rand>/ready.jsonl     "path" per ready object; last line
+                                                         {"end": "complete"|"failed"|"cancelled"}
+    <cache>/streams/<fp12>-<pid>-<rand>/stall/*.json    stall seconds each worker measured
+
+When staging finishes the dataset is an ordinary complete entry (``LocalCache.lookup`` finds
+it) and the stream holds a lease on it until it is closed. A stream closed early cancels its
+staging: what landed stays in the object store and the next stage or stream fetches only the
+rest; the dataset tree is never built half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from mlstage.cache import LocalCache, StagedDataset
+from mlstage.errors import CacheError, ConfigError, MlstageError
+from mlstage.manifest import Entry, Manifest
+from mlstage.retry import RetryPolicy
+from mlstage.sources.base import RemoteObject, Source
+from mlstage.transfer import Fetched
+
+log = logging.getLogger(__name__)
+
+Order = Literal["manifest", "completion"]
+READY_LIST_ENV = "MLSTAGE_READY_LIST"
+_POLL = 0.02
+
+
+class StreamCancelled(MlstageError):
+    """The stream was closed before its dataset was complete; what landed is kept."""
+
+
+class StreamFailed(MlstageError):
+    """Staging behind a stream failed; the reader cannot get the objects it waits for."""
+
+
+@dataclass(frozen=True)
+class ReadyObject:
+    """One verified object a reader can open now."""
+
+    path: str  # relative path inside the dataset
+    file: Path  # readable while the stream is open
+    size: int
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """What a stream cost the reader: when data came, how long the reader waited for it."""
+
+    objects_total: int
+    objects_ready: int
+    objects_present: int  # already in the cache when the stream started (resumed or shared)
+    bytes_fetched: int
+    time_to_first_object_s: float | None
+    time_to_ready_s: float | None
+    stall_seconds: float
+
+    def as_metrics(self) -> dict[str, float | None]:
+        """The per-run metrics recorded in the state DB."""
+        return {
+            "time_to_first_object_s": _round(self.time_to_first_object_s),
+            "time_to_ready_s": _round(self.time_to_ready_s),
+            "data_stall_seconds": _round(self.stall_seconds),
+        }
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+# -- fetch priority -------------------------------------------------------------------------
+class _Admission:
+    """Lets reads start in priority order: the head object alone, then a byte window ahead."""
+
+    def __init__(self, lookahead_bytes: int, max_inflight: int, cancelled: threading.Event):
+        self.lookahead_bytes = lookahead_bytes
+        self.max_inflight = max_inflight
+        self.cancelled = cancelled
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, int]] = []
+        self._inflight: dict[int, list[int]] = {}  # token -> [rank, remaining bytes]
+        self._seq = itertools.count()
+        self._head_done = False
+
+    def _room(self, rank: int) -> bool:
+        if not self._inflight or all(r == rank for r, _ in self._inflight.values()):
+            return True  # nothing running, or only other parts of this same object
+        if not self._head_done or len(self._inflight) >= self.max_inflight:
+            return False
+        return sum(rem for _, rem in self._inflight.values()) < self.lookahead_bytes
+
+    def admit(self, rank: int, nbytes: int) -> int:
+        with self._cond:
+            me = (rank, next(self._seq))
+            heapq.heappush(self._waiting, me)
+            try:
+                while True:
+                    if self.cancelled.is_set():
+                        raise StreamCancelled("the stream was closed")
+                    if self._waiting[0] == me and self._room(rank):
+                        heapq.heappop(self._waiting)
+                        self._inflight[me[1]] = [rank, nbytes]
+                        self._cond.notify_all()
+                        return me[1]
+                    self._cond.wait(0.1)
+            except BaseException:
+                if me in self._waiting:
+                    self._waiting.remove(me)
+                    heapq.heapify(self._waiting)
+                    self._cond.notify_all()
+                raise
+
+    def progress(self, token: int, n: int) -> None:
+        with self._cond:
+            slot = self._inflight[token]
+            before = slot[1]
+            slot[1] = max(0, before - n)
+            if before >= self.lookahead_bytes > slot[1] or slot[1] == 0:
+                self._cond.notify_all()
+
+    def release(self, token: int, *, finished: bool) -> None:
+        with self._cond:
+            self._inflight.pop(token, None)
+            if finished:
+                self._head_done = True
+            self._cond.notify_all()
+
+
+class _PrioritySource:
+    """The stream's view of a Source: objects in the reader's order, reads admitted in it."""
+
+    def __init__(
+        self,
+        inner: Source,
+        rank: dict[str, int],
+        admission: _Admission,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self._inner = inner
+        self._rank = rank
+        self._admission = admission
+        self._on_bytes = on_bytes
+        self._object_rank: dict[str, int] = {}
+        self.uri = inner.uri  # the cache keys objects by the source's URI: keep it identical
+        self.supports_ranges = inner.supports_ranges
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def resolve(self) -> Manifest:
+        return self._inner.resolve()
+
+    def objects(self, entries: Sequence[Entry]) -> list[RemoteObject]:
+        objs = self._inner.objects(entries)
+        last = len(self._rank)
+        for o in objs:
+            self._object_rank[o.key] = min(self._rank.get(e.path, last) for e in o.entries)
+        return sorted(objs, key=lambda o: self._object_rank[o.key])
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        end = obj.size if end is None else end
+        token = self._admission.admit(self._object_rank.get(obj.key, 0), end - start)
+        got = 0
+        try:
+            for chunk in self._inner.read(obj, start, end):
+                if self._admission.cancelled.is_set():
+                    raise StreamCancelled("the stream was closed")
+                got += len(chunk)
+                self._admission.progress(token, len(chunk))
+                self._on_bytes(len(chunk))
+                yield chunk
+        finally:
+            self._admission.release(token, finished=got >= end - start)
+
+    def unpack(self, obj: RemoteObject, path: Path, workdir: Path) -> list[tuple[Entry, Path]]:
+        return self._inner.unpack(obj, path, workdir)
+
+
+# -- reading in order -----------------------------------------------------------------------
+class _Feed(Protocol):
+    def poll(self, cursor: int, timeout: float) -> tuple[list[str], int, dict[str, str] | None]:
+        """Ready paths after ``cursor`` (waiting up to ``timeout`` for one), new cursor, end."""
+        ...
+
+
+def _iterate(
+    feed: _Feed,
+    wanted: Sequence[str],
+    sizes: dict[str, int],
+    data_dir: Path,
+    order: Order,
+    add_stall: Callable[[float], None],
+) -> Iterator[ReadyObject]:
+    if order not in ("manifest", "completion"):
+        raise ConfigError(f"unknown order {order!r}", hint="use 'manifest' or 'completion'")
+    unknown = [p for p in wanted if p not in sizes]
+    if unknown:
+        raise ConfigError(f"not in the dataset: {unknown[0]!r} ({len(unknown)} paths)")
+    wanted_set = set(wanted)
+    ready: set[str] = set()
+    landed: deque[str] = deque()
+    cursor, end, nxt, done = 0, None, 0, 0
+    while done < len(wanted):
+        if order == "manifest" and wanted[nxt] in ready:
+            p = wanted[nxt]
+            nxt += 1
+        elif order == "completion" and landed:
+            p = landed.popleft()
+        elif end is not None:
+            if end["end"] == "cancelled":
+                raise StreamCancelled("the stream was closed before this object landed")
+            raise StreamFailed(f"staging failed: {end.get('error', 'unknown error')}")
+        else:
+            t0 = time.monotonic()
+            new, cursor, end = feed.poll(cursor, 0.5)
+            add_stall(time.monotonic() - t0)
+            for q in new:
+                if q in wanted_set and q not in ready:
+                    ready.add(q)
+                    landed.append(q)
+            continue
+        done += 1
+        yield ReadyObject(p, data_dir / p, sizes[p])
+
+
+class _FileFeed:
+    """Tails ``ready.jsonl``: works from any process on the node."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def poll(self, cursor: int, timeout: float) -> tuple[list[str], int, dict[str, str] | None]:
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(cursor)
+                    data = f.read()
+            except FileNotFoundError:
+                data = b""
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                new: list[str] = []
+                end = None
+                for line in data[:cut].splitlines():
+                    item = json.loads(line)
+                    if isinstance(item, str):
+                        new.append(item)
+                    else:
+                        end = item
+                return new, cursor + cut, end
+            if time.monotonic() >= deadline:
+                return [], cursor, None
+            time.sleep(delay)
+            delay = min(delay * 2, _POLL)
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """A picklable handle on a stream's folder: read it from any process on this node."""
+
+    root: Path
+    entries: tuple[tuple[str, int], ...]  # (path, size) in manifest order
+
+    @property
+    def data_dir(self) -> Path:
+        """The folder being filled: ready objects appear here under their dataset paths."""
+        return self.root / "data"
+
+    @property
+    def ready_list(self) -> Path:
+        """One JSON line per ready path, then ``{"end": ...}``; tail it to follow the stream."""
+        return self.root / "ready.jsonl"
+
+    def paths(self) -> list[str]:
+        return [p for p, _ in self.entries]
+
+    def iter_ready(
+        self, order: Order = "manifest", paths: Sequence[str] | None = None
+    ) -> Iterator[ReadyObject]:
+        """Ready objects of ``paths`` (default: all) in ``order``; blocks only for the next one.
+
+        The time spent blocked is written under ``stall/`` when the iteration ends, so the
+        stream that owns the folder can report the stall of every worker.
+        """
+        stall = [0.0]
+
+        def add(s: float) -> None:
+            stall[0] += s
+
+        try:
+            yield from _iterate(
+                _FileFeed(self.ready_list),
+                list(paths) if paths is not None else self.paths(),
+                dict(self.entries),
+                self.data_dir,
+                order,
+                add,
+            )
+        finally:
+            with contextlib.suppress(OSError):
+                out = self.root / "stall" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+                out.write_text(json.dumps({"stall_seconds": stall[0]}))
+
+
+# -- the stream -----------------------------------------------------------------------------
+class StreamingDataset:
+    """A dataset staging in the background, readable as its objects land. Use ``open_stream``."""
+
+    def __init__(
+        self,
+        cache: LocalCache,
+        source: Source,
+        manifest: Manifest,
+        *,
+        workers: int = 16,
+        part_size: int = 16 * 1024 * 1024,
+        retry: RetryPolicy | None = None,
+        priority: Sequence[str] | None = None,
+        lookahead_bytes: int = 8 * 1024 * 1024,
+        order: Order = "manifest",
+    ) -> None:
+        self.cache = cache
+        self.manifest = manifest
+        self.order: Order = order
+        self._workers = workers
+        self._part_size = part_size
+        self._retry = retry
+        self._sizes = {e.path: e.size for e in manifest.entries}
+        head = [p for p in (priority or []) if p in self._sizes]
+        ranked = list(dict.fromkeys([*head, *(e.path for e in manifest.entries)]))
+        self._cancelled = threading.Event()
+        self._admission = _Admission(lookahead_bytes, workers, self._cancelled)
+        self._source = _PrioritySource(
+            source, {p: i for i, p in enumerate(ranked)}, self._admission, self._count_bytes
+        )
+        self._inner_source = source
+        self.root = cache.root / "streams" / f"{manifest.fingerprint[:12]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.view = StreamView(self.root, tuple((e.path, e.size) for e in manifest.entries))
+        self._cond = threading.Condition()
+        self._ready: list[str] = []
+        self._ready_set: set[str] = set()
+        self._end: dict[str, str] | None = None
+        self._error: BaseException | None = None
+        self._staged: StagedDataset | None = None
+        self._present = 0
+        self._bytes = 0
+        self._stall = 0.0
+        self._started = 0.0
+        self._first: float | None = None
+        self._complete_at: float | None = None
+        self._callbacks = False
+        self._lease = contextlib.ExitStack()
+        self._thread: threading.Thread | None = None
+        self._log: Any = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> StreamingDataset:
+        """Create the stream folder and start staging in a background thread."""
+        _remove_stale_streams(self.cache.root / "streams")
+        try:
+            (self.root / "data").mkdir(parents=True)
+            (self.root / "stall").mkdir()
+            self._log = open(self.view.ready_list, "a", buffering=1)  # noqa: SIM115 - closed in _finish
+        except OSError as exc:
+            raise CacheError(
+                f"cannot create the stream folder {self.root}: {exc.strerror}",
+                hint="check the cache folder is writable",
+            ) from exc
+        self._started = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._run, name=f"mlstage-stream-{self.manifest.fingerprint[:8]}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def close(self, *, cancel: bool = True) -> None:
+        """Stop (``cancel``) or finish staging, release the lease, remove the stream folder.
+
+        Paths handed out by this stream stop existing; the complete dataset stays at
+        ``LocalCache.dataset_path``, and an incomplete one stays resumable in the object store.
+        """
+        if cancel and not self.complete:
+            self._cancelled.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._lease.close()
+        if self.root.exists():
+            self._collect_stall()
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> StreamingDataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        """The folder being filled (valid until ``close``)."""
+        return self.view.data_dir
+
+    @property
+    def complete(self) -> bool:
+        with self._cond:
+            return self._end is not None and self._end["end"] == "complete"
+
+    def __iter__(self) -> Iterator[ReadyObject]:
+        return self.iter_ready(self.order)
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def iter_ready(
+        self, order: Order | None = None, paths: Sequence[str] | None = None
+    ) -> Iterator[ReadyObject]:
+        """Ready objects of ``paths`` (default: all) in manifest or completion order.
+
+        Blocks only while the object it needs next has not landed; that time is the stall.
+        """
+        return _iterate(
+            self,
+            list(paths) if paths is not None else [e.path for e in self.manifest.entries],
+            self._sizes,
+            self.data_dir,
+            order or self.order,
+            self._add_stall,
+        )
+
+    def poll(self, cursor: int, timeout: float) -> tuple[list[str], int, dict[str, str] | None]:
+        with self._cond:
+            if cursor >= len(self._ready) and self._end is None:
+                self._cond.wait(timeout)
+            return list(self._ready[cursor:]), len(self._ready), self._end
+
+    def wait_first(self, timeout: float | None = None) -> None:
+        """Block until one object is ready (or the stream ended); raise if staging failed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._ready or self._end is not None, timeout)
+        self._raise_failure()
+
+    def wait(self, timeout: float | None = None) -> StagedDataset:
+        """Block until staging is complete; the dataset is then a normal cache entry."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._end is not None, timeout):
+                raise TimeoutError(f"staging {self.manifest.source} did not finish in {timeout} s")
+        self._raise_failure()
+        assert self._staged is not None
+        return self._staged
+
+    def stats(self) -> StreamStats:
+        """Timings so far; stall includes workers whose iteration has ended."""
+        with self._cond:
+            ready = len(self._ready)
+        return StreamStats(
+            objects_total=len(self.manifest),
+            objects_ready=ready,
+            objects_present=self._present,
+            bytes_fetched=self._bytes,
+            time_to_first_object_s=None if self._first is None else self._first - self._started,
+            time_to_ready_s=None
+            if self._complete_at is None
+            else self._complete_at - self._started,
+            stall_seconds=self._stall + self._worker_stall(),
+        )
+
+    # -- internals ----------------------------------------------------------------------
+    def _raise_failure(self) -> None:
+        with self._cond:
+            end = self._end
+        if end is None:
+            return
+        if end["end"] == "cancelled":
+            raise StreamCancelled(f"the stream over {self.manifest.source} was closed")
+        if end["end"] == "failed":
+            if isinstance(self._error, MlstageError):
+                raise self._error
+            raise StreamFailed(f"staging {self.manifest.source} failed: {end.get('error')}")
+
+    def _add_stall(self, s: float) -> None:
+        with self._cond:
+            self._stall += s
+
+    def _count_bytes(self, n: int) -> None:
+        with self._cond:
+            self._bytes += n
+
+    def _worker_stall(self) -> float:
+        total = 0.0
+        with contextlib.suppress(OSError):
+            for f in (self.root / "stall").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    total += float(json.loads(f.read_text())["stall_seconds"])
+        return total
+
+    def _collect_stall(self) -> None:
+        worker = self._worker_stall()
+        with self._cond:
+            self._stall += worker
+        shutil.rmtree(self.root / "stall", ignore_errors=True)
+
+    def _mark(self, path: str, source_file: Path) -> None:
+        with self._cond:
+            if path in self._ready_set or self._end is not None:
+                return
+            dest = self.data_dir / path
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if not dest.exists():
+                    os.link(source_file, dest)
+            except OSError as exc:
+                raise CacheError(
+                    f"cannot link {path} into the stream folder {self.root}: {exc.strerror}"
+                ) from exc
+            self._log.write(json.dumps(path) + "\n")
+            self._ready.append(path)
+            self._ready_set.add(path)
+            if self._first is None:
+                self._first = time.monotonic()
+            self._cond.notify_all()
+
+    def _on_object(self, fetched: Fetched) -> None:
+        self._callbacks = True
+        if self._cancelled.is_set():
+            raise StreamCancelled("the stream was closed")
+        self._mark(fetched.entry.path, self.cache.object_path(fetched.digest))
+
+    def _pending(self) -> list[Entry]:
+        with self._cond:
+            return [e for e in self.manifest.entries if e.path not in self._ready_set]
+
+    def _mark_present(self) -> int:
+        found = self.cache.present(self._inner_source, self._pending())
+        for path, digest in found.items():
+            self._mark(path, self.cache.object_path(digest))
+        return len(found)
+
+    def _watch_other_stager(self, stop: threading.Event) -> None:
+        # While another process holds the dataset's staging lock, its objects land in the
+        # shared index without calling us back: surface them as they appear.
+        while not stop.wait(0.25):
+            if self._callbacks or self._cancelled.is_set():
+                return
+            with contextlib.suppress(MlstageError, OSError):
+                self._mark_present()
+
+    def _run(self) -> None:
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._watch_other_stager, args=(stop,), daemon=True)
+        try:
+            self._present = self._mark_present()
+            watcher.start()
+            staged = self.cache.stage(
+                self._source,
+                self.manifest,
+                workers=self._workers,
+                part_size=self._part_size,
+                retry=self._retry,
+                on_object=self._on_object,
+            )
+            stop.set()
+            watcher.join()
+            self._lease.enter_context(self.cache.lease(self.manifest.fingerprint))
+            for e in self._pending():
+                self._mark(e.path, staged.path / e.path)
+            self._staged = staged
+            self._finish({"end": "complete"})
+        except StreamCancelled:
+            self._finish({"end": "cancelled"})
+        except BaseException as exc:  # noqa: BLE001 - handed to the readers
+            self._error = exc
+            log.warning("streaming %s failed: %s", self.manifest.source, exc)
+            self._finish({"end": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            stop.set()
+
+    def _finish(self, end: dict[str, str]) -> None:
+        with self._cond:
+            if end["end"] == "complete":
+                self._complete_at = time.monotonic()
+            with contextlib.suppress(OSError, ValueError):
+                self._log.write(json.dumps(end) + "\n")
+                self._log.close()
+            self._end = end
+            self._cond.notify_all()
+
+
+def _remove_stale_streams(folder: Path) -> None:
+    """Remove stream folders whose process is gone (links only: no data is lost)."""
+    if not folder.is_dir():
+        return
+    for d in folder.iterdir():
+        parts = d.name.split("-")
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def open_stream(
+    cache: LocalCache,
+    source: Source,
+    manifest: Manifest,
+    *,
+    workers: int = 16,
+    part_size: int = 16 * 1024 * 1024,
+    retry: RetryPolicy | None = None,
+    priority: Sequence[str] | None = None,
+    lookahead_bytes: int = 8 * 1024 * 1024,
+    order: Order = "manifest",
+) -> StreamingDataset:
+    """Start staging ``manifest`` from ``source`` and return a reader over it (already started).
+
+    ``priority`` lists paths to fetch first (the rest follow in manifest order);
+    ``lookahead_bytes`` bounds how far ahead of the head object reads run concurrently.
+    """
+    if lookahead_bytes < 0:
+        raise ConfigError("lookahead_bytes must be >= 0")
+    return StreamingDataset(
+        cache,
+        source,
+        manifest,
+        workers=workers,
+        part_size=part_size,
+        retry=retry,
+        priority=priority,
+        lookahead_bytes=lookahead_bytes,
+        order=order,
+    ).start()

@@ -1,0 +1,211 @@
+"""Streaming reads over a local folder source: order, blocking, priority, resume, failure."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlstage.cache import LocalCache
+from mlstage.errors import SourceError
+from mlstage.sources.base import RemoteObject
+from mlstage.sources.local import FolderSource
+from mlstage.stream import StreamCancelled, StreamFailed, open_stream
+
+
+class GatedSource(FolderSource):
+    """A folder whose objects are delivered only when the test opens their gate."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gates: dict[str, threading.Event] = {}
+        self.started: queue.Queue[str] = queue.Queue()
+        self.fail: set[str] = set()
+
+    def gate(self, key: str) -> threading.Event:
+        return self.gates.setdefault(key, threading.Event())
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        self.started.put(obj.key)
+        if obj.key in self.fail:
+            raise SourceError(f"{obj.key}: refused")
+        for _ in range(400):
+            if self.gate(obj.key).wait(0.05):
+                break
+            yield b""  # a heartbeat, like a slow network read: lets a cancel get through
+        else:
+            raise TimeoutError(obj.key)
+        yield from super().read(obj, start, end)
+
+
+def make_folder(root: Path, n: int = 6, size: int = 1000) -> Path:
+    root.mkdir(parents=True)
+    for i in range(n):
+        (root / f"obj-{i:02d}.bin").write_bytes(bytes([i]) * (size + i))
+    return root
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> LocalCache:
+    return LocalCache(tmp_path / "cache")
+
+
+def test_manifest_order_blocks_only_for_the_next_object(cache: LocalCache, tmp_path: Path) -> None:
+    src = GatedSource(make_folder(tmp_path / "remote"))
+    manifest = src.resolve()
+    names = [e.path for e in manifest.entries]
+    src.gate(names[0]).set()
+    with open_stream(cache, src, manifest, workers=4) as s:
+        it = iter(s)
+        first = next(it)
+        assert first.path == names[0] and first.file.read_bytes() == bytes([0]) * 1000
+        assert not s.complete
+
+        got: queue.Queue[str] = queue.Queue()
+        t = threading.Thread(target=lambda: got.put(next(it).path))
+        t.start()
+        src.gate(names[2]).set()  # the reader needs names[1]: it must keep waiting
+        with pytest.raises(queue.Empty):
+            got.get(timeout=0.5)
+        src.gate(names[1]).set()
+        assert got.get(timeout=10) == names[1]
+        t.join()
+        for n in names[3:]:
+            src.gate(n).set()
+        rest = [o.path for o in it]
+        assert rest == names[2:]
+        staged = s.wait(timeout=10)
+        stats = s.stats()
+    assert cache.lookup(manifest.fingerprint) is not None
+    assert sorted(p.name for p in staged.path.iterdir()) == names
+    assert stats.objects_ready == len(names) and stats.stall_seconds >= 0.4
+    assert stats.time_to_first_object_s is not None
+    assert stats.time_to_ready_s is not None
+    assert stats.time_to_first_object_s < stats.time_to_ready_s
+    assert not s.root.exists()  # the stream folder is gone, the dataset stays
+
+
+def test_completion_order_yields_each_once_as_it_lands(cache: LocalCache, tmp_path: Path) -> None:
+    src = GatedSource(make_folder(tmp_path / "remote"))
+    manifest = src.resolve()
+    names = [e.path for e in manifest.entries]
+    with open_stream(cache, src, manifest, workers=6, order="completion") as s:
+        it = iter(s)
+        src.gate(names[0]).set()
+        assert next(it).path == names[0]  # the head is fetched first, alone
+        src.gate(names[4]).set()
+        assert next(it).path == names[4]  # not the manifest's next: it landed first
+        for n in names:
+            src.gate(n).set()
+        rest = [o.path for o in it]
+    assert sorted([names[0], names[4], *rest]) == names
+
+
+def test_head_object_is_fetched_alone_then_in_priority_order(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    src = GatedSource(make_folder(tmp_path / "remote"))
+    manifest = src.resolve()
+    names = [e.path for e in manifest.entries]
+    prio = [names[3], names[1]]
+    with open_stream(cache, src, manifest, workers=6, priority=prio, lookahead_bytes=0) as s:
+        assert src.started.get(timeout=10) == names[3]
+        with pytest.raises(queue.Empty):  # nothing else starts while the head is in flight
+            src.started.get(timeout=0.3)
+        order = [names[3]]
+        for _ in names[1:]:
+            src.gate(order[-1]).set()
+            order.append(src.started.get(timeout=10))
+        src.gate(order[-1]).set()
+        s.wait(timeout=10)
+    assert order == [names[3], names[1], names[0], names[2], names[4], names[5]]
+
+
+def test_a_closed_stream_leaves_a_resumable_partial_entry(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    src = GatedSource(make_folder(tmp_path / "remote"))
+    manifest = src.resolve()
+    names = [e.path for e in manifest.entries]
+    for n in names[:3]:
+        src.gate(n).set()
+    with open_stream(cache, src, manifest, workers=2) as s:
+        it = iter(s)
+        assert [next(it).path for _ in range(3)] == names[:3]
+    with pytest.raises(StreamCancelled):
+        next(it)
+    assert cache.lookup(manifest.fingerprint) is None  # never a half-built dataset
+    assert not cache.dataset_path(manifest.fingerprint).exists()
+
+    for n in names:
+        src.gate(n).set()
+    src2 = FolderSource(src.root)
+    with open_stream(cache, src2, manifest) as s2:
+        assert [o.path for o in s2] == names
+        s2.wait(timeout=10)
+        stats = s2.stats()
+    assert stats.objects_present >= 3  # yielded at once, not fetched again
+    assert stats.bytes_fetched == sum(e.size for e in manifest.entries if e.path not in names[:3])
+    staged = cache.lookup(manifest.fingerprint)
+    assert staged is not None
+    for i, n in enumerate(names):
+        assert (staged.path / n).read_bytes() == bytes([i]) * (1000 + i)
+
+
+def test_a_complete_dataset_streams_from_the_cache(cache: LocalCache, tmp_path: Path) -> None:
+    src = FolderSource(make_folder(tmp_path / "remote"))
+    manifest = src.resolve()
+    cache.stage(src, manifest)
+    with open_stream(cache, src, manifest) as s:
+        assert [o.path for o in s] == [e.path for e in manifest.entries]
+        assert s.wait(timeout=10).hit
+        assert s.stats().bytes_fetched == 0
+
+
+def test_failed_staging_reaches_the_reader(cache: LocalCache, tmp_path: Path) -> None:
+    src = GatedSource(make_folder(tmp_path / "remote"))
+    manifest = src.resolve()
+    names = [e.path for e in manifest.entries]
+    for n in names:
+        src.gate(n).set()
+    src.fail.add(names[1])
+    with open_stream(cache, src, manifest, workers=1) as s:
+        it = iter(s)
+        assert next(it).path == names[0]
+        with pytest.raises(StreamFailed, match="refused"):
+            next(it)
+        with pytest.raises(SourceError):
+            s.wait(timeout=10)
+    assert cache.lookup(manifest.fingerprint) is None
+
+
+def test_view_reads_from_another_process_and_reports_its_stall(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    import multiprocessing as mp
+
+    src = GatedSource(make_folder(tmp_path / "remote"))
+    manifest = src.resolve()
+    names = [e.path for e in manifest.entries]
+    with open_stream(cache, src, manifest, workers=4) as s:
+        ctx = mp.get_context("spawn")
+        out = ctx.Queue()
+        p = ctx.Process(target=_read_view, args=(s.view, names[1::2], out))
+        p.start()
+        for n in names:
+            src.gate(n).set()
+        got = out.get(timeout=60)
+        p.join(30)
+        s.wait(timeout=10)
+        lines = s.view.ready_list.read_text().splitlines()
+        assert json.loads(lines[-1]) == {"end": "complete"}
+        assert sorted(json.loads(x) for x in lines[:-1]) == names
+    assert got == [(n, len(n)) for n in names[1::2]]
+
+
+def _read_view(view, paths, out) -> None:  # type: ignore[no-untyped-def]
+    out.put([(o.path, len(o.path)) for o in view.iter_ready("manifest", paths)])
