@@ -225,3 +225,70 @@ def run(
         return RunOutcome(row.id, model.name, model.dataset, "failed", {}, str(exc), ready)
     ws.state.finish_run(row.id, status="completed", metrics=metrics)
     return RunOutcome(row.id, model.name, model.dataset, "completed", metrics, None, ready)
+
+
+def run_streaming(
+    ws: Workspace,
+    model: ModelSpec,
+    prepared: Prepared,
+    *,
+    sweep_id: str | None = None,
+    flow_run_id: str | None = None,
+    priority: list[str] | None = None,
+) -> RunOutcome:
+    """stage + run overlapped (``start: first-shard``): the model starts on the first object.
+
+    Staging goes on in the background and ends as a normal cache entry, recorded like
+    ``stage`` does; the run's metrics gain ``time_to_first_object_s``, ``time_to_ready_s``
+    and ``data_stall_seconds`` (time the reader waited for data). An entrypoint that cannot
+    read while staging starts when the data is complete (see runner.run_entrypoint_streaming).
+    """
+    from mlstage.runner import run_entrypoint_streaming
+    from mlstage.stream import open_stream
+
+    row = ws.state.start_run(
+        model=model.name,
+        dataset=model.dataset,
+        entrypoint=model.entrypoint,
+        params=model.params,
+        sweep_id=sweep_id,
+        flow_run_id=flow_run_id,
+    )
+    artifact = prepared.artifact
+    ready: Ready | None = None
+    metrics: Metrics = {}
+    error: str | None = None
+    stream = open_stream(
+        ws.cache,
+        ws.shared.source(artifact),
+        artifact.manifest,
+        workers=ws.settings.workers,
+        part_size=ws.settings.part_size,
+        priority=priority,
+    )
+    try:
+        stream.wait_first()
+        metrics = run_entrypoint_streaming(model.entrypoint, stream, model.params)
+        staged = stream.wait()
+        stats = stream.stats()
+        rec = ws.state.record_stage(
+            artifact.artifact_id,
+            hit=staged.hit,
+            bytes_fetched=stats.bytes_fetched,
+            objects_fetched=staged.objects_fetched,
+            first_object_seconds=stats.time_to_first_object_s,
+            ready_seconds=stats.time_to_ready_s or 0.0,
+        )
+        assert rec.id is not None
+        ready = Ready(prepared.dataset, prepared.version, artifact.artifact_id, staged, rec.id)
+        ws.state.record_consumption(row.id, artifact.artifact_id, rec.id)
+    except MlstageError as exc:
+        error = str(exc)
+    finally:
+        stream.close()
+    metrics = {**metrics, **stream.stats().as_metrics()}
+    if error is not None:
+        ws.state.finish_run(row.id, status="failed", metrics=metrics, error=error)
+        return RunOutcome(row.id, model.name, model.dataset, "failed", metrics, error, ready)
+    ws.state.finish_run(row.id, status="completed", metrics=metrics)
+    return RunOutcome(row.id, model.name, model.dataset, "completed", metrics, None, ready)

@@ -13,11 +13,14 @@ import shlex
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlstage.errors import ConfigError, RunError
 from mlstage.recipes import import_entrypoint
 from mlstage.specs import PY_ENTRYPOINT_RE
+
+if TYPE_CHECKING:
+    from mlstage.stream import StreamingDataset
 
 Metrics = dict[str, Any]
 
@@ -65,6 +68,72 @@ def run_entrypoint(
     argv = [arg.format(data_dir=str(data_dir), **params) for arg in shlex.split(entrypoint)]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError as exc:
+        raise RunError(
+            f"command not found: {argv[0]!r}", hint="is it installed on this node?"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise RunError(f"{argv[0]} timed out after {timeout} s") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RunError(f"{argv[0]} exited with {proc.returncode}: {' | '.join(tail)}")
+    lines = proc.stdout.strip().splitlines()
+    if lines:
+        try:
+            return _as_metrics(json.loads(lines[-1]))
+        except (json.JSONDecodeError, RunError):
+            pass
+    return {}
+
+
+def run_entrypoint_streaming(
+    entrypoint: str,
+    stream: StreamingDataset,
+    params: Mapping[str, Any] | None = None,
+    *,
+    timeout: float | None = None,
+) -> Metrics:
+    """Run ``entrypoint`` while its data is still staging, if it can read that way.
+
+    A ``module:function`` with a ``stream`` parameter is called at once as
+    ``fn(data_dir=<folder being filled>, stream=<StreamingDataset>, **params)``; a command
+    that mentions ``{ready_list}`` starts at once with ``{data_dir}`` = the folder being
+    filled and ``{ready_list}`` (also ``$MLSTAGE_READY_LIST``) = the file naming each ready
+    path. Any other entrypoint would see a partial folder, so it starts when the data is
+    complete, on the finished dataset.
+    """
+    import inspect
+    import os
+
+    from mlstage.stream import READY_LIST_ENV
+
+    params = dict(params or {})
+    ready_list = str(stream.view.ready_list)
+    if PY_ENTRYPOINT_RE.match(entrypoint):
+        fn = import_entrypoint(entrypoint)
+        try:
+            takes_stream = "stream" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            takes_stream = False
+        if not takes_stream:
+            return run_entrypoint(entrypoint, stream.wait().path, params, timeout=timeout)
+        try:
+            return _as_metrics(fn(data_dir=stream.data_dir, stream=stream, **params))
+        except RunError:
+            raise
+        except Exception as exc:
+            raise RunError(f"{entrypoint} failed: {type(exc).__name__}: {exc}") from exc
+    if "{ready_list}" not in entrypoint:
+        return run_entrypoint(entrypoint, stream.wait().path, params, timeout=timeout)
+    argv = [
+        arg.format(data_dir=str(stream.data_dir), ready_list=ready_list, **params)
+        for arg in shlex.split(entrypoint)
+    ]
+    env = {**os.environ, READY_LIST_ENV: ready_list}
+    try:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
     except FileNotFoundError as exc:
         raise RunError(
             f"command not found: {argv[0]!r}", hint="is it installed on this node?"

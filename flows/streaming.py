@@ -1,0 +1,29 @@
+"""Flow-side hook for ``start: first-shard``: one task that stages and runs overlapped.
+
+Wiring (for flows/benchmark_sweep.py and run-benchmark): a model with
+``start == "first-shard"`` skips ``stage_task`` and gets
+``run_streaming_task.submit(model, prepared, sweep_id)`` where ``prepared`` is the
+dataset's ``preprocess_task`` future; ``start == "ready"`` keeps ``run_task(model, stage_task)``.
+Several models on one dataset are still fetched once: the cache's single-flight lock makes
+the second stager wait, and its stream surfaces the objects the first one lands.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows._workspace import workspace
+from mlstage import pipeline
+from mlstage.specs import ModelSpec
+
+
+@task(name="stream-and-run-model", cache_policy=NO_CACHE)
+def run_streaming_task(
+    model: ModelSpec, prepared: pipeline.Prepared, sweep_id: str | None = None
+) -> pipeline.RunOutcome:
+    """Start the model on its first staged object while the rest lands; record the run."""
+    return pipeline.run_streaming(
+        workspace(), model, prepared, sweep_id=sweep_id, flow_run_id=flow_run.get_id()
+    )
