@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 Order = Literal["manifest", "completion"]
 READY_LIST_ENV = "MLSTAGE_READY_LIST"
 _POLL = 0.02
+_HEAD_TAIL = 256 * 1024
 
 
 class StreamCancelled(MlstageError):
@@ -113,9 +114,12 @@ class _Admission:
     def _room(self, rank: int) -> bool:
         if not self._inflight or all(r == rank for r, _ in self._inflight.values()):
             return True  # nothing running, or only other parts of this same object
-        if not self._head_done or len(self._inflight) >= self.max_inflight:
+        if len(self._inflight) >= self.max_inflight:
             return False
-        return sum(rem for _, rem in self._inflight.values()) < self.lookahead_bytes
+        remaining = sum(rem for _, rem in self._inflight.values())
+        if not self._head_done:  # the next request's round trip overlaps the head's tail
+            return remaining <= _HEAD_TAIL
+        return remaining < self.lookahead_bytes
 
     def admit(self, rank: int, nbytes: int) -> int:
         with self._cond:
@@ -143,7 +147,7 @@ class _Admission:
             slot = self._inflight[token]
             before = slot[1]
             slot[1] = max(0, before - n)
-            if before >= self.lookahead_bytes > slot[1] or slot[1] == 0:
+            if before > _HEAD_TAIL >= slot[1] or before >= self.lookahead_bytes > slot[1]:
                 self._cond.notify_all()
 
     def release(self, token: int, *, finished: bool) -> None:
@@ -364,7 +368,11 @@ class StreamingDataset:
             source, {p: i for i, p in enumerate(ranked)}, self._admission, self._count_bytes
         )
         self._inner_source = source
-        self.root = cache.root / "streams" / f"{manifest.fingerprint[:12]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.root = (
+            cache.root
+            / "streams"
+            / f"{manifest.fingerprint[:12]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
         self.view = StreamView(self.root, tuple((e.path, e.size) for e in manifest.entries))
         self._cond = threading.Condition()
         self._ready: list[str] = []
@@ -559,8 +567,8 @@ class StreamingDataset:
         with self._cond:
             return [e for e in self.manifest.entries if e.path not in self._ready_set]
 
-    def _mark_present(self) -> int:
-        found = self.cache.present(self._inner_source, self._pending())
+    def _mark_present(self, limit: int | None = None) -> int:
+        found = self.cache.present(self._inner_source, self._pending()[:limit])
         for path, digest in found.items():
             self._mark(path, self.cache.object_path(digest))
         return len(found)
@@ -572,7 +580,7 @@ class StreamingDataset:
             if self._callbacks or self._cancelled.is_set():
                 return
             with contextlib.suppress(MlstageError, OSError):
-                self._mark_present()
+                self._mark_present(limit=256)  # the other stager fetches in manifest order too
 
     def _run(self) -> None:
         stop = threading.Event()

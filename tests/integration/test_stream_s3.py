@@ -13,7 +13,6 @@ import pytest
 
 from mlstage import pipeline
 from mlstage.cache import LocalCache
-from mlstage.manifest import Manifest
 from mlstage.reader import iter_shard
 from mlstage.recipes.shard import ShardParams, write_shards
 from mlstage.settings import Settings

@@ -108,7 +108,7 @@ def test_completion_order_yields_each_once_as_it_lands(cache: LocalCache, tmp_pa
 def test_head_object_is_fetched_alone_then_in_priority_order(
     cache: LocalCache, tmp_path: Path
 ) -> None:
-    src = GatedSource(make_folder(tmp_path / "remote"))
+    src = GatedSource(make_folder(tmp_path / "remote", size=400_000))
     manifest = src.resolve()
     names = [e.path for e in manifest.entries]
     prio = [names[3], names[1]]
@@ -209,3 +209,25 @@ def test_view_reads_from_another_process_and_reports_its_stall(
 
 def _read_view(view, paths, out) -> None:  # type: ignore[no-untyped-def]
     out.put([(o.path, len(o.path)) for o in view.iter_ready("manifest", paths)])
+
+
+def test_stream_follows_another_stager_of_the_same_dataset(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    src = GatedSource(make_folder(tmp_path / "remote"))
+    manifest = src.resolve()
+    names = [e.path for e in manifest.entries]
+    other = threading.Thread(target=cache.stage, args=(src, manifest), kwargs={"workers": 1})
+    other.start()
+    assert src.started.get(timeout=10) == names[0]  # the other stager holds the dataset lock
+    with open_stream(cache, FolderSource(src.root), manifest) as s:
+        src.gate(names[0]).set()
+        it = iter(s)
+        assert next(it).path == names[0]  # surfaced from the shared index, not fetched again
+        assert other.is_alive() and not s.complete
+        for n in names:
+            src.gate(n).set()
+        assert [o.path for o in it] == names[1:]
+        staged = s.wait(timeout=10)
+        assert staged.hit and s.stats().bytes_fetched == 0  # fetched once, by the other
+    other.join(10)
