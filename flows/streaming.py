@@ -1,11 +1,19 @@
 """Flow-side hook for ``start: first-shard``: one task that stages and runs overlapped.
 
 Wiring (for flows/benchmark_sweep.py and run-benchmark): a model with
-``start == "first-shard"`` skips ``stage_task`` and gets
-``run_streaming_task.submit(model, prepared, sweep_id)`` where ``prepared`` is the
-dataset's ``preprocess_task`` future; ``start == "ready"`` keeps ``run_task(model, stage_task)``.
+``start == "first-shard"`` skips ``stage_task`` and runs ``run_streaming_task`` on its
+dataset's ``preprocess_task`` future; ``start == "ready"`` keeps ``run_task`` on ``stage_task``::
+
+    prepared = {d.name: preprocess_task.submit(d) for d in sweep.datasets if d.name in wanted}
+    ready = {n: stage_task.submit(p) for n, p in prepared.items()
+             if any(m.dataset == n and m.start == "ready" for m in sweep.models)}
+    runs = {m.name: run_streaming_task.submit(m, prepared[m.dataset], record.id)
+            if m.start == "first-shard" else run_task.submit(m, ready[m.dataset], record.id)
+            for m in sweep.models}
+
 Several models on one dataset are still fetched once: the cache's single-flight lock makes
-the second stager wait, and its stream surfaces the objects the first one lands.
+the second stager wait, and its stream surfaces the objects the first one lands. The outcome
+is a ``RunOutcome`` with ``ready`` set, so ``summarize`` needs no change.
 """
 
 from __future__ import annotations

@@ -269,8 +269,11 @@ class _FileFeed:
                 with open(self.path, "rb") as f:
                     f.seek(cursor)
                     data = f.read()
-            except FileNotFoundError:
-                data = b""
+            except FileNotFoundError as exc:  # created before the stream starts: it was closed
+                raise StreamCancelled(
+                    f"the stream at {self.path.parent} is closed",
+                    hint="read the complete dataset from the cache, or open a new stream",
+                ) from exc
             cut = data.rfind(b"\n") + 1
             if cut:
                 new: list[str] = []

@@ -231,3 +231,15 @@ def test_stream_follows_another_stager_of_the_same_dataset(
         staged = s.wait(timeout=10)
         assert staged.hit and s.stats().bytes_fetched == 0  # fetched once, by the other
     other.join(10)
+
+
+def test_a_view_of_a_closed_stream_fails_instead_of_waiting(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    src = FolderSource(make_folder(tmp_path / "remote"))
+    manifest = src.resolve()
+    with open_stream(cache, src, manifest) as s:
+        view = s.view
+        assert len(list(view.iter_ready())) == len(manifest)
+    with pytest.raises(StreamCancelled, match="closed"):
+        next(view.iter_ready())
