@@ -102,14 +102,15 @@ def test_completion_order_every_sample_once(sharded: str, link: SlowLink, tmp_pa
 
 
 def test_reader_stopping_halfway_leaves_a_resumable_entry(
-    sharded: str, link: SlowLink, tmp_path: Path
+    sharded: str, link: SlowLink, tmp_path: Path, s3_env: S3Endpoint
 ) -> None:
     cache = LocalCache(tmp_path / "cache")
-    source = slow_source(sharded, link)
-    manifest = source.resolve()
-    with open_stream(cache, source, manifest, lookahead_bytes=0) as stream:
-        it = iter(stream)
-        first_half = [next(it).path for _ in range(SHARDS // 2)]
+    with slow_proxy(s3_env.port, latency=0.02, bandwidth=200_000) as slower:
+        source = slow_source(sharded, slower)
+        manifest = source.resolve()
+        with open_stream(cache, source, manifest, lookahead_bytes=0) as stream:
+            it = iter(stream)
+            first_half = [next(it).path for _ in range(SHARDS // 2)]
     with pytest.raises(StreamCancelled):
         next(it)
     assert cache.lookup(manifest.fingerprint) is None

@@ -1,32 +1,8 @@
-"""Streaming: read a dataset while it stages, and keep it as a normal cache entry afterwards.
-
-``open_stream`` starts ``LocalCache.stage`` in a background thread and hands back a
-``StreamingDataset``: an iterator of ready objects, in manifest order or completion order,
-that blocks only when the object it needs next has not landed yet. Objects are fetched in
-priority order (the reader's order first): the head object alone, so the first one arrives as
-fast as one fetch can make it, then a small byte window ahead of the reader.
-
-Every ready object is verified and already in the content-addressed store; it appears as a
-hard link in the stream's own folder (``data_dir``) and as one line in ``ready.jsonl``. That
-folder and log are the cross-process protocol: DataLoader workers, a WebDataset pipeline or a
-command entrypoint read them through a picklable ``StreamView``::
-
-    <cache>/streams/<fp12>-<pid>-<rand>/data/...        hard links to ready objects
-    <cache>/streams/<fp12>-<pid>-<rand>/ready.jsonl     "path" per ready object; last line
-                                                         {"end": "complete"|"failed"|"cancelled"}
-    <cache>/streams/<fp12>-<pid>-<rand>/stall/*.json    stall seconds each worker measured
-
-When staging finishes the dataset is an ordinary complete entry (``LocalCache.lookup`` finds
-it) and the stream holds a lease on it until it is closed. A stream closed early cancels its
-staging: what landed stays in the object store and the next stage or stream fetches only the
-rest; the dataset tree is never built half.
-"""
+"""StreamingDataset: staging in a background thread, readable as objects land."""
 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import json
 import logging
 import os
@@ -34,42 +10,28 @@ import shutil
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from mlstage.cache import LocalCache, StagedDataset
 from mlstage.errors import CacheError, ConfigError, MlstageError
 from mlstage.manifest import Entry, Manifest
 from mlstage.retry import RetryPolicy
-from mlstage.sources.base import RemoteObject, Source
+from mlstage.sources.base import Source
+from mlstage.stream._priority import Admission, PrioritySource
+from mlstage.stream._reading import (
+    Order,
+    ReadyObject,
+    StreamCancelled,
+    StreamFailed,
+    StreamView,
+    iterate,
+)
 from mlstage.transfer import Fetched
 
-log = logging.getLogger(__name__)
-
-Order = Literal["manifest", "completion"]
-READY_LIST_ENV = "MLSTAGE_READY_LIST"
-_POLL = 0.02
-_HEAD_TAIL = 256 * 1024
-
-
-class StreamCancelled(MlstageError):
-    """The stream was closed before its dataset was complete; what landed is kept."""
-
-
-class StreamFailed(MlstageError):
-    """Staging behind a stream failed; the reader cannot get the objects it waits for."""
-
-
-@dataclass(frozen=True)
-class ReadyObject:
-    """One verified object a reader can open now."""
-
-    path: str  # relative path inside the dataset
-    file: Path  # readable while the stream is open
-    size: int
+log = logging.getLogger("mlstage.stream")
 
 
 @dataclass(frozen=True)
@@ -97,249 +59,6 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 4)
 
 
-# -- fetch priority -------------------------------------------------------------------------
-class _Admission:
-    """Lets reads start in priority order: the head object alone, then a byte window ahead."""
-
-    def __init__(self, lookahead_bytes: int, max_inflight: int, cancelled: threading.Event):
-        self.lookahead_bytes = lookahead_bytes
-        self.max_inflight = max_inflight
-        self.cancelled = cancelled
-        self._cond = threading.Condition()
-        self._waiting: list[tuple[int, int]] = []
-        self._inflight: dict[int, list[int]] = {}  # token -> [rank, remaining bytes]
-        self._seq = itertools.count()
-        self._head_done = False
-
-    def _room(self, rank: int) -> bool:
-        if not self._inflight or all(r == rank for r, _ in self._inflight.values()):
-            return True  # nothing running, or only other parts of this same object
-        if len(self._inflight) >= self.max_inflight:
-            return False
-        remaining = sum(rem for _, rem in self._inflight.values())
-        if not self._head_done:  # the next request's round trip overlaps the head's tail
-            return remaining <= _HEAD_TAIL
-        return remaining < self.lookahead_bytes
-
-    def admit(self, rank: int, nbytes: int) -> int:
-        with self._cond:
-            me = (rank, next(self._seq))
-            heapq.heappush(self._waiting, me)
-            try:
-                while True:
-                    if self.cancelled.is_set():
-                        raise StreamCancelled("the stream was closed")
-                    if self._waiting[0] == me and self._room(rank):
-                        heapq.heappop(self._waiting)
-                        self._inflight[me[1]] = [rank, nbytes]
-                        self._cond.notify_all()
-                        return me[1]
-                    self._cond.wait(0.1)
-            except BaseException:
-                if me in self._waiting:
-                    self._waiting.remove(me)
-                    heapq.heapify(self._waiting)
-                    self._cond.notify_all()
-                raise
-
-    def progress(self, token: int, n: int) -> None:
-        with self._cond:
-            slot = self._inflight[token]
-            before = slot[1]
-            slot[1] = max(0, before - n)
-            if before > _HEAD_TAIL >= slot[1] or before >= self.lookahead_bytes > slot[1]:
-                self._cond.notify_all()
-
-    def release(self, token: int, *, finished: bool) -> None:
-        with self._cond:
-            self._inflight.pop(token, None)
-            if finished:
-                self._head_done = True
-            self._cond.notify_all()
-
-
-class _PrioritySource:
-    """The stream's view of a Source: objects in the reader's order, reads admitted in it."""
-
-    def __init__(
-        self,
-        inner: Source,
-        rank: dict[str, int],
-        admission: _Admission,
-        on_bytes: Callable[[int], None],
-    ) -> None:
-        self._inner = inner
-        self._rank = rank
-        self._admission = admission
-        self._on_bytes = on_bytes
-        self._object_rank: dict[str, int] = {}
-        self.uri = inner.uri  # the cache keys objects by the source's URI: keep it identical
-        self.supports_ranges = inner.supports_ranges
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def resolve(self) -> Manifest:
-        return self._inner.resolve()
-
-    def objects(self, entries: Sequence[Entry]) -> list[RemoteObject]:
-        objs = self._inner.objects(entries)
-        last = len(self._rank)
-        for o in objs:
-            self._object_rank[o.key] = min(self._rank.get(e.path, last) for e in o.entries)
-        return sorted(objs, key=lambda o: self._object_rank[o.key])
-
-    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        end = obj.size if end is None else end
-        token = self._admission.admit(self._object_rank.get(obj.key, 0), end - start)
-        got = 0
-        try:
-            for chunk in self._inner.read(obj, start, end):
-                if self._admission.cancelled.is_set():
-                    raise StreamCancelled("the stream was closed")
-                got += len(chunk)
-                self._admission.progress(token, len(chunk))
-                self._on_bytes(len(chunk))
-                yield chunk
-        finally:
-            self._admission.release(token, finished=got >= end - start)
-
-    def unpack(self, obj: RemoteObject, path: Path, workdir: Path) -> list[tuple[Entry, Path]]:
-        return self._inner.unpack(obj, path, workdir)
-
-
-# -- reading in order -----------------------------------------------------------------------
-class _Feed(Protocol):
-    def poll(self, cursor: int, timeout: float) -> tuple[list[str], int, dict[str, str] | None]:
-        """Ready paths after ``cursor`` (waiting up to ``timeout`` for one), new cursor, end."""
-        ...
-
-
-def _iterate(
-    feed: _Feed,
-    wanted: Sequence[str],
-    sizes: dict[str, int],
-    data_dir: Path,
-    order: Order,
-    add_stall: Callable[[float], None],
-) -> Iterator[ReadyObject]:
-    if order not in ("manifest", "completion"):
-        raise ConfigError(f"unknown order {order!r}", hint="use 'manifest' or 'completion'")
-    unknown = [p for p in wanted if p not in sizes]
-    if unknown:
-        raise ConfigError(f"not in the dataset: {unknown[0]!r} ({len(unknown)} paths)")
-    wanted_set = set(wanted)
-    ready: set[str] = set()
-    landed: deque[str] = deque()
-    cursor, end, nxt, done = 0, None, 0, 0
-    while done < len(wanted):
-        if order == "manifest" and wanted[nxt] in ready:
-            p = wanted[nxt]
-            nxt += 1
-        elif order == "completion" and landed:
-            p = landed.popleft()
-        elif end is not None:
-            if end["end"] == "cancelled":
-                raise StreamCancelled("the stream was closed before this object landed")
-            raise StreamFailed(f"staging failed: {end.get('error', 'unknown error')}")
-        else:
-            t0 = time.monotonic()
-            new, cursor, end = feed.poll(cursor, 0.5)
-            add_stall(time.monotonic() - t0)
-            for q in new:
-                if q in wanted_set and q not in ready:
-                    ready.add(q)
-                    landed.append(q)
-            continue
-        done += 1
-        yield ReadyObject(p, data_dir / p, sizes[p])
-
-
-class _FileFeed:
-    """Tails ``ready.jsonl``: works from any process on the node."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def poll(self, cursor: int, timeout: float) -> tuple[list[str], int, dict[str, str] | None]:
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while True:
-            try:
-                with open(self.path, "rb") as f:
-                    f.seek(cursor)
-                    data = f.read()
-            except FileNotFoundError as exc:  # created before the stream starts: it was closed
-                raise StreamCancelled(
-                    f"the stream at {self.path.parent} is closed",
-                    hint="read the complete dataset from the cache, or open a new stream",
-                ) from exc
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                new: list[str] = []
-                end = None
-                for line in data[:cut].splitlines():
-                    item = json.loads(line)
-                    if isinstance(item, str):
-                        new.append(item)
-                    else:
-                        end = item
-                return new, cursor + cut, end
-            if time.monotonic() >= deadline:
-                return [], cursor, None
-            time.sleep(delay)
-            delay = min(delay * 2, _POLL)
-
-
-@dataclass(frozen=True)
-class StreamView:
-    """A picklable handle on a stream's folder: read it from any process on this node."""
-
-    root: Path
-    entries: tuple[tuple[str, int], ...]  # (path, size) in manifest order
-
-    @property
-    def data_dir(self) -> Path:
-        """The folder being filled: ready objects appear here under their dataset paths."""
-        return self.root / "data"
-
-    @property
-    def ready_list(self) -> Path:
-        """One JSON line per ready path, then ``{"end": ...}``; tail it to follow the stream."""
-        return self.root / "ready.jsonl"
-
-    def paths(self) -> list[str]:
-        return [p for p, _ in self.entries]
-
-    def iter_ready(
-        self, order: Order = "manifest", paths: Sequence[str] | None = None
-    ) -> Iterator[ReadyObject]:
-        """Ready objects of ``paths`` (default: all) in ``order``; blocks only for the next one.
-
-        The time spent blocked is written under ``stall/`` when the iteration ends, so the
-        stream that owns the folder can report the stall of every worker.
-        """
-        stall = [0.0]
-
-        def add(s: float) -> None:
-            stall[0] += s
-
-        try:
-            yield from _iterate(
-                _FileFeed(self.ready_list),
-                list(paths) if paths is not None else self.paths(),
-                dict(self.entries),
-                self.data_dir,
-                order,
-                add,
-            )
-        finally:
-            with contextlib.suppress(OSError):
-                out = self.root / "stall" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
-                out.write_text(json.dumps({"stall_seconds": stall[0]}))
-
-
-# -- the stream -----------------------------------------------------------------------------
 class StreamingDataset:
     """A dataset staging in the background, readable as its objects land. Use ``open_stream``."""
 
@@ -366,8 +85,8 @@ class StreamingDataset:
         head = [p for p in (priority or []) if p in self._sizes]
         ranked = list(dict.fromkeys([*head, *(e.path for e in manifest.entries)]))
         self._cancelled = threading.Event()
-        self._admission = _Admission(lookahead_bytes, workers, self._cancelled)
-        self._source = _PrioritySource(
+        self._admission = Admission(lookahead_bytes, workers, self._cancelled)
+        self._source = PrioritySource(
             source, {p: i for i, p in enumerate(ranked)}, self._admission, self._count_bytes
         )
         self._inner_source = source
@@ -390,6 +109,7 @@ class StreamingDataset:
         self._first: float | None = None
         self._complete_at: float | None = None
         self._callbacks = False
+        self._closed = False
         self._lease = contextlib.ExitStack()
         self._thread: threading.Thread | None = None
         self._log: Any = None
@@ -425,6 +145,7 @@ class StreamingDataset:
         if self._thread is not None:
             self._thread.join()
         self._lease.close()
+        self._closed = True
         if self.root.exists():
             self._collect_stall()
             shutil.rmtree(self.root, ignore_errors=True)
@@ -459,7 +180,7 @@ class StreamingDataset:
 
         Blocks only while the object it needs next has not landed; that time is the stall.
         """
-        return _iterate(
+        objects = iterate(
             self,
             list(paths) if paths is not None else [e.path for e in self.manifest.entries],
             self._sizes,
@@ -467,6 +188,10 @@ class StreamingDataset:
             order or self.order,
             self._add_stall,
         )
+        for obj in objects:
+            if self._closed:  # its file went with the stream folder
+                raise StreamCancelled(f"the stream over {self.manifest.source} is closed")
+            yield obj
 
     def poll(self, cursor: int, timeout: float) -> tuple[list[str], int, dict[str, str] | None]:
         with self._cond:
