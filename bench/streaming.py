@@ -25,7 +25,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import webdataset as wds
 
-    from mlstage.adapters.webdataset import webdataset_pipeline
+    from mlstage.adapters.webdataset import ReadyShards, webdataset_pipeline
 
     for k, v in CREDENTIALS.items():
         os.environ.setdefault(k, v)
@@ -132,7 +132,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cache_b = LocalCache(root / "cache-b")
             src_b = S3Source(BUCKET, "data/", client=client)
             with open_stream(cache_b, src_b, manifest, workers=16) as stream:
-                e1 = consume(webdataset_pipeline(stream), args.batch, step)
+                t_open = time.monotonic()
+                shard_at: list[float] = []
+
+                def ready_urls(src: Iterable[dict[str, str]]) -> Iterator[dict[str, str]]:
+                    for item in src:  # when the reader got each shard (not when it landed)
+                        shard_at.append(time.monotonic() - t_open)
+                        yield item
+
+                e1 = consume(
+                    wds.DataPipeline(ReadyShards(stream), ready_urls, wds.tarfile_to_samples()),
+                    args.batch,
+                    step,
+                )
                 stream.wait()
                 st = stream.stats()
             with open_stream(cache_b, src_b, manifest) as again:  # epoch 2: a cache hit
@@ -142,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "epoch1_s": e1["epoch_s"],
                 "epoch2_s": e2["epoch_s"],
                 "samples": e1["samples"],
+                "reader_got_first_shard_s": round(shard_at[0], 3),
                 **st.as_metrics(),
             }
 

@@ -256,6 +256,7 @@ def run_streaming(
     )
     artifact = prepared.artifact
     ready: Ready | None = None
+    staged: StagedDataset | None = None
     metrics: Metrics = {}
     error: str | None = None
     stream = open_stream(
@@ -270,7 +271,12 @@ def run_streaming(
         stream.wait_first()
         metrics = run_entrypoint_streaming(model.entrypoint, stream, model.params)
         staged = stream.wait()
-        stats = stream.stats()
+    except MlstageError as exc:
+        error = str(exc)
+    finally:
+        stream.close()  # collects the stall DataLoader workers reported
+    stats = stream.stats()
+    if staged is not None:
         rec = ws.state.record_stage(
             artifact.artifact_id,
             hit=staged.hit,
@@ -278,15 +284,12 @@ def run_streaming(
             objects_fetched=staged.objects_fetched,
             first_object_seconds=stats.time_to_first_object_s,
             ready_seconds=stats.time_to_ready_s or 0.0,
+            stall_seconds=stats.stall_seconds,
         )
         assert rec.id is not None
         ready = Ready(prepared.dataset, prepared.version, artifact.artifact_id, staged, rec.id)
         ws.state.record_consumption(row.id, artifact.artifact_id, rec.id)
-    except MlstageError as exc:
-        error = str(exc)
-    finally:
-        stream.close()
-    metrics = {**metrics, **stream.stats().as_metrics()}
+    metrics = {**metrics, **stats.as_metrics()}
     if error is not None:
         ws.state.finish_run(row.id, status="failed", metrics=metrics, error=error)
         return RunOutcome(row.id, model.name, model.dataset, "failed", metrics, error, ready)
