@@ -289,6 +289,7 @@ class StreamingDataset:
         self._callbacks = True
         if self._cancelled.is_set():
             raise StreamCancelled("the stream was closed")
+        self._source.delivered(fetched.entry.path)
         self._mark(fetched.entry.path, self.cache.object_path(fetched.digest))
 
     def _pending(self) -> list[Entry]:

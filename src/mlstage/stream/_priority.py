@@ -17,7 +17,12 @@ _HEAD_TAIL = 256 * 1024
 
 
 class Admission:
-    """Lets reads start in priority order: the head object alone, then a byte window ahead."""
+    """Lets reads start in priority order: the head object alone, then a byte window ahead.
+
+    Pool threads reach ``admit`` in any order, so the ranks still expected (``expect``) hold
+    back every higher rank until each has started once or was delivered without a read
+    (``settle``: a verified leftover of an interrupted run).
+    """
 
     def __init__(self, lookahead_bytes: int, max_inflight: int, cancelled: threading.Event):
         self.lookahead_bytes = lookahead_bytes
@@ -28,6 +33,24 @@ class Admission:
         self._inflight: dict[int, list[int]] = {}  # token -> [rank, remaining, tail bytes]
         self._seq = itertools.count()
         self._head_done = False
+        self._expected: list[int] = []  # heap of ranks that have not started yet
+        self._started: set[int] = set()
+
+    def expect(self, ranks: Sequence[int]) -> None:
+        with self._cond:
+            for r in ranks:
+                heapq.heappush(self._expected, r)
+            self._cond.notify_all()
+
+    def settle(self, rank: int) -> None:
+        with self._cond:
+            self._started.add(rank)
+            self._cond.notify_all()
+
+    def _first_expected(self) -> int | None:
+        while self._expected and self._expected[0] in self._started:
+            heapq.heappop(self._expected)
+        return self._expected[0] if self._expected else None
 
     def _room(self, rank: int) -> bool:
         if not self._inflight or all(s[0] == rank for s in self._inflight.values()):
@@ -46,8 +69,14 @@ class Admission:
                 while True:
                     if self.cancelled.is_set():
                         raise StreamCancelled("the stream was closed")
-                    if self._waiting[0] == me and self._room(rank):
+                    first = self._first_expected()
+                    if (
+                        self._waiting[0] == me
+                        and (first is None or first >= rank)
+                        and self._room(rank)
+                    ):
                         heapq.heappop(self._waiting)
+                        self._started.add(rank)
                         tail = min(_HEAD_TAIL, nbytes // 4)
                         self._inflight[me[1]] = [rank, nbytes, tail]
                         self._cond.notify_all()
@@ -91,6 +120,7 @@ class PrioritySource:
         self._admission = admission
         self._on_bytes = on_bytes
         self._object_rank: dict[str, int] = {}
+        self._path_rank: dict[str, int] = {}
         self.uri = inner.uri  # the cache keys objects by the source's URI: keep it identical
         self.supports_ranges = inner.supports_ranges
 
@@ -104,8 +134,17 @@ class PrioritySource:
         objs = self._inner.objects(entries)
         last = len(self._rank)
         for o in objs:
-            self._object_rank[o.key] = min(self._rank.get(e.path, last) for e in o.entries)
+            r = min(self._rank.get(e.path, last) for e in o.entries)
+            self._object_rank[o.key] = r
+            self._path_rank.update((e.path, r) for e in o.entries)
+        self._admission.expect([self._object_rank[o.key] for o in objs])
         return sorted(objs, key=lambda o: self._object_rank[o.key])
+
+    def delivered(self, path: str) -> None:
+        """``path`` is in the cache: never hold other reads back for its object."""
+        r = self._path_rank.get(path)
+        if r is not None:
+            self._admission.settle(r)
 
     def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         end = obj.size if end is None else end
