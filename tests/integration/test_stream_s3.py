@@ -237,6 +237,12 @@ def test_run_streaming_starts_on_the_first_shard_and_records_metrics(
     for k in ("time_to_first_object_s", "time_to_ready_s", "data_stall_seconds"):
         assert isinstance(row.metrics[k], float), k
     assert row.metrics["time_to_first_object_s"] < row.metrics["time_to_ready_s"]
+    # the stage record carries the same timings (state DB columns)
+    assert row.first_object_seconds == pytest.approx(
+        row.metrics["time_to_first_object_s"], abs=1e-3
+    )
+    assert row.ready_seconds == pytest.approx(row.metrics["time_to_ready_s"], abs=1e-3)
+    assert row.stall_seconds == pytest.approx(row.metrics["data_stall_seconds"], abs=1e-3)
 
 
 def test_run_streaming_command_tails_the_ready_list(
