@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -83,7 +84,7 @@ def verify(
             f"{len(report.problems)} problem(s), {len(report.unrepaired)} unrepaired"
         )
     if report.unrepaired:
-        raise typer.Exit(1)
+        sys.exit(1)  # typer.Exit's code is lost under main()'s standalone_mode=False
 
 
 @app.command("gc")
@@ -120,7 +121,7 @@ def evict(
         typer.echo(f"evicted {len(dropped)} dataset(s); {st.bytes:,} bytes remain")
     if fingerprint and not dropped:
         typer.echo(f"{fingerprint[:12]} is in use (leased); not evicted", err=True)
-        raise typer.Exit(1)
+        sys.exit(1)
 
 
 @app.command("lease")
