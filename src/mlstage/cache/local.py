@@ -239,6 +239,7 @@ class LocalCache:
                 hint="set MLSTAGE_CACHE_DIR to a writable folder",
             ) from exc
         self.index = CacheIndex(self.root / "index.sqlite")
+        self._objects = str(self.root / "objects")
         with _flock(self._lock("evict"), fcntl.LOCK_EX | fcntl.LOCK_NB) as got:
             if got:
                 self._recover_trash()
@@ -275,17 +276,17 @@ class LocalCache:
     def cached_object(self, source_uri: str, entry: Entry) -> Path | None:
         """The cached file holding ``entry`` of ``source_uri`` if this node has it, else None.
 
-        One indexed lookup and one stat; the per-object counterpart of ``lookup``.
+        One primary-key read and one stat; the per-object counterpart of ``lookup``.
         """
-        digest = _known_digest(entry)
-        if digest is None:
-            digest = self.index.digest_for(_source_key(source_uri, entry))
-        elif not self.index.has_object(digest):
-            return None
+        digest = _known_digest(entry) or self.index.digest_for(_source_key(source_uri, entry))
         if digest is None:
             return None
-        path = self.object_path(digest)
-        return path if path.exists() else None
+        path = f"{self._objects}/{digest[:2]}/{digest}"
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            return None  # evicted (or being evicted) since it was indexed
+        return Path(path)
 
     def stats(self) -> CacheStats:
         """Datasets, objects and bytes held (from counters, no scan), the limit, live leases."""
@@ -354,12 +355,26 @@ class LocalCache:
             hit = self.lookup(fp)
             if hit is not None:
                 return hit
-            staged = self._stage_locked(
-                source, manifest, workers, part_size, retry, on_bytes, on_object, started
-            )
+            try:
+                staged = self._stage_locked(
+                    source, manifest, workers, part_size, retry, on_bytes, on_object, started
+                )
+            except BaseException:
+                self._abandon(fp)
+                raise
             if self.limit_bytes:
                 self.evict(keep={fp})
         return staged
+
+    def _abandon(self, fingerprint: str) -> None:
+        """Forget a failed staging's row (its objects stay, unpinned; its transfer resumes)."""
+        try:
+            with self.index.tx() as db:
+                row = self.index.any_dataset(fingerprint)
+                if row is not None and row.state == "staging":
+                    self.index.forget_dataset(db, fingerprint)
+        except Exception:  # noqa: BLE001 - the original error matters more; gc reclaims it
+            pass
 
     @contextmanager
     def use(
@@ -777,7 +792,8 @@ class LocalCache:
                 continue
             problem = Problem(kind, None, str(self.object_path(digest)), "object no dataset uses")
             if repair:
-                self._delete_objects([digest])
+                with _flock(self._lock("evict"), fcntl.LOCK_EX):
+                    self._delete_objects([digest])
                 problem.repaired = True
             report.problems.append(problem)
 
