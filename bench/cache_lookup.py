@@ -191,8 +191,8 @@ def _materialise(cache: LocalCache, manifest: Manifest, digests: dict[str, str])
     cache.index.begin_staging(
         fp, manifest.source, len(manifest), manifest.total_bytes, digests.values()
     )
-    cache._build_tree(manifest, digests, manifest.source)
-    cache._write_record(manifest, digests)
+    cache._build_tree(manifest, digests, manifest.source, fp)
+    cache._write_record(manifest, digests, fp)
     cache._publish_tree(fp)
     cache.index.finish_staging(fp, digests.values())
     return time.perf_counter() - started

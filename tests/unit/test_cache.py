@@ -240,3 +240,35 @@ def test_gc_reclaims_a_dead_staging_and_stray_folders(cache: LocalCache, tmp_pat
     assert report.stray_dirs_removed == 2
     assert cache.index.any_dataset(m.fingerprint) is None
     assert not cache.stage(src, m).hit
+
+
+class BlockingSource(FolderSource):
+    """A folder source whose reads wait until released (a download in flight)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        self.reading.set()
+        assert self.release.wait(30)
+        yield from super().read(obj, start, end)
+
+
+def test_limit_is_enforced_while_another_download_is_in_flight(tmp_path: Path) -> None:
+    cache = LocalCache(tmp_path / "cache", limit_bytes=2500)
+    slow = BlockingSource(make_dataset(tmp_path / "slow", {"s": b"s" * 100}))
+    t = threading.Thread(target=lambda: cache.stage(slow, slow.resolve()))
+    t.start()
+    try:
+        assert slow.reading.wait(30)
+        a = stage_folder(cache, make_dataset(tmp_path / "a", {"f": b"a" * 1000}))
+        stage_folder(cache, make_dataset(tmp_path / "b", {"f": b"b" * 1000}))
+        stage_folder(cache, make_dataset(tmp_path / "c", {"f": b"c" * 1000}))
+        assert cache.lookup(a.fingerprint) is None  # evicted although a staging is running
+        assert cache.stats().bytes <= 2500
+    finally:
+        slow.release.set()
+        t.join()
+    assert cache.stats().bytes <= 2500

@@ -318,8 +318,10 @@ class LocalCache:
             return Manifest.model_validate(data), []
         return Manifest.model_validate(data["manifest"]), list(data["digests"])
 
-    def _write_record(self, manifest: Manifest, digests: dict[str, str]) -> None:
-        path = self.manifest_path(manifest.fingerprint)
+    def _write_record(
+        self, manifest: Manifest, digests: dict[str, str], fp: str | None = None
+    ) -> None:
+        path = self.manifest_path(fp or manifest.fingerprint)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         body = {
             "manifest": manifest.model_dump(mode="json"),
@@ -357,7 +359,7 @@ class LocalCache:
                 return hit
             try:
                 staged = self._stage_locked(
-                    source, manifest, workers, part_size, retry, on_bytes, on_object, started
+                    fp, source, manifest, workers, part_size, retry, on_bytes, on_object, started
                 )
             except BaseException:
                 self._abandon(fp)
@@ -387,6 +389,7 @@ class LocalCache:
 
     def _stage_locked(
         self,
+        fp: str,
         source: Source,
         manifest: Manifest,
         workers: int,
@@ -396,7 +399,6 @@ class LocalCache:
         on_object: ObjectCallback | None,
         started: float,
     ) -> StagedDataset:
-        fp = manifest.fingerprint
         candidates: dict[str, str] = {}
         for e in manifest.entries:
             d = _known_digest(e) or self.index.digest_for(_source_key(source.uri, e))
@@ -434,8 +436,8 @@ class LocalCache:
                 f"{source.uri}: {len(absent)} entries were not delivered (first: {absent[0]})"
             )
 
-        self._build_tree(manifest, digests, source.uri)
-        self._write_record(manifest, digests)
+        self._build_tree(manifest, digests, source.uri, fp)
+        self._write_record(manifest, digests, fp)
         self._publish_tree(fp)
         self.index.finish_staging(fp, digests.values())
         _rmtree(workdir)
@@ -466,26 +468,36 @@ class LocalCache:
                 os.replace(fetched.path, target)
             self.index.insert_object(db, fetched.digest, fetched.entry.size, key, fingerprint)
 
-    def _link(self, digest: str, dest: Path) -> None:
+    def _link(self, digest: str, dest: Path | str) -> None:
+        src = f"{self._objects}/{digest[:2]}/{digest}"
         try:
-            os.link(self.object_path(digest), dest)
+            os.link(src, dest)
         except OSError as exc:
             if exc.errno != errno.EMLINK:  # too many links to one inode (e.g. empty files)
                 raise
-            shutil.copyfile(self.object_path(digest), dest)
+            shutil.copyfile(src, dest)
             os.chmod(dest, 0o444)
 
-    def _build_tree(self, manifest: Manifest, digests: dict[str, str], source_uri: str) -> None:
-        fp = manifest.fingerprint
-        tmp = self.root / "datasets" / f".tmp-{fp}"
-        _rmtree(tmp)  # left by a stager that was killed (we hold the stage lock)
-        tmp.mkdir()
-        made: set[Path] = {tmp}
+    def _build_tree(
+        self,
+        manifest: Manifest,
+        digests: dict[str, str],
+        source_uri: str,
+        fp: str | None = None,
+    ) -> None:
+        fp = fp or manifest.fingerprint
+        tmp = str(self.root / "datasets" / f".tmp-{fp}")
+        _rmtree(Path(tmp))  # left by a stager that was killed (we hold the stage lock)
+        os.mkdir(tmp)
+        made: set[str] = {tmp}
         for e in manifest.entries:
-            dest = tmp / e.path
-            if dest.parent not in made:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                made.add(dest.parent)
+            dest = f"{tmp}/{e.path}"
+            parent = dest.rpartition("/")[0]
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                while parent not in made:  # record every folder makedirs may have created
+                    made.add(parent)
+                    parent = parent.rpartition("/")[0]
             try:
                 self._link(digests[e.path], dest)
             except FileNotFoundError as exc:
@@ -493,7 +505,7 @@ class LocalCache:
                     f"object {digests[e.path][:12]} for {e.path} vanished while building {fp[:12]}",
                     hint="something outside mlstage deletes cache files; run `mlstage cache verify --repair`",
                 ) from exc
-        for d in sorted(made, key=lambda p: len(p.parts), reverse=True):
+        for d in sorted(made, key=lambda p: p.count("/"), reverse=True):
             os.chmod(d, 0o555)
 
     def _publish_tree(self, fingerprint: str) -> None:
