@@ -255,6 +255,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         results["mlstage_flatness_largest_vs_smallest"] = round(flat, 3)
 
+        def mid(size: str) -> float:
+            return statistics.median(results["sizes"][size]["mlstage"]["round_medians_us"])
+
+        results["mlstage_flatness_median_of_rounds"] = round(mid(last) / mid(first), 3)
+
         # -- part 2: a warm whole-dataset hit on a real tree ------------------------------
         m = min(args.dataset_files, len(corpus.entries))
         if m < args.dataset_files:
