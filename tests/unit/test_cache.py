@@ -272,3 +272,22 @@ def test_limit_is_enforced_while_another_download_is_in_flight(tmp_path: Path) -
         slow.release.set()
         t.join()
     assert cache.stats().bytes <= 2500
+
+
+def test_repairing_a_shared_object_fixes_every_tree_that_links_it(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    a = stage_folder(cache, make_dataset(tmp_path / "a", {"x": b"shared" * 10, "a": b"a"}))
+    b = stage_folder(cache, make_dataset(tmp_path / "b", {"y/x": b"shared" * 10}))
+    obj = cache.object_path(hashlib.sha256(b"shared" * 10).hexdigest())
+    os.chmod(obj, 0o644)
+    with open(obj, "r+b") as f:
+        f.write(b"S")
+    found = cache.verify()
+    assert sorted((p.fingerprint, p.path) for p in found.unrepaired) == sorted(
+        [(a.fingerprint, "x"), (b.fingerprint, "y/x")]
+    )
+    assert not cache.verify(repair=True).unrepaired
+    assert (a.path / "x").read_bytes() == (b.path / "y/x").read_bytes() == b"shared" * 10
+    assert (a.path / "x").stat().st_ino == (b.path / "y/x").stat().st_ino == obj.stat().st_ino
+    assert cache.verify().problems == []

@@ -787,21 +787,24 @@ class LocalCache:
 
         referenced: set[str] = set()
         for row in self.index.datasets_lru():
-            report.datasets += 1
-            self._verify_dataset(
-                row.fingerprint,
-                bad_objects,
-                inodes,
-                referenced,
-                report,
-                repair,
-                open_source,
-                workers,
-            )
+            with _flock(self._lock(f"lease-{row.fingerprint}"), fcntl.LOCK_SH):
+                if self.index.dataset(row.fingerprint) is None:
+                    continue  # evicted since the listing: nothing to check
+                report.datasets += 1
+                self._verify_dataset(
+                    row.fingerprint,
+                    bad_objects,
+                    inodes,
+                    referenced,
+                    report,
+                    repair,
+                    open_source,
+                    workers,
+                )
 
         for digest, kind in bad_objects.items():
-            if digest in referenced:
-                continue
+            if digest in referenced or not self.index.has_object(digest):
+                continue  # checked with its dataset, or evicted while we hashed
             problem = Problem(kind, None, str(self.object_path(digest)), "object no dataset uses")
             if repair:
                 with _flock(self._lock("evict"), fcntl.LOCK_EX):
