@@ -202,7 +202,9 @@ def test_eviction_under_a_small_limit_spares_a_dataset_leased_by_another_process
     assert cache.verify().problems == []
 
 
-@pytest.mark.parametrize("kill_at", ["ingest", "tree-built", "tree-renamed"])
+@pytest.mark.parametrize(
+    "kill_at", ["ingest", "ingest-in-transaction", "tree-built", "tree-renamed"]
+)
 def test_kill_9_during_staging_then_the_next_run_completes(
     kill_at: str, proxy: CountingProxy, bucket: str, s3_env: Any, tmp_path: Path
 ) -> None:
@@ -239,10 +241,12 @@ def test_kill_9_during_staging_then_the_next_run_completes(
     assert cache.stats().objects == 12
     # what the victim had already stored was not fetched again
     refetched = sum(proxy.gets.values()) - before
-    assert refetched < 12 if kill_at == "ingest" else refetched == 0
+    assert refetched < 12 if kill_at.startswith("ingest") else refetched == 0
 
 
-@pytest.mark.parametrize("kill_at", ["evict-in-transaction", "evict-after-commit"])
+@pytest.mark.parametrize(
+    "kill_at", ["evict-tree-in-transaction", "evict-object-in-transaction", "evict-after-commit"]
+)
 def test_kill_9_during_eviction_then_recovery(
     kill_at: str, bucket: str, s3_env: Any, tmp_path: Path
 ) -> None:
@@ -263,7 +267,9 @@ def test_kill_9_during_eviction_then_recovery(
     victim.wait()
 
     recovered = LocalCache(cache.root)
-    assert recovered.verify().unrepaired == []
+    assert recovered.verify().problems == []
+    if kill_at == "evict-tree-in-transaction":  # never committed: the dataset is still whole
+        assert recovered.lookup(manifest.fingerprint) is not None
     staged = recovered.stage(src, manifest)
     assert tree_digest(staged.path) == {
         rel: hashlib.sha256(d).hexdigest() for rel, d in files.items()
@@ -342,11 +348,12 @@ def _child_main(mode: str, args: dict[str, Any]) -> None:
             _park(args["ready"])
     if mode == "evict":
         real_rename = os.rename
-        if kill_at == "evict-in-transaction":
+        if kill_at.endswith("in-transaction"):
+            kind = "ds-" if "tree" in kill_at else "obj-"
 
             def rename(src: Any, dst: Any) -> None:
                 real_rename(src, dst)
-                if "trash" in str(dst) and "obj-" in str(dst):
+                if "trash" in str(dst) and kind in str(dst):
                     _park(args["marker"])  # moved aside, transaction not committed
 
             local.os.rename = rename  # type: ignore[assignment]
@@ -370,6 +377,15 @@ def _child_main(mode: str, args: dict[str, Any]) -> None:
                 _park(args["marker"])
 
         local.LocalCache._ingest = ingest  # type: ignore[method-assign]
+    elif kill_at == "ingest-in-transaction":
+        real_replace = os.replace
+
+        def replace(src: Any, dst: Any) -> None:
+            real_replace(src, dst)
+            if "/objects/" in str(dst):
+                _park(args["marker"])  # object file placed, its row not committed
+
+        local.os.replace = replace  # type: ignore[assignment]
     elif kill_at == "tree-built":
         real_publish = local.LocalCache._build_tree
 
