@@ -53,9 +53,12 @@ class CountingProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 path = self.path
-                if self.command == "GET" and "?" not in path:
+                key = urlparse(
+                    path
+                ).path  # presigned GETs carry a query string; listings hit /bucket
+                if self.command == "GET" and key.count("/") >= 2 and not key.endswith("/"):
                     with proxy._lock:
-                        proxy.gets[path] += 1
+                        proxy.gets[key] += 1
                     if proxy.delay:
                         time.sleep(proxy.delay)
                 conn = http.client.HTTPConnection(
@@ -241,7 +244,10 @@ def test_kill_9_during_staging_then_the_next_run_completes(
     assert cache.stats().objects == 12
     # what the victim had already stored was not fetched again
     refetched = sum(proxy.gets.values()) - before
-    assert refetched < 12 if kill_at.startswith("ingest") else refetched == 0
+    if kill_at == "ingest":
+        assert refetched <= 12 - 5  # five objects were indexed before the kill
+    elif kill_at != "ingest-in-transaction":  # (that one's object had no row yet)
+        assert refetched == 0
 
 
 @pytest.mark.parametrize(
