@@ -201,7 +201,7 @@ def test_eviction_under_a_small_limit_spares_a_dataset_leased_by_another_process
     assert cache.stats().bytes <= 9000
     os.kill(holder.pid, signal.SIGKILL)  # the kernel drops the lease with the process
     holder.wait()
-    assert cache.evict(target_bytes=4000) == [a.fingerprint]
+    assert sorted(cache.evict(target_bytes=0)) == sorted([a.fingerprint, c.fingerprint])
     assert cache.verify().problems == []
 
 
