@@ -33,9 +33,9 @@ Leases: two kinds, because one cannot serve both needs.
 * ``hold(fp, ttl_seconds)`` / ``release(id)``: a recorded lease (row with holder, host, pid,
   pid start time, expiry) for data that must outlive a process, e.g. a Kubernetes job whose
   steps run in separate processes or pods. It is reclaimed when it expires, or, when it was
-  taken with ``bind_pid=True``, as soon as that pid is gone on the same host (pid start time
-  guards against pid reuse). A pid in another pod's namespace cannot be checked, so across
-  hosts/pods only expiry applies: always give a ttl you can live with after a crash.
+  taken with ``bind_pid=True``, as soon as that pid is gone (pid start time guards against
+  pid reuse). A pid is only checked by processes with the same hostname and pid namespace;
+  from other pods only expiry applies, so give a ttl you can live with after a crash.
 The evictor skips a dataset if it cannot take ``lease-<fp>`` exclusively (non-blocking) or if
 a live recorded lease names it.
 
@@ -223,13 +223,23 @@ def _pid_alive(pid: int, start: str | None) -> bool:
     return start is None or _pid_start(pid) in (None, start)
 
 
+def _host_identity() -> str:
+    """Hostname plus pid namespace: where a recorded pid can be checked (pods with
+    hostNetwork share the node's hostname but not its pids)."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
+    return f"{socket.gethostname()}/{ns}" if ns else socket.gethostname()
+
+
 class LocalCache:
     """The node-local cache at ``root``; ``limit_bytes`` = 0 means no limit."""
 
     def __init__(self, root: Path, *, limit_bytes: int = 0) -> None:
         self.root = Path(root)
         self.limit_bytes = limit_bytes
-        self.host = socket.gethostname()
+        self.host = _host_identity()
         try:
             for sub in ("objects", "datasets", "manifests", "tmp/trash", "locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -289,7 +299,7 @@ class LocalCache:
         return Path(path)
 
     def stats(self) -> CacheStats:
-        """Datasets, objects and bytes held (from counters, no scan), the limit, live leases."""
+        """Datasets, objects and bytes held (from counters, no scan), the limit, recorded leases."""
         return CacheStats(
             root=str(self.root),
             datasets=self.index.dataset_count(),
@@ -554,7 +564,7 @@ class LocalCache:
                 hint="stage it first",
             )
         pid = os.getpid() if bind_pid else None
-        holder = holder or f"{self.host}:{os.getpid()}"
+        holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         expires = time.time() + ttl_seconds
         lease_id = self.index.add_lease(
             fingerprint, holder, self.host, pid, _pid_start(pid) if pid else None, expires
@@ -841,7 +851,10 @@ class LocalCache:
         open_source: SourceOpener,
         workers: int,
     ) -> None:
-        record = self._record(fp)
+        try:
+            record = self._record(fp)
+        except CacheError:
+            record = None
         if record is None or not record[1]:
             problem = Problem(
                 "missing_manifest",
