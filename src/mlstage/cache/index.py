@@ -1,7 +1,10 @@
-"""The cache's SQLite index (WAL): what objects and datasets this node holds.
+"""The cache's SQLite index (WAL): what objects, datasets and leases this node holds.
 
-Every lookup is a primary-key query, so its cost does not depend on how much is cached.
-One connection per thread; several processes share the file safely (WAL + busy timeout).
+Every hot-path query is a primary-key lookup, so its cost does not depend on how much is
+cached; totals are kept by triggers, so the size of the cache is one row read, never a scan.
+One connection per thread; several processes (and pods sharing a hostPath) share the file
+safely through WAL and a busy timeout. Writes that must agree with the disk (placing or
+removing an object file) run inside ``tx()``, whose ``BEGIN IMMEDIATE`` serialises them.
 """
 
 from __future__ import annotations
@@ -10,46 +13,95 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+from mlstage.errors import CacheError
+
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     digest   TEXT PRIMARY KEY,
     size     INTEGER NOT NULL,
     created  REAL NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS source_objects (
     source_key TEXT PRIMARY KEY,
     digest     TEXT NOT NULL
-);
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS source_objects_digest ON source_objects(digest);
 CREATE TABLE IF NOT EXISTS datasets (
     fingerprint TEXT PRIMARY KEY,
     source      TEXT NOT NULL,
     files       INTEGER NOT NULL,
     bytes       INTEGER NOT NULL,
     created     REAL NOT NULL,
-    last_used   REAL NOT NULL
+    last_used   REAL NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'ready'
 );
 CREATE INDEX IF NOT EXISTS datasets_lru ON datasets(last_used);
 CREATE TABLE IF NOT EXISTS dataset_objects (
     fingerprint TEXT NOT NULL,
     digest      TEXT NOT NULL,
     PRIMARY KEY (fingerprint, digest)
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dataset_objects_digest ON dataset_objects(digest);
+CREATE TABLE IF NOT EXISTS leases (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    fingerprint TEXT NOT NULL,
+    holder      TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    pid         INTEGER,
+    pid_start   TEXT,
+    created     REAL NOT NULL,
+    expires     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_fp ON leases(fingerprint);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters VALUES ('objects', 0), ('bytes', 0);
+CREATE TRIGGER IF NOT EXISTS objects_added AFTER INSERT ON objects BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'objects';
+    UPDATE counters SET value = value + NEW.size WHERE name = 'bytes';
+END;
+CREATE TRIGGER IF NOT EXISTS objects_removed AFTER DELETE ON objects BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'objects';
+    UPDATE counters SET value = value - OLD.size WHERE name = 'bytes';
+END;
 """
+
+_DATASET_COLS = "fingerprint, source, files, bytes, created, last_used, state"
 
 
 @dataclass(frozen=True)
 class DatasetRow:
+    """One dataset the index knows; ``state`` is 'ready' or 'staging' (being built)."""
+
     fingerprint: str
     source: str
     files: int
     bytes: int
     created: float
     last_used: float
+    state: str = "ready"
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    """A recorded lease: keeps ``fingerprint`` from eviction until it expires or its pid dies."""
+
+    id: int
+    fingerprint: str
+    holder: str
+    host: str
+    pid: int | None
+    pid_start: str | None
+    created: float
+    expires: float
 
 
 class CacheIndex:
@@ -58,21 +110,64 @@ class CacheIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        self.db.executescript(SCHEMA)
+        try:
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise CacheError(
+                f"cannot open the cache index {path}: {exc}",
+                hint="check the folder is writable; `mlstage cache verify --repair` rebuilds trees",
+            ) from exc
+
+    def _migrate(self) -> None:
+        db = self.db
+        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self.tx():
+            cols = {r[1] for r in db.execute("PRAGMA table_info(datasets)")}
+            if cols and "state" not in cols:  # version 1 (walking skeleton)
+                db.execute("ALTER TABLE datasets ADD COLUMN state TEXT NOT NULL DEFAULT 'ready'")
+            had_counters = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name='counters'"
+            ).fetchone()
+        db.executescript(SCHEMA)  # idempotent; executescript commits by itself
+        with self.tx():
+            if cols and not had_counters:
+                db.execute(
+                    "UPDATE counters SET value=(SELECT COUNT(*) FROM objects) WHERE name='objects'"
+                )
+                db.execute(
+                    "UPDATE counters SET value=(SELECT COALESCE(SUM(size),0) FROM objects) "
+                    "WHERE name='bytes'"
+                )
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @property
     def db(self) -> sqlite3.Connection:
+        """This thread's connection (WAL, NORMAL sync, 60 s busy timeout)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=60000")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot B-tree pages stay in memory
+            conn.execute("PRAGMA mmap_size=268435456")  # reads without a syscall per page
             self._local.conn = conn
+        return conn
+
+    @property
+    def _quick(self) -> sqlite3.Connection:
+        """A second connection with a short busy timeout, for best-effort writes (LRU touch)."""
+        conn = getattr(self._local, "quick", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=0.05, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=50")
+            self._local.quick = conn
         return conn
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): one writer at a time across processes."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -82,62 +177,128 @@ class CacheIndex:
             raise
         db.execute("COMMIT")
 
+    def close(self) -> None:
+        """Close this thread's connections."""
+        for name in ("conn", "quick"):
+            conn = getattr(self._local, name, None)
+            if conn is not None:
+                conn.close()
+                setattr(self._local, name, None)
+
     # -- datasets -----------------------------------------------------------------------
     def dataset(self, fingerprint: str) -> DatasetRow | None:
+        """The dataset if it is complete ('ready'); one primary-key lookup."""
         row = self.db.execute(
-            "SELECT fingerprint, source, files, bytes, created, last_used FROM datasets WHERE fingerprint=?",
+            f"SELECT {_DATASET_COLS} FROM datasets WHERE fingerprint=? AND state='ready'",
             (fingerprint,),
         ).fetchone()
         return DatasetRow(*row) if row else None
 
-    def touch(self, fingerprint: str) -> None:
-        self.db.execute(
-            "UPDATE datasets SET last_used=? WHERE fingerprint=?", (time.time(), fingerprint)
-        )
+    def any_dataset(self, fingerprint: str) -> DatasetRow | None:
+        """The dataset row whatever its state."""
+        row = self.db.execute(
+            f"SELECT {_DATASET_COLS} FROM datasets WHERE fingerprint=?", (fingerprint,)
+        ).fetchone()
+        return DatasetRow(*row) if row else None
 
-    def add_dataset(self, row: DatasetRow, digests: Iterable[str]) -> None:
+    def touch(self, fingerprint: str) -> None:
+        """Mark a dataset used now, for LRU; skipped (not waited for) when the index is busy."""
+        with suppress(sqlite3.OperationalError):
+            self._quick.execute(
+                "UPDATE datasets SET last_used=? WHERE fingerprint=?", (time.time(), fingerprint)
+            )
+
+    def begin_staging(
+        self, fingerprint: str, source: str, files: int, nbytes: int, pins: Iterable[str]
+    ) -> set[str]:
+        """Record a staging in progress and pin the objects it means to reuse.
+
+        Returns which of ``pins`` the index holds. Pinning and checking happen in one
+        transaction, so an evictor either removed an object before (and it is reported
+        missing) or sees the pin and keeps it.
+        """
+        now = time.time()
+        pins = set(pins)
         with self.tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO datasets VALUES (?,?,?,?,?,?)",
-                (row.fingerprint, row.source, row.files, row.bytes, row.created, row.last_used),
+                "INSERT INTO datasets VALUES (?,?,?,?,?,?,'staging') ON CONFLICT(fingerprint) "
+                "DO UPDATE SET state='staging', source=excluded.source, files=excluded.files, "
+                "bytes=excluded.bytes",
+                (fingerprint, source, files, nbytes, now, now),
             )
             db.executemany(
                 "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
-                ((row.fingerprint, d) for d in set(digests)),
+                ((fingerprint, d) for d in pins),
             )
+            return {
+                d
+                for d in pins
+                if db.execute("SELECT 1 FROM objects WHERE digest=?", (d,)).fetchone()
+            }
 
-    def remove_dataset(self, fingerprint: str) -> list[str]:
-        """Forget a dataset; return the digests no other dataset references any more."""
+    def finish_staging(self, fingerprint: str, digests: Iterable[str]) -> None:
+        """Mark the dataset complete, referencing exactly ``digests``."""
+        keep = set(digests)
+        now = time.time()
         with self.tx() as db:
-            digests = [
+            have = {
                 r[0]
                 for r in db.execute(
                     "SELECT digest FROM dataset_objects WHERE fingerprint=?", (fingerprint,)
                 )
-            ]
-            db.execute("DELETE FROM dataset_objects WHERE fingerprint=?", (fingerprint,))
-            db.execute("DELETE FROM datasets WHERE fingerprint=?", (fingerprint,))
-            orphans = [
-                d
-                for d in digests
-                if db.execute(
-                    "SELECT 1 FROM dataset_objects WHERE digest=? LIMIT 1", (d,)
-                ).fetchone()
-                is None
-            ]
-            return orphans
+            }
+            db.executemany(
+                "DELETE FROM dataset_objects WHERE fingerprint=? AND digest=?",
+                ((fingerprint, d) for d in have - keep),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
+                ((fingerprint, d) for d in keep - have),
+            )
+            db.execute(
+                "UPDATE datasets SET state='ready', created=?, last_used=? WHERE fingerprint=?",
+                (now, now, fingerprint),
+            )
 
-    def datasets_lru(self) -> list[DatasetRow]:
+    def forget_dataset(self, db: sqlite3.Connection, fingerprint: str) -> list[str]:
+        """Inside ``tx()``: forget a dataset; return the digests it referenced."""
+        digests = [
+            r[0]
+            for r in db.execute(
+                "SELECT digest FROM dataset_objects WHERE fingerprint=?", (fingerprint,)
+            )
+        ]
+        db.execute("DELETE FROM dataset_objects WHERE fingerprint=?", (fingerprint,))
+        db.execute("DELETE FROM datasets WHERE fingerprint=?", (fingerprint,))
+        return digests
+
+    def datasets_lru(self, state: str | None = "ready") -> list[DatasetRow]:
+        """Datasets, least recently used first (all states when ``state`` is None)."""
+        where = "" if state is None else "WHERE state=?"
+        args = () if state is None else (state,)
         rows = self.db.execute(
-            "SELECT fingerprint, source, files, bytes, created, last_used FROM datasets ORDER BY last_used"
+            f"SELECT {_DATASET_COLS} FROM datasets {where} ORDER BY last_used", args
         ).fetchall()
         return [DatasetRow(*r) for r in rows]
+
+    def dataset_count(self) -> int:
+        return int(
+            self.db.execute("SELECT COUNT(*) FROM datasets WHERE state='ready'").fetchone()[0]
+        )
 
     def dataset_digests(self, fingerprint: str) -> list[str]:
         return [
             r[0]
             for r in self.db.execute(
                 "SELECT digest FROM dataset_objects WHERE fingerprint=?", (fingerprint,)
+            )
+        ]
+
+    def datasets_using(self, digest: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT fingerprint FROM dataset_objects WHERE digest=?", (digest,)
             )
         ]
 
@@ -149,32 +310,105 @@ class CacheIndex:
         )
 
     def digest_for(self, source_key: str) -> str | None:
+        """The digest of what a source object held when it was fetched; one primary-key read.
+
+        The object may have been evicted since: callers check the object file (or
+        ``has_object``) before relying on it.
+        """
         row = self.db.execute(
-            "SELECT s.digest FROM source_objects s JOIN objects o ON o.digest = s.digest WHERE s.source_key=?",
-            (source_key,),
+            "SELECT digest FROM source_objects WHERE source_key=?", (source_key,)
         ).fetchone()
         return row[0] if row else None
 
-    def add_object(self, digest: str, size: int, source_key: str | None) -> None:
-        with self.tx() as db:
-            db.execute("INSERT OR IGNORE INTO objects VALUES (?,?,?)", (digest, size, time.time()))
-            if source_key:
-                db.execute(
-                    "INSERT OR REPLACE INTO source_objects VALUES (?,?)", (source_key, digest)
-                )
+    def insert_object(
+        self,
+        db: sqlite3.Connection,
+        digest: str,
+        size: int,
+        source_key: str | None,
+        fingerprint: str | None,
+    ) -> None:
+        """Inside ``tx()``: record an object (and who it came from and who uses it)."""
+        db.execute("INSERT OR IGNORE INTO objects VALUES (?,?,?)", (digest, size, time.time()))
+        if source_key:
+            db.execute("INSERT OR REPLACE INTO source_objects VALUES (?,?)", (source_key, digest))
+        if fingerprint:
+            db.execute("INSERT OR IGNORE INTO dataset_objects VALUES (?,?)", (fingerprint, digest))
 
-    def remove_objects(self, digests: Iterable[str]) -> None:
+    def add_objects_bulk(self, rows: Iterable[tuple[str, int, str | None]]) -> None:
+        """Record many objects at once (digest, size, source key); for imports and benchmarks."""
+        now = time.time()
         with self.tx() as db:
-            db.executemany("DELETE FROM objects WHERE digest=?", ((d,) for d in digests))
+            for digest, size, key in rows:
+                db.execute("INSERT OR IGNORE INTO objects VALUES (?,?,?)", (digest, size, now))
+                if key:
+                    db.execute("INSERT OR REPLACE INTO source_objects VALUES (?,?)", (key, digest))
+
+    def unreferenced(self, db: sqlite3.Connection, digests: Iterable[str]) -> list[str]:
+        """Inside ``tx()``: which of ``digests`` no dataset (ready or staging) references."""
+        return [
+            d
+            for d in digests
+            if db.execute("SELECT 1 FROM dataset_objects WHERE digest=? LIMIT 1", (d,)).fetchone()
+            is None
+        ]
+
+    def delete_object_row(self, db: sqlite3.Connection, digest: str) -> None:
+        db.execute("DELETE FROM objects WHERE digest=?", (digest,))
+        db.execute("DELETE FROM source_objects WHERE digest=?", (digest,))
+
+    def object_size(self, digest: str) -> int | None:
+        row = self.db.execute("SELECT size FROM objects WHERE digest=?", (digest,)).fetchone()
+        return int(row[0]) if row else None
 
     def object_bytes(self) -> int:
-        return int(self.db.execute("SELECT COALESCE(SUM(size), 0) FROM objects").fetchone()[0])
+        """Bytes held by objects: one counter row, whatever the cache size."""
+        return int(self.db.execute("SELECT value FROM counters WHERE name='bytes'").fetchone()[0])
 
     def object_count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM objects").fetchone()[0])
+        return int(self.db.execute("SELECT value FROM counters WHERE name='objects'").fetchone()[0])
 
-    def orphan_objects(self) -> list[str]:
+    def objects(self) -> list[tuple[str, int]]:
+        """Every object (digest, size); for verification only."""
+        return [(r[0], int(r[1])) for r in self.db.execute("SELECT digest, size FROM objects")]
+
+    def orphan_objects(self, limit: int = 1000) -> list[str]:
+        """Objects no dataset references, oldest first."""
         rows = self.db.execute(
-            "SELECT digest FROM objects o WHERE NOT EXISTS (SELECT 1 FROM dataset_objects d WHERE d.digest = o.digest)"
+            "SELECT digest FROM objects o WHERE NOT EXISTS "
+            "(SELECT 1 FROM dataset_objects d WHERE d.digest = o.digest) ORDER BY created LIMIT ?",
+            (limit,),
         )
         return [r[0] for r in rows]
+
+    # -- leases -------------------------------------------------------------------------
+    def add_lease(
+        self,
+        fingerprint: str,
+        holder: str,
+        host: str,
+        pid: int | None,
+        pid_start: str | None,
+        expires: float,
+    ) -> int:
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO leases (fingerprint, holder, host, pid, pid_start, created, expires) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (fingerprint, holder, host, pid, pid_start, time.time(), expires),
+            )
+            return int(cur.lastrowid or 0)
+
+    def remove_lease(self, lease_id: int) -> bool:
+        with self.tx() as db:
+            return db.execute("DELETE FROM leases WHERE id=?", (lease_id,)).rowcount > 0
+
+    def leases(self, fingerprint: str | None = None) -> list[LeaseRow]:
+        cols = "id, fingerprint, holder, host, pid, pid_start, created, expires"
+        if fingerprint is None:
+            rows = self.db.execute(f"SELECT {cols} FROM leases ORDER BY id").fetchall()
+        else:
+            rows = self.db.execute(
+                f"SELECT {cols} FROM leases WHERE fingerprint=? ORDER BY id", (fingerprint,)
+            ).fetchall()
+        return [LeaseRow(*r) for r in rows]

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import typer
 
 from mlstage.cli.output import emit_json, emit_table
 
+if TYPE_CHECKING:
+    from mlstage.cache import LocalCache
+
 app = typer.Typer(no_args_is_help=True, help="The node-local cache.")
 
+JSON = typer.Option(False, "--json", help="Print JSON.")
 
-def _cache():  # type: ignore[no-untyped-def]
+
+def _cache() -> LocalCache:
     from mlstage.cache import LocalCache
     from mlstage.settings import get_settings
 
@@ -20,8 +28,8 @@ def _cache():  # type: ignore[no-untyped-def]
 
 
 @app.command("stats")
-def stats(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Datasets, objects and bytes held, and the limit."""
+def stats(as_json: bool = JSON) -> None:
+    """Datasets, objects and bytes held, the limit and live leases (from the index, no scan)."""
     st = asdict(_cache().stats())
     if as_json:
         emit_json(st)
@@ -31,15 +39,63 @@ def stats(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command("ls")
-def ls(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Datasets in the cache, least recently used first."""
-    rows = [asdict(r) for r in _cache().index.datasets_lru()]
+def ls(as_json: bool = JSON) -> None:
+    """Datasets in the cache, least recently used first, with their recorded leases."""
+    cache = _cache()
+    leases: dict[str, list[dict[str, object]]] = {}
+    for lease in cache.index.leases():
+        leases.setdefault(lease.fingerprint, []).append(asdict(lease))
+    rows = []
+    for r in cache.index.datasets_lru():
+        row = asdict(r)
+        row["path"] = str(cache.dataset_path(r.fingerprint))
+        row["leases"] = leases.get(r.fingerprint, [])
+        rows.append(row)
     if as_json:
         emit_json(rows)
+        return
+    for row in rows:
+        row["last_used"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["last_used"]))
+        row["leases"] = len(row["leases"])  # type: ignore[arg-type]
+    emit_table(
+        rows, ["fingerprint", "source", "files", "bytes", "last_used", "leases"], "cached datasets"
+    )
+
+
+@app.command("verify")
+def verify(
+    repair: bool = typer.Option(
+        False, "--repair", help="Re-fetch what is corrupt or missing from each dataset's source."
+    ),
+    as_json: bool = JSON,
+) -> None:
+    """Hash every object and check every tree; exit 1 if a problem remains unrepaired."""
+    report = _cache().verify(repair=repair)
+    if as_json:
+        emit_json(report.to_dict())
     else:
-        emit_table(
-            rows, ["fingerprint", "source", "files", "bytes", "last_used"], "cached datasets"
+        for p in report.problems:
+            state = "repaired" if p.repaired else "PROBLEM"
+            where = f"{(p.fingerprint or '')[:12]} {p.path or ''}".strip()
+            typer.echo(f"{state:>8}: {p.kind}: {where}: {p.detail}")
+        typer.echo(
+            f"checked {report.datasets} dataset(s), {report.files} file(s), "
+            f"{report.objects} object(s), {report.bytes_hashed:,} bytes hashed; "
+            f"{len(report.problems)} problem(s), {len(report.unrepaired)} unrepaired"
         )
+    if report.unrepaired:
+        sys.exit(1)  # typer.Exit's code is lost under main()'s standalone_mode=False
+
+
+@app.command("gc")
+def gc(as_json: bool = JSON) -> None:
+    """Reclaim what crashes left: dead stagings and leases, unused objects, stray folders."""
+    report = asdict(_cache().gc())
+    if as_json:
+        emit_json(report)
+    else:
+        for k, v in report.items():
+            typer.echo(f"{k:>20}: {len(v) if isinstance(v, list) else v}")
 
 
 @app.command("evict")
@@ -50,15 +106,44 @@ def evict(
     to_bytes: int | None = typer.Option(
         None, "--to-bytes", help="Target size (default: the cache limit)."
     ),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JSON,
 ) -> None:
-    """Evict datasets that are not in use."""
+    """Evict datasets that are not in use (leased datasets are skipped, exit 1 for one asked)."""
     cache = _cache()
     if fingerprint:
         dropped = [fingerprint] if cache.drop(fingerprint) else []
     else:
         dropped = cache.evict(target_bytes=to_bytes)
+    st = cache.stats()
     if as_json:
-        emit_json({"evicted": dropped})
+        emit_json({"evicted": dropped, "bytes": st.bytes, "objects": st.objects})
     else:
-        typer.echo(f"evicted {len(dropped)} dataset(s)")
+        typer.echo(f"evicted {len(dropped)} dataset(s); {st.bytes:,} bytes remain")
+    if fingerprint and not dropped:
+        typer.echo(f"{fingerprint[:12]} is in use (leased); not evicted", err=True)
+        sys.exit(1)
+
+
+@app.command("lease")
+def lease(
+    fingerprint: str = typer.Argument(..., help="The dataset to keep."),
+    ttl: float = typer.Option(..., "--ttl", min=1, help="Seconds until the lease lapses."),
+    holder: str = typer.Option("", "--holder", help="Who holds it (default host:pid)."),
+    as_json: bool = JSON,
+) -> None:
+    """Record a lease that outlives this command (e.g. between a job's steps)."""
+    held = _cache().hold(fingerprint, ttl, holder=holder)
+    if as_json:
+        emit_json(asdict(held))
+    else:
+        typer.echo(held.id)
+
+
+@app.command("release")
+def release(lease_id: int = typer.Argument(...), as_json: bool = JSON) -> None:
+    """End a recorded lease."""
+    released = _cache().release(lease_id)
+    if as_json:
+        emit_json({"released": released})
+    elif not released:
+        typer.echo(f"lease {lease_id} was already gone", err=True)

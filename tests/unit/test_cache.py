@@ -1,0 +1,294 @@
+"""LocalCache on folder sources: dedup, hits, single-flight, leases, eviction, crash leftovers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlstage.cache import LocalCache
+from mlstage.cache.local import _flock
+from mlstage.errors import CacheError
+from mlstage.sources.base import RemoteObject
+from mlstage.sources.local import FolderSource
+
+
+class CountingSource(FolderSource):
+    """A folder source that counts reads per key (to prove single-flight)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        with self._lock:
+            self.reads[obj.key] += 1
+        yield from super().read(obj, start, end)
+
+
+def make_dataset(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> LocalCache:
+    return LocalCache(tmp_path / "cache")
+
+
+def stage_folder(cache: LocalCache, root: Path):  # type: ignore[no-untyped-def]
+    src = FolderSource(root)
+    return cache.stage(src, src.resolve())
+
+
+def test_stage_builds_read_only_tree_and_hits_after(cache: LocalCache, tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"a/x.bin": b"x" * 100, "y.txt": b"hello"})
+    staged = stage_folder(cache, root)
+    assert not staged.hit and staged.objects_fetched == 2
+    assert (staged.path / "a/x.bin").read_bytes() == b"x" * 100
+    for p in [staged.path, *staged.path.rglob("*")]:
+        assert p.stat().st_mode & 0o222 == 0, p  # read-only for everyone (root ignores it)
+    again = stage_folder(cache, root)
+    assert again.hit and again.path == staged.path and again.objects_fetched == 0
+
+
+def test_shared_content_is_stored_once(cache: LocalCache, tmp_path: Path) -> None:
+    a = stage_folder(cache, make_dataset(tmp_path / "a", {"same": b"S" * 10, "a": b"A"}))
+    b = stage_folder(cache, make_dataset(tmp_path / "b", {"copy": b"S" * 10, "b": b"B"}))
+    assert cache.stats().objects == 3
+    assert (a.path / "same").stat().st_ino == (b.path / "copy").stat().st_ino
+
+
+def test_lookup_ignores_a_tree_still_staging(cache: LocalCache, tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"f": b"1"})
+    src = FolderSource(root)
+    m = src.resolve()
+    cache.index.begin_staging(m.fingerprint, m.source, 1, 1, [])
+    cache.dataset_path(m.fingerprint).mkdir()
+    assert cache.lookup(m.fingerprint) is None
+    assert not cache.stage(src, m).hit  # replaces the stray folder
+    assert (cache.dataset_path(m.fingerprint) / "f").read_bytes() == b"1"
+
+
+def test_cached_object_lookup(cache: LocalCache, tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", {"f": b"content"})
+    src = FolderSource(root)
+    m = src.resolve()
+    assert cache.cached_object(src.uri, m.entries[0]) is None
+    cache.stage(src, m)
+    path = cache.cached_object(src.uri, m.entries[0])
+    assert path is not None and path.read_bytes() == b"content"
+
+
+def test_threads_staging_one_dataset_read_each_object_once(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    root = make_dataset(tmp_path / "ds", {f"f{i}": os.urandom(2000) for i in range(30)})
+    src = CountingSource(root)
+    m = src.resolve()
+    results = []
+
+    def go() -> None:
+        results.append(cache.stage(src, m, workers=4))
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8 and len({r.path for r in results}) == 1
+    assert set(src.reads.values()) == {1} and len(src.reads) == 30
+    assert sum(not r.hit for r in results) == 1
+
+
+def test_eviction_is_lru_and_skips_leases(tmp_path: Path) -> None:
+    cache = LocalCache(tmp_path / "cache", limit_bytes=2500)
+    roots = [make_dataset(tmp_path / f"d{i}", {"f": bytes([i]) * 1000}) for i in range(3)]
+    a = stage_folder(cache, roots[0])
+    with cache.lease(a.fingerprint):
+        b = stage_folder(cache, roots[1])
+        c = stage_folder(cache, roots[2])  # needs room: b goes, a is leased
+        assert cache.lookup(a.fingerprint) is not None
+        assert cache.lookup(b.fingerprint) is None
+        assert cache.lookup(c.fingerprint) is not None
+        assert cache.in_use(a.fingerprint)
+    assert not cache.in_use(a.fingerprint)
+    cache.index.db.execute("UPDATE datasets SET last_used=0 WHERE fingerprint=?", (c.fingerprint,))
+    assert cache.evict(target_bytes=1000) == [c.fingerprint]  # least recently used first
+    assert cache.stats().bytes == 1000
+
+
+def test_use_stages_and_leases_without_a_gap(cache: LocalCache, tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", {"f": b"z" * 10})
+    src = FolderSource(root)
+    with cache.use(src, src.resolve()) as staged:
+        assert cache.evict(target_bytes=0) == []
+        assert (staged.path / "f").exists()
+    assert cache.evict(target_bytes=0) == [staged.fingerprint]
+
+
+def test_recorded_leases_expire_and_die_with_bound_pid(cache: LocalCache, tmp_path: Path) -> None:
+    fp = stage_folder(cache, make_dataset(tmp_path / "d", {"f": b"1"})).fingerprint
+    lease = cache.hold(fp, ttl_seconds=3600)
+    assert not cache.drop(fp)
+    assert cache.release(lease.id)
+    expired = cache.hold(fp, ttl_seconds=3600)
+    cache.index.db.execute("UPDATE leases SET expires=0 WHERE id=?", (expired.id,))
+    # a lease bound to a process that has exited: reclaimed by pid, long before its expiry
+    code = (
+        "import sys; from pathlib import Path; from mlstage.cache import LocalCache;"
+        f"LocalCache(Path({str(cache.root)!r})).hold({fp!r}, 3600, bind_pid=True)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert len(cache.index.leases(fp)) == 2
+    assert cache.evict(target_bytes=0) == [fp]
+    assert cache.index.leases(fp) == []
+
+
+def test_lease_on_missing_dataset_raises(cache: LocalCache) -> None:
+    with pytest.raises(CacheError), cache.lease("0" * 64):
+        pass
+
+
+def test_verify_finds_and_repairs_a_flipped_byte_and_a_missing_file(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    root = make_dataset(tmp_path / "d", {"a/x": b"x" * 50, "b/y": b"y" * 50, "z": b"z"})
+    staged = stage_folder(cache, root)
+    digest = hashlib.sha256(b"x" * 50).hexdigest()
+    obj = cache.object_path(digest)
+    os.chmod(obj, 0o644)
+    with open(obj, "r+b") as f:
+        f.write(b"!")
+    os.chmod(staged.path / "b", 0o755)
+    (staged.path / "b/y").unlink()
+    found = cache.verify()
+    assert {(p.kind, p.path) for p in found.unrepaired} == {
+        ("corrupt_file", "a/x"),
+        ("missing_file", "b/y"),
+    }
+    fixed = cache.verify(repair=True)
+    assert fixed.problems and not fixed.unrepaired
+    assert (staged.path / "a/x").read_bytes() == b"x" * 50
+    assert (staged.path / "b/y").read_bytes() == b"y" * 50
+    assert cache.verify().problems == []
+
+
+def test_verify_reports_what_it_cannot_repair(cache: LocalCache, tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", {"x": b"x" * 50})
+    staged = stage_folder(cache, root)
+    (root / "x").write_bytes(b"changed at the source")
+    obj = cache.object_path(hashlib.sha256(b"x" * 50).hexdigest())
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"y" * 50)
+    report = cache.verify(repair=True)
+    assert [p.kind for p in report.unrepaired] == ["corrupt_file"]
+    assert staged.fingerprint == report.unrepaired[0].fingerprint
+
+
+def test_verify_rebuilds_a_missing_tree(cache: LocalCache, tmp_path: Path) -> None:
+    staged = stage_folder(cache, make_dataset(tmp_path / "d", {"x/y": b"1", "z": b"2"}))
+    os.chmod(staged.path, 0o755)
+    os.chmod(staged.path / "x", 0o755)
+    import shutil
+
+    shutil.rmtree(staged.path)
+    assert cache.lookup(staged.fingerprint) is None
+    report = cache.verify(repair=True)
+    assert [p.kind for p in report.problems] == ["missing_tree"] and not report.unrepaired
+    assert cache.lookup(staged.fingerprint) is not None
+    assert (staged.path / "x/y").read_bytes() == b"1"
+
+
+def test_crash_leftovers_are_recovered(tmp_path: Path) -> None:
+    cache = LocalCache(tmp_path / "cache")
+    staged = stage_folder(cache, make_dataset(tmp_path / "d", {"f": b"data"}))
+    digest = hashlib.sha256(b"data").hexdigest()
+    # an evictor died after moving the object aside, before its transaction committed
+    os.rename(cache.object_path(digest), cache.root / "tmp/trash" / f"obj-{digest}.1-abcd")
+    # ... and another after moving the tree aside
+    os.rename(staged.path, cache.root / "tmp/trash" / f"ds-{staged.fingerprint}.1-abcd")
+    reopened = LocalCache(tmp_path / "cache")
+    assert reopened.cached_object(
+        str(tmp_path / "d"), reopened.manifest(staged.fingerprint).entries[0]
+    )  # type: ignore[union-attr]
+    assert reopened.lookup(staged.fingerprint) is not None
+    assert reopened.verify().problems == []
+
+
+def test_gc_reclaims_a_dead_staging_and_stray_folders(cache: LocalCache, tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", {"f": b"1", "g": b"2"})
+    src = FolderSource(root)
+    m = src.resolve()
+    cache.index.begin_staging(m.fingerprint, m.source, 2, 2, [])
+    (cache.root / "datasets" / f".tmp-{m.fingerprint}").mkdir()
+    (cache.root / "tmp" / f"xfer-{m.fingerprint}").mkdir()
+    with _flock(cache._lock(f"stage-{m.fingerprint}"), 2 | 4) as got:  # LOCK_EX|LOCK_NB
+        assert got  # nobody is staging it: the row is a crash leftover
+    report = cache.gc()
+    assert report.stagings_reclaimed == [m.fingerprint]
+    assert report.stray_dirs_removed == 2
+    assert cache.index.any_dataset(m.fingerprint) is None
+    assert not cache.stage(src, m).hit
+
+
+class BlockingSource(FolderSource):
+    """A folder source whose reads wait until released (a download in flight)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        self.reading.set()
+        assert self.release.wait(30)
+        yield from super().read(obj, start, end)
+
+
+def test_limit_is_enforced_while_another_download_is_in_flight(tmp_path: Path) -> None:
+    cache = LocalCache(tmp_path / "cache", limit_bytes=2500)
+    slow = BlockingSource(make_dataset(tmp_path / "slow", {"s": b"s" * 100}))
+    t = threading.Thread(target=lambda: cache.stage(slow, slow.resolve()))
+    t.start()
+    try:
+        assert slow.reading.wait(30)
+        a = stage_folder(cache, make_dataset(tmp_path / "a", {"f": b"a" * 1000}))
+        stage_folder(cache, make_dataset(tmp_path / "b", {"f": b"b" * 1000}))
+        stage_folder(cache, make_dataset(tmp_path / "c", {"f": b"c" * 1000}))
+        assert cache.lookup(a.fingerprint) is None  # evicted although a staging is running
+        assert cache.stats().bytes <= 2500
+    finally:
+        slow.release.set()
+        t.join()
+    assert cache.stats().bytes <= 2500
+
+
+def test_repairing_a_shared_object_fixes_every_tree_that_links_it(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    a = stage_folder(cache, make_dataset(tmp_path / "a", {"x": b"shared" * 10, "a": b"a"}))
+    b = stage_folder(cache, make_dataset(tmp_path / "b", {"y/x": b"shared" * 10}))
+    obj = cache.object_path(hashlib.sha256(b"shared" * 10).hexdigest())
+    os.chmod(obj, 0o644)
+    with open(obj, "r+b") as f:
+        f.write(b"S")
+    found = cache.verify()
+    assert sorted((p.fingerprint, p.path) for p in found.unrepaired) == sorted(
+        [(a.fingerprint, "x"), (b.fingerprint, "y/x")]
+    )
+    assert not cache.verify(repair=True).unrepaired
+    assert (a.path / "x").read_bytes() == (b.path / "y/x").read_bytes() == b"shared" * 10
+    assert (a.path / "x").stat().st_ino == (b.path / "y/x").stat().st_ino == obj.stat().st_ino
+    assert cache.verify().problems == []
