@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -39,7 +40,9 @@ class Entry(BaseModel):
 
 
 class Manifest(BaseModel):
-    """Every entry of one dataset version, sorted by path."""
+    """Every entry of one dataset version, sorted by path (immutable: the fingerprint is cached)."""
+
+    model_config = ConfigDict(frozen=True)
 
     source: str = Field(description="The URI that was resolved (credentials never included).")
     entries: list[Entry]
@@ -54,7 +57,7 @@ class Manifest(BaseModel):
                 raise ValueError(f"duplicate path in manifest: {a.path!r}")
         return v
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """sha256 over (path, size, version tag) of every entry: changes when content does."""
         return fingerprint(self.entries)

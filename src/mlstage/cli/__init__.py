@@ -24,7 +24,7 @@ def main() -> None:
     from mlstage.errors import ConfigError, MlstageError
 
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # typer.Exit(code) comes back as a return value here
     except MlstageError as exc:
         typer.echo(f"mlstage: error: {exc}", err=True)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
@@ -40,3 +40,5 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
