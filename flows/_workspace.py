@@ -1,26 +1,64 @@
-"""One Workspace per process, built from settings (and, when given, from blocks)."""
+"""One Workspace per process and block choice, built from settings and, when named, from blocks."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from mlstage.pipeline import Workspace
 
 _lock = threading.Lock()
-_cached: Workspace | None = None
+_cached: dict[tuple[str | None, str | None], Workspace] = {}
+# The blocks a flow run chose; task threads inherit it (Prefect copies the context into them).
+_selected: ContextVar[tuple[str | None, str | None]] = ContextVar(
+    "mlstage_blocks", default=(None, None)
+)
 
 
-def workspace() -> Workspace:
-    """The Workspace of this process: built once, shared by every task thread."""
-    global _cached
+@contextmanager
+def using_blocks(shared_block: str | None, cache_block: str | None) -> Iterator[None]:
+    """Make ``workspace()`` (without arguments) use these blocks inside the ``with``."""
+    token = _selected.set((shared_block, cache_block))
+    try:
+        yield
+    finally:
+        _selected.reset(token)
+
+
+def workspace(shared_block: str | None = None, cache_block: str | None = None) -> Workspace:
+    """This process's Workspace: built once per block choice, shared by every task thread.
+
+    With no block names it comes from MLSTAGE_* settings alone (no Prefect API needed); a named
+    ``mlstage-shared-tier`` or ``mlstage-cache-settings`` block replaces that part. Without
+    arguments: the blocks chosen by the enclosing ``using_blocks`` (none outside one).
+    """
+    key = (shared_block, cache_block)
+    if key == (None, None):
+        key = _selected.get()
+    shared_block, cache_block = key
     with _lock:
-        if _cached is None:
-            _cached = Workspace.from_settings()
-        return _cached
+        if key not in _cached:
+            ws = Workspace.from_settings()
+            if shared_block:
+                from blocks import SharedTierBlock
+
+                ws = dataclasses.replace(ws, shared=SharedTierBlock.load(shared_block).build())
+            if cache_block:
+                from blocks import CacheSettings
+
+                block = CacheSettings.load(cache_block)
+                settings = ws.settings.model_copy(
+                    update={"workers": block.workers, "part_size": block.part_size}
+                )
+                ws = dataclasses.replace(ws, cache=block.build(), settings=settings)
+            _cached[key] = ws
+        return _cached[key]
 
 
 def reset_workspace() -> None:
-    """Forget the cached Workspace (settings changed, e.g. in tests)."""
-    global _cached
+    """Forget the cached Workspaces (settings changed, e.g. in tests)."""
     with _lock:
-        _cached = None
+        _cached.clear()

@@ -1,4 +1,9 @@
-"""benchmark-sweep: models x datasets; every model starts as soon as its own data is staged."""
+"""benchmark-sweep: models x datasets; every model starts as soon as its own data is staged.
+
+    preprocess (each distinct dataset once; thread pool or Dask) -> stage (all concurrently)
+    -> run each model the moment its own dataset is ready: in this process, or as its own
+    run-benchmark deployment run (its own pod) -> summary table + progress artifacts
+"""
 
 from __future__ import annotations
 
@@ -6,30 +11,41 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
-from prefect.futures import wait
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows._workspace import workspace
-from flows.tasks import preprocess_task, run_task, stage_task
+from flows._dask import dask_problems, preprocess_runner, submit_preprocess
+from flows._workspace import using_blocks, workspace
+from flows.tasks import run_deployment_task, run_task, stage_task
 from mlstage.errors import ConfigError
-from mlstage.pipeline import RunOutcome, validate_sweep
-from mlstage.specs import SweepSpec
+from mlstage.pipeline import RunOutcome, Workspace, validate_sweep
+from mlstage.specs import ModelSpec, SweepSpec
 
 
-def summarize(outcomes: list[RunOutcome], started_at: float) -> list[dict[str, Any]]:
+def summarize(
+    ws: Workspace, outcomes: list[RunOutcome], started_at: float
+) -> list[dict[str, Any]]:
+    """One row per model: what it consumed (from the state DB), when its data was ready, its score."""
     rows = []
     for o in outcomes:
+        lineage = ws.state.run(o.run_id) if o.run_id != "-" else None
         r = o.ready
         rows.append(
             {
                 "model": o.model,
                 "dataset": o.dataset,
-                "version": r.version[:12] if r else None,
-                "artifact": r.artifact_id[:12] if r else None,
-                "cache": ("hit" if r.staged.hit else "miss") if r else None,
-                "bytes_staged": r.staged.bytes_fetched if r else 0,
+                "version": lineage.version[:12] if lineage and lineage.version else None,
+                "artifact": lineage.artifact_id[:12] if lineage and lineage.artifact_id else None,
+                "cache": None
+                if not lineage or lineage.cache_hit is None
+                else ("hit" if lineage.cache_hit else "miss"),
+                "bytes_staged": (lineage.bytes_fetched or 0) if lineage else 0,
                 "ready_s": round(r.ready_at - started_at, 2) if r else None,
                 "status": o.status,
                 "score": o.metrics.get("score"),
@@ -40,51 +56,85 @@ def summarize(outcomes: list[RunOutcome], started_at: float) -> list[dict[str, A
     return rows
 
 
-@flow(name="benchmark-sweep", task_runner=ThreadPoolTaskRunner(max_workers=16), log_prints=True)
-def benchmark_sweep(sweep: SweepSpec) -> list[dict[str, Any]]:
-    """Preprocess each distinct dataset once, stage all concurrently, run each model when its data is ready."""
-    problems = validate_sweep(sweep)
-    if problems:
-        raise ConfigError("the sweep is malformed:\n- " + "\n- ".join(problems))
-    ws = workspace()
-    started_at = time.time()
-    record = ws.state.start_sweep(
-        sweep.name, sweep.model_dump(mode="json"), flow_run_id=flow_run.get_id()
-    )
-    wanted = {m.dataset for m in sweep.models}
-    ready = {
-        d.name: stage_task.submit(preprocess_task.submit(d))
-        for d in sweep.datasets
-        if d.name in wanted
-    }
-    runs = {m.name: run_task.submit(m, ready[m.dataset], record.id) for m in sweep.models}
-    wait(list(runs.values()))
+def artifact_key(sweep: SweepSpec, what: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for this sweep."""
+    name = "".join(c if c.isalnum() else "-" for c in sweep.name.lower())
+    return f"sweep-{name}-{what}"
 
-    outcomes: list[RunOutcome] = []
-    for m in sweep.models:
-        state = runs[m.name].state
-        if state.is_completed():
-            outcomes.append(runs[m.name].result())
-        else:  # its data could not be prepared or staged; the other models carry on
-            err = str(state.message or state.type)
-            outcomes.append(RunOutcome("-", m.name, m.dataset, "failed", {}, err, None))
-    rows = summarize(outcomes, started_at)
+
+@flow(name="benchmark-sweep", task_runner=ThreadPoolTaskRunner(), log_prints=True)
+def benchmark_sweep(
+    sweep: SweepSpec,
+    dask_address: str | None = None,
+    shared_block: str | None = None,
+    cache_block: str | None = None,
+) -> list[dict[str, Any]]:
+    """Preprocess each distinct dataset once, stage all concurrently, run each model when its data is ready.
+
+    A model that fails is reported in the summary and the run's final message; the others go on.
+    """
+    problems = validate_sweep(sweep) + dask_problems(dask_address)
+    if problems:
+        raise ConfigError(
+            f"the sweep {sweep.name!r} is malformed ({len(problems)} problems; nothing was "
+            "moved):\n- " + "\n- ".join(problems)
+        )
+    blocks = {"shared_block": shared_block, "cache_block": cache_block}
+    with using_blocks(shared_block, cache_block), preprocess_runner(dask_address) as cpu:
+        ws = workspace()
+        started_at = time.time()
+        record = ws.state.start_sweep(
+            sweep.name, sweep.model_dump(mode="json"), flow_run_id=flow_run.get_id()
+        )
+        progress = create_progress_artifact(
+            progress=0.0,
+            key=artifact_key(sweep, "progress"),
+            description=f"benchmark-sweep {sweep.name}: models finished",
+        )
+        wanted = {m.dataset for m in sweep.models}
+        prepared = {
+            d.name: submit_preprocess(cpu, d, shared_block)
+            for d in sweep.datasets
+            if d.name in wanted
+        }
+        here = {m.dataset for m in sweep.models if m.launch == "inline"}
+        ready = {name: stage_task.submit(prepared[name]) for name in here}
+
+        def launch(m: ModelSpec) -> PrefectFuture[RunOutcome]:
+            if m.launch == "deployment":
+                return run_deployment_task.submit(m, prepared[m.dataset], record.id, blocks)
+            return run_task.submit(m, ready[m.dataset], record.id)
+
+        runs = {m.name: launch(m) for m in sweep.models}
+        for done, _ in enumerate(as_completed(list(runs.values())), start=1):
+            update_progress_artifact(progress, 100.0 * done / len(runs))
+
+    outcomes = [outcome_of(m, runs[m.name]) for m in sweep.models]
+    rows = summarize(ws, outcomes, started_at)
     failed = [r for r in rows if r["status"] != "completed"]
     ws.state.finish_sweep(record.id, "failed" if failed else "completed")
     create_table_artifact(
         table=rows,
-        key=f"sweep-{sweep.name}".lower().replace("_", "-"),
+        key=artifact_key(sweep, "summary"),
         description=f"benchmark-sweep {sweep.name}: what each model consumed and scored",
     )
     logger = get_run_logger()
     for r in failed:
         logger.error("model %s failed: %s", r["model"], r["error"])
     if failed:
-        names = ", ".join(r["model"] for r in failed)
+        detail = "; ".join(f"{r['model']}: {r['error']}" for r in failed)
         raise SweepFailed(
-            f"{len(failed)} of {len(rows)} models failed ({names}); the others completed", rows
+            f"{len(failed)} of {len(rows)} models failed, the others completed: {detail}", rows
         )
     return rows
+
+
+def outcome_of(model: ModelSpec, future: PrefectFuture[RunOutcome]) -> RunOutcome:
+    """The model's outcome; a failure to prepare, stage or launch becomes a failed outcome."""
+    state = future.state
+    if state.is_completed():
+        return future.result()
+    return RunOutcome("-", model.name, model.dataset, "failed", {}, str(state.message), None)
 
 
 class SweepFailed(RuntimeError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -9,14 +11,25 @@ from prefect.runtime import flow_run
 from flows._workspace import workspace
 from flows.artifacts import publish_consumption
 from mlstage import pipeline
+from mlstage.errors import RunError
 from mlstage.specs import DatasetSpec, ModelSpec
 
 
 @task(name="preprocess", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def preprocess_task(spec: DatasetSpec) -> pipeline.Prepared:
-    """resolve + preprocess + publish: skipped when the shared tier holds the artifact."""
-    ws = workspace()
+def preprocess_task(spec: DatasetSpec, shared_block: str | None = None) -> pipeline.Prepared:
+    """resolve + preprocess + publish: skipped when the shared tier holds the artifact.
+
+    ``shared_block`` is explicit because this task may run on a Dask worker, outside the flow's
+    context.
+    """
+    ws = workspace(shared_block)
     return pipeline.preprocess(ws, pipeline.resolve(ws, spec))
+
+
+@task(name="find-artifact", cache_policy=NO_CACHE)
+def find_task(artifact_id: str) -> pipeline.Prepared:
+    """An artifact already on the shared tier, by id."""
+    return pipeline.find_prepared(workspace(), artifact_id)
 
 
 @task(name="stage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -34,3 +47,41 @@ def run_task(
     outcome = pipeline.run(ws, model, ready, sweep_id=sweep_id, flow_run_id=flow_run.get_id())
     publish_consumption(ws.state, outcome.run_id)
     return outcome
+
+
+@task(name="run-model-deployment", cache_policy=NO_CACHE)
+def run_deployment_task(
+    model: ModelSpec,
+    prepared: pipeline.Prepared,
+    sweep_id: str | None = None,
+    blocks: dict[str, str | None] | None = None,
+) -> pipeline.RunOutcome:
+    """Run one model as its own ``run-benchmark/<deployment>`` flow run (its own process or pod).
+
+    The child stages the artifact on its node (a cache hit when it shares this node's cache),
+    runs and records; the outcome is read back from the state DB.
+    """
+    from prefect.deployments import run_deployment
+
+    name = f"run-benchmark/{model.deployment}"
+    child = run_deployment(
+        name,
+        parameters={
+            "model": model.model_dump(mode="json"),
+            "artifact_id": prepared.artifact.artifact_id,
+            "sweep_id": sweep_id,
+            **(blocks or {}),
+        },
+        timeout=None,
+        poll_interval=1,
+    )
+    row = workspace().state.run(str(child.id))
+    state = child.state
+    if row is None:
+        message = state.message if state else "no state"
+        raise RunError(f"{name} run {child.id} recorded nothing: {message}")
+    metrics: dict[str, Any] = dict(row.metrics or {})
+    error = None if row.status == "completed" else (state.message if state else row.status)
+    return pipeline.RunOutcome(
+        row.run_id, model.name, model.dataset, row.status, metrics, error, None
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,10 +96,10 @@ class RunOutcome:
     ready: Ready | None
 
 
-def validate_sweep(spec: SweepSpec) -> list[str]:
-    """Every problem that would stop the sweep, found before any data moves."""
+def validate_datasets(datasets: Sequence[DatasetSpec]) -> list[str]:
+    """Every problem with these datasets found without I/O: unhandled URIs, bad recipes."""
     problems: list[str] = []
-    for d in spec.datasets:
+    for d in datasets:
         try:
             check_uri(d.uri)
         except MlstageError as exc:
@@ -107,12 +108,23 @@ def validate_sweep(spec: SweepSpec) -> list[str]:
             load_recipe(d.recipe)
         except MlstageError as exc:
             problems.append(f"dataset {d.name}: {exc}")
-    for m in spec.models:
+    return problems
+
+
+def validate_models(models: Sequence[ModelSpec]) -> list[str]:
+    """Every model whose entrypoint cannot start (does not import, or a command without {data_dir})."""
+    problems: list[str] = []
+    for m in models:
         try:
             check_entrypoint(m.entrypoint)
         except MlstageError as exc:
             problems.append(f"model {m.name}: {exc}")
     return problems
+
+
+def validate_sweep(spec: SweepSpec) -> list[str]:
+    """Every problem that would stop the sweep, found before any data moves: one line each."""
+    return validate_datasets(spec.datasets) + validate_models(spec.models)
 
 
 def resolve(ws: Workspace, spec: DatasetSpec) -> Resolved:
@@ -172,6 +184,24 @@ def preprocess(ws: Workspace, resolved: Resolved) -> Prepared:
     )
     return Prepared(
         resolved.spec.name, resolved.version, artifact, skipped, time.monotonic() - started
+    )
+
+
+def find_prepared(ws: Workspace, artifact_id: str) -> Prepared:
+    """A published artifact by id, as ``preprocess`` would have returned it (nothing is made)."""
+    started = time.monotonic()
+    artifact = ws.shared.get(artifact_id)
+    if artifact is None:
+        raise ConfigError(
+            f"artifact {artifact_id} is not on the shared tier {ws.shared.uri}",
+            hint="preprocess its dataset first (preprocess-dataset), or check the shared tier",
+        )
+    return Prepared(
+        str(artifact.info.get("dataset", artifact_id)),
+        str(artifact.info.get("version", "")),
+        artifact,
+        True,
+        time.monotonic() - started,
     )
 
 

@@ -15,9 +15,9 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mlstage.errors import ConfigError
 from mlstage.recipes.shard import SHARD_VERSION, ShardParams, write_shards
@@ -81,11 +81,42 @@ def load_recipe(spec: RecipeSpec) -> Recipe:
         except (OSError, TypeError):
             code = spec.name
         version = hashlib.sha256(code.encode()).hexdigest()[:16]
-        params = dict(spec.params)
+        params = _check_call(fn, spec)
         return Recipe(spec.name, version, params, lambda i, o: fn(i, o, **params))
     raise ConfigError(
         f"unknown recipe {spec.name!r}", hint="use shard, identity, or module:function"
     )
+
+
+def _check_call(fn: Callable[..., Any], spec: RecipeSpec) -> dict[str, Any]:
+    """Check a user recipe's parameters against its signature and annotations (coerced as pydantic does)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return dict(spec.params)
+    try:
+        sig.bind(Path("in"), Path("out"), **spec.params)
+    except TypeError as exc:
+        raise ConfigError(
+            f"recipe {spec.name!r}: bad parameters: {exc}",
+            hint="a recipe is called as fn(input_dir, output_dir, **params)",
+        ) from exc
+    try:
+        hints = get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: skip the type check
+        hints = {}
+    params = dict(spec.params)
+    problems = []
+    for key, value in spec.params.items():
+        if key in hints:
+            try:
+                params[key] = TypeAdapter(hints[key]).validate_python(value)
+            except ValidationError as exc:
+                msg = exc.errors()[0]["msg"]
+                problems.append(f"{key}: {msg} (got {value!r})")
+    if problems:
+        raise ConfigError(f"recipe {spec.name!r}: bad parameters: {'; '.join(problems)}")
+    return params
 
 
 def import_entrypoint(ref: str, *, what: str = "entrypoint") -> Callable[..., Any]:
