@@ -131,10 +131,11 @@ def benchmark_sweep(
 
 def outcome_of(model: ModelSpec, future: PrefectFuture[RunOutcome]) -> RunOutcome:
     """The model's outcome; a failure to prepare, stage or launch becomes a failed outcome."""
-    state = future.state
-    if state.is_completed():
+    try:
         return future.result()
-    return RunOutcome("-", model.name, model.dataset, "failed", {}, str(state.message), None)
+    except Exception as exc:  # noqa: BLE001 - reported per model; the sweep goes on
+        error = f"{type(exc).__name__}: {exc}"
+        return RunOutcome("-", model.name, model.dataset, "failed", {}, error, None)
 
 
 class SweepFailed(RuntimeError):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mlstage.testing.prefect_server import PrefectServer, prefect_server
 from mlstage.testing.s3 import S3Endpoint, moto_server
 
 # Prefect must never touch the developer's own profile or reach the network.
@@ -53,3 +54,25 @@ def bucket(s3_env: S3Endpoint) -> str:
     name = f"mlstage-test-{uuid.uuid4().hex[:12]}"
     s3_env.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def prefect_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """One real `prefect server start` on 127.0.0.1 for the whole session (~10-15 s to start)."""
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as server:
+        yield server
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()  # send buffered run logs while the server is still up
+
+
+@pytest.fixture
+def prefect_api(
+    prefect_server_session: PrefectServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[PrefectServer]:
+    """This test process talks to the session's Prefect server (flows called here report to it)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server_session.api_url)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server_session.api_url}):
+        yield prefect_server_session

@@ -34,3 +34,11 @@ def pid_recipe(input_dir: Path, output_dir: Path, tag: str = "x") -> None:
 def scaled_recipe(input_dir: Path, output_dir: Path, factor: int = 1) -> None:
     """A user recipe with a typed parameter (for parameter-type checks)."""
     (Path(output_dir) / "factor.txt").write_text(str(factor * 2))
+
+
+def slow_copy(input_dir: Path, output_dir: Path, seconds: float = 0.0) -> None:
+    """A user recipe that copies its input and takes ``seconds`` (a slow preprocessing step)."""
+    import shutil
+
+    shutil.copytree(input_dir, output_dir, dirs_exist_ok=True)
+    time.sleep(seconds)

@@ -1,0 +1,136 @@
+"""benchmark-sweep against a real Prefect server: failures stay local, bad sweeps fail early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlstage.errors import ConfigError
+from mlstage.settings import get_settings
+from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec, SweepSpec
+from mlstage.state import StateStore
+
+pytestmark = [pytest.mark.prefect, pytest.mark.integration]
+
+COUNT = "mlstage.testing.workloads:count_files"
+
+
+def make_dataset(root: Path, name: str, files: int) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    for i in range(files):
+        (folder / f"s{i:04d}.txt").write_text(f"{name} {i}\n" * 20)
+    return folder
+
+
+def shard(target: int = 4096) -> RecipeSpec:
+    return RecipeSpec(name="shard", params={"target_bytes": target})
+
+
+def read_artifact(api_url: str, key: str) -> object:
+    """The newest artifact with ``key``, read over the Prefect REST API."""
+    import httpx
+
+    body = {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1, "offset": 0}
+    found = httpx.post(f"{api_url}/artifacts/filter", json=body, timeout=10).json()
+    assert found, f"no artifact {key}"
+    return found[0]["data"]
+
+
+def test_a_failing_model_does_not_sink_the_sweep(home: Path, prefect_api, tmp_path: Path) -> None:
+    from flows.benchmark_sweep import SweepFailed, benchmark_sweep
+
+    a = make_dataset(tmp_path, "a", 30)
+    b = make_dataset(tmp_path, "b", 12)
+    sweep = SweepSpec(
+        name="fail-one",
+        datasets=[
+            DatasetSpec(name="a", uri=str(a), recipe=shard()),
+            DatasetSpec(name="b", uri=str(b), recipe=shard()),
+        ],
+        models=[
+            ModelSpec(name="ok-a", dataset="a", entrypoint=COUNT),
+            ModelSpec(name="bad-a", dataset="a", entrypoint=COUNT, params={"fail": True}),
+            ModelSpec(name="ok-b", dataset="b", entrypoint=COUNT),
+        ],
+    )
+    with pytest.raises(SweepFailed) as failed:
+        benchmark_sweep(sweep)
+    assert "1 of 3 models failed" in str(failed.value) and "bad-a" in str(failed.value)
+    rows = {r["model"]: r for r in failed.value.rows}
+    assert rows["ok-a"]["status"] == rows["ok-b"]["status"] == "completed"
+    assert rows["bad-a"]["status"] == "failed" and "on purpose" in rows["bad-a"]["error"]
+    assert rows["ok-a"]["score"] > 1 and rows["ok-b"]["score"] >= 1  # shards, not raw files
+
+    runs = {r.model: r for r in StateStore.open(get_settings().resolved_state_url).runs()}
+    assert {n: r.status for n, r in runs.items()} == {
+        "ok-a": "completed",
+        "bad-a": "failed",
+        "ok-b": "completed",
+    }
+    assert runs["ok-a"].artifact_id == runs["bad-a"].artifact_id  # a preprocessed once
+    assert runs["ok-a"].artifact_id != runs["ok-b"].artifact_id
+
+    assert read_artifact(prefect_api.api_url, "sweep-fail-one-progress") == 100.0
+    table = read_artifact(prefect_api.api_url, "sweep-fail-one-summary")
+    assert "bad-a" in str(table)
+
+
+def test_each_model_starts_when_its_own_data_is_ready(
+    home: Path, prefect_api, tmp_path: Path
+) -> None:
+    from flows.benchmark_sweep import benchmark_sweep
+
+    fast = make_dataset(tmp_path, "fast", 5)
+    slow = make_dataset(tmp_path, "slow", 5)
+    slow_recipe = RecipeSpec(name="mlstage.testing.workloads:slow_copy", params={"seconds": 4})
+    sweep = SweepSpec(
+        name="overlap",
+        datasets=[
+            DatasetSpec(name="slow", uri=str(slow), recipe=slow_recipe),
+            DatasetSpec(name="fast", uri=str(fast), recipe=RecipeSpec(name="identity")),
+        ],
+        models=[
+            ModelSpec(name="on-slow", dataset="slow", entrypoint=COUNT),
+            ModelSpec(name="on-fast", dataset="fast", entrypoint=COUNT, params={"seconds": 1}),
+        ],
+    )
+    benchmark_sweep(sweep)
+    runs = {r.model: r for r in StateStore.open(get_settings().resolved_state_url).runs()}
+    # the fast model had started and finished its work while the slow dataset was still in its recipe
+    assert runs["on-fast"].metrics["started_at"] + 1 < runs["on-slow"].metrics["started_at"]
+
+
+def test_a_malformed_sweep_fails_before_any_data_moves(
+    home: Path, prefect_api, tmp_path: Path
+) -> None:
+    from flows.benchmark_sweep import benchmark_sweep
+
+    a = make_dataset(tmp_path, "a", 3)
+    sweep = SweepSpec(
+        name="bad",
+        datasets=[
+            DatasetSpec(name="a", uri=str(a), recipe=shard()),
+            DatasetSpec(name="nowhere", uri="gopher://host/data"),
+            DatasetSpec(
+                name="typed",
+                uri=str(a),
+                recipe=RecipeSpec(name="shard", params={"target_bytes": "big"}),
+            ),
+        ],
+        models=[
+            ModelSpec(name="m1", dataset="a", entrypoint="no_such_module_xyz:train"),
+            ModelSpec(name="m2", dataset="nowhere", entrypoint=COUNT),
+            ModelSpec(name="m3", dataset="typed", entrypoint=COUNT),
+        ],
+    )
+    with pytest.raises(ConfigError) as bad:
+        benchmark_sweep(sweep)
+    message = str(bad.value)
+    problems = [line for line in message.splitlines() if line.startswith("- ")]
+    assert len(problems) == 3, message
+    assert any("nowhere" in p and "gopher://host/data" in p for p in problems)
+    assert any("typed" in p and "target_bytes" in p for p in problems)
+    assert any("m1" in p and "no_such_module_xyz" in p for p in problems)
+    assert not (home / "shared").exists() and not (home / "cache").exists()
