@@ -1,8 +1,8 @@
 """benchmark-sweep: models x datasets; every model starts as soon as its own data is staged.
 
-    preprocess (each distinct dataset once; thread pool or Dask) -> stage (all concurrently)
-    -> run each model the moment its own dataset is ready: in this process, or as its own
-    run-benchmark deployment run (its own pod) -> summary table + progress artifacts
+preprocess (each distinct dataset once; thread pool or Dask) -> stage (all concurrently)
+-> run each model the moment its own dataset is ready: in this process, or as its own
+run-benchmark deployment run (its own pod) -> summary table + progress artifacts
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from mlstage.pipeline import RunOutcome, Workspace, validate_sweep
 from mlstage.specs import ModelSpec, SweepSpec
 
 
-def summarize(
-    ws: Workspace, outcomes: list[RunOutcome], started_at: float
-) -> list[dict[str, Any]]:
+def summarize(ws: Workspace, outcomes: list[RunOutcome], started_at: float) -> list[dict[str, Any]]:
     """One row per model: what it consumed (from the state DB), when its data was ready, its score."""
     rows = []
     for o in outcomes:

@@ -61,9 +61,6 @@ def prefect_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """One real `prefect server start` on 127.0.0.1 for the whole session (~10-15 s to start)."""
     with prefect_server(tmp_path_factory.mktemp("prefect-home")) as server:
         yield server
-        from prefect.logging.handlers import APILogHandler
-
-        APILogHandler.flush()  # send buffered run logs while the server is still up
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ class PrefectServer:
         timeout: float = 300,
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``prefect --no-prompt ARGS`` against this server; CalledProcessError shows output."""
+        """Run ``prefect --no-prompt ARGS`` against this server; RuntimeError with its output on failure."""
         proc = subprocess.run(
             [prefect_bin(), "--no-prompt", *args],
             cwd=cwd,
@@ -82,8 +82,9 @@ class PrefectServer:
             check=False,
         )
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(
-                proc.returncode, proc.args, output=proc.stdout, stderr=proc.stderr
+            raise RuntimeError(
+                f"prefect {' '.join(args)} exited with {proc.returncode}:\n"
+                f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
             )
         return proc
 
