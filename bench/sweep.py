@@ -1,0 +1,285 @@
+"""Sweep benchmark: models x datasets from S3 with added latency, three ways in one run.
+
+    mlstage     benchmark-sweep: preprocess each dataset once, stage concurrently, every model
+                starts as soon as its own data is ready
+    serial      the same flow forced serial (a one-worker task runner)
+    clearml     the ClearML-style loop: download a dataset (one file after another, as
+                get_local_copy does), train its models, then the next dataset
+
+Plus the reference: the slowest single model's stage+run alone (the goal is mlstage's time to
+last result within 1.2x of it), and the orchestration overhead per model on a --overhead-files
+dataset (benchmark-sweep vs the same verbs called as plain functions; goal < 5% of staging).
+
+    .venv/bin/python -m bench.sweep [--files 150] [--latency-ms 20] [--train-s 2]
+
+Prints one JSON object. Models "train" by sleeping (a GPU stand-in), so 2 cores do not cap them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec, SweepSpec
+from mlstage.testing.net import free_port
+from mlstage.testing.s3 import S3Endpoint, moto_server
+
+HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+MODEL = "mlstage.testing.workloads:count_files"
+
+
+@contextmanager
+def latency_proxy(upstream: S3Endpoint, latency_s: float) -> Iterator[str]:
+    """An HTTP proxy on 127.0.0.1 that adds ``latency_s`` to every request to ``upstream``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _forward(self) -> None:
+            time.sleep(latency_s)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=120)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in HOP:
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def upload_datasets(endpoint: S3Endpoint, bucket: str, n: int, files: int, size: int) -> list[str]:
+    """n datasets of ``files`` objects each (dataset i holds (i+1)/n of ``files``): their URIs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = endpoint.client()
+    client.create_bucket(Bucket=bucket)
+    jobs = []
+    for d in range(n):
+        count = max(1, files * (d + 1) // n)
+        for i in range(count):
+            body = (f"{d}:{i}:".encode() * (size // 4 + 1))[:size]
+            jobs.append((f"ds{d}/sample-{i:05d}.bin", body))
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda kb: client.put_object(Bucket=bucket, Key=kb[0], Body=kb[1]), jobs))
+    return [f"s3://{bucket}/ds{d}/" for d in range(n)]
+
+
+def make_sweep(uris: list[str], models_per_dataset: int, train_s: float) -> SweepSpec:
+    recipe = RecipeSpec(name="shard", params={"target_bytes": 256 * 1024})
+    datasets = [DatasetSpec(name=f"ds{i}", uri=u, recipe=recipe) for i, u in enumerate(uris)]
+    models = [
+        ModelSpec(
+            name=f"m{m}-ds{i}", dataset=f"ds{i}", entrypoint=MODEL, params={"seconds": train_s}
+        )
+        for i in range(len(uris))
+        for m in range(models_per_dataset)
+    ]
+    return SweepSpec(name="bench", datasets=datasets, models=models)
+
+
+@contextmanager
+def fresh_home(root: Path, name: str) -> Iterator[Path]:
+    """A new MLSTAGE_HOME (empty cache, shared tier and state DB) for one measurement."""
+    from flows._workspace import reset_workspace
+
+    home = root / name
+    old = os.environ.get("MLSTAGE_HOME")
+    os.environ["MLSTAGE_HOME"] = str(home)
+    reset_workspace()
+    try:
+        yield home
+    finally:
+        reset_workspace()
+        if old is None:
+            os.environ.pop("MLSTAGE_HOME", None)
+        else:
+            os.environ["MLSTAGE_HOME"] = old
+
+
+def run_flow(sweep: SweepSpec, *, serial: bool) -> dict[str, Any]:
+    """benchmark-sweep (optionally on a one-worker task runner): timings per model."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.benchmark_sweep import benchmark_sweep
+
+    flow = benchmark_sweep
+    if serial:
+        flow = benchmark_sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    t0 = time.time()
+    rows = flow(sweep)
+    last = time.time() - t0
+    from mlstage.settings import get_settings
+    from mlstage.state import StateStore
+
+    runs = StateStore.open(get_settings().resolved_state_url).runs()
+    first_step = {r.model: round(r.metrics["started_at"] - t0, 2) for r in runs}
+    assert all(r["status"] == "completed" for r in rows), rows
+    return {"last_result_s": round(last, 2), "first_step_s": dict(sorted(first_step.items()))}
+
+
+def run_clearml_style(sweep: SweepSpec, root: Path) -> dict[str, Any]:
+    """Download each dataset one file after another, then train its models, then the next."""
+    from mlstage.runner import run_entrypoint
+    from mlstage.sources.s3 import make_client, parse_s3_uri
+
+    client = make_client()
+    t0 = time.time()
+    first_step = {}
+    for d in sweep.datasets:
+        bucket, prefix = parse_s3_uri(d.uri)
+        target = root / d.name
+        target.mkdir(parents=True)
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                client.download_file(bucket, obj["Key"], str(target / obj["Key"][len(prefix) :]))
+        for m in sweep.models:
+            if m.dataset == d.name:
+                metrics = run_entrypoint(m.entrypoint, target, m.params)
+                first_step[m.name] = round(metrics["started_at"] - t0, 2)
+    return {"last_result_s": round(time.time() - t0, 2), "first_step_s": first_step}
+
+
+def overhead(root: Path, files: int, train_s: float) -> dict[str, Any]:
+    """Per-model orchestration cost on a ``files``-file dataset: the flow vs plain function calls.
+
+    A one-model sweep, so the whole flow overhead (flow run, 3 task runs, artifacts) is charged
+    to that one model: an upper bound. The dataset is a local folder (moto's ~200 objects/s
+    would make a 10k-object S3 dataset take minutes); ``stage_s`` is all the data movement.
+    """
+    from mlstage import pipeline
+
+    data = root / "overhead-src"
+    data.mkdir()
+    for i in range(files):
+        (data / f"f{i:05d}.bin").write_bytes(i.to_bytes(4, "big") * 256)
+    spec = SweepSpec(
+        name="overhead",
+        datasets=[DatasetSpec(name="big", uri=str(data), recipe=RecipeSpec(name="identity"))],
+        models=[
+            ModelSpec(name="one", dataset="big", entrypoint=MODEL, params={"seconds": train_s})
+        ],
+    )
+    with fresh_home(root, "overhead-lib"):
+        t0 = time.time()
+        ws = pipeline.Workspace.from_settings()
+        prepared = pipeline.preprocess(ws, pipeline.resolve(ws, spec.datasets[0]))
+        ready = pipeline.stage(ws, prepared)
+        stage_s = time.time() - t0  # everything that moves data: fetch, preprocess, publish, stage
+        pipeline.run(ws, spec.models[0], ready)
+        lib_s = time.time() - t0
+    with fresh_home(root, "overhead-flow"):
+        flow_s = run_flow(spec, serial=False)["last_result_s"]
+    extra = flow_s - lib_s
+    return {
+        "files": files,
+        "library_s": round(lib_s, 2),
+        "flow_s": round(flow_s, 2),
+        "stage_s": round(stage_s, 2),
+        "overhead_s": round(extra, 2),
+        "overhead_vs_staging": round(extra / stage_s, 3) if stage_s else None,
+        "prefect_tasks_per_model": 3,  # preprocess, stage, run-model: never one per file
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", type=int, default=5)
+    p.add_argument("--models", type=int, default=5, help="models per dataset")
+    p.add_argument("--files", type=int, default=150, help="files in the largest dataset")
+    p.add_argument("--size", type=int, default=16 * 1024, help="bytes per file")
+    p.add_argument("--latency-ms", type=float, default=20.0)
+    p.add_argument("--train-s", type=float, default=2.0, help="each model's work (sleep)")
+    p.add_argument("--overhead-files", type=int, default=10_000)
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    root = Path(tempfile.mkdtemp(prefix="mlstage-bench-sweep-"))
+    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
+    with moto_server() as s3, latency_proxy(s3, args.latency_ms / 1000) as proxy:
+        for k, v in {**s3.env(), "AWS_ENDPOINT_URL": proxy}.items():
+            os.environ[k] = v
+        uris = upload_datasets(s3, "mlstage-bench", args.datasets, args.files, args.size)
+        sweep = make_sweep(uris, args.models, args.train_s)
+        largest = sweep.datasets[-1].name
+        alone = SweepSpec(
+            name="alone",
+            datasets=[sweep.dataset(largest)],
+            models=[next(m for m in sweep.models if m.dataset == largest)],
+        )
+        with fresh_home(root, "warmup"):  # Prefect's ephemeral API starts once, outside timings
+            run_flow(alone, serial=False)
+        results: dict[str, Any] = {}
+        with fresh_home(root, "alone"):
+            results["single_slowest_alone"] = run_flow(alone, serial=False)
+        with fresh_home(root, "mlstage"):
+            results["mlstage"] = run_flow(sweep, serial=False)
+        with fresh_home(root, "serial"):
+            results["serial"] = run_flow(sweep, serial=True)
+        with fresh_home(root, "clearml"):
+            results["clearml_style"] = run_clearml_style(sweep, root / "clearml-data")
+        results["overhead"] = overhead(root, args.overhead_files, 0.0)
+
+    single = results["single_slowest_alone"]["last_result_s"]
+    last = {k: results[k]["last_result_s"] for k in ("mlstage", "serial", "clearml_style")}
+    out = {
+        "benchmark": "sweep",
+        "params": vars(args),
+        "time_to_last_result_s": last,
+        "single_slowest_alone_s": single,
+        "ratio_mlstage_vs_single_alone": round(last["mlstage"] / single, 3),
+        "goal_ratio_vs_single_alone": 1.2,
+        "speedup_vs_serial": round(last["serial"] / last["mlstage"], 2),
+        "speedup_vs_clearml_style": round(last["clearml_style"] / last["mlstage"], 2),
+        "mean_first_step_s": {
+            k: round(sum(v["first_step_s"].values()) / len(v["first_step_s"]), 2)
+            for k, v in results.items()
+            if "first_step_s" in v
+        },
+        "overhead": results["overhead"],
+        "goal_overhead_vs_staging": 0.05,
+        "details": results,
+    }
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
