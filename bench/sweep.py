@@ -21,6 +21,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -216,22 +217,8 @@ def overhead(root: Path, files: int, train_s: float) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", type=int, default=5)
-    p.add_argument("--models", type=int, default=5, help="models per dataset")
-    p.add_argument("--files", type=int, default=150, help="files in the largest dataset")
-    p.add_argument("--size", type=int, default=16 * 1024, help="bytes per file")
-    p.add_argument("--latency-ms", type=float, default=20.0)
-    p.add_argument("--train-s", type=float, default=2.0, help="each model's work (sleep)")
-    p.add_argument("--overhead-files", type=int, default=10_000)
-    args = p.parse_args(argv)
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    root = Path(tempfile.mkdtemp(prefix="mlstage-bench-sweep-"))
-    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
+def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Every measurement, each in its own fresh MLSTAGE_HOME, against one S3 endpoint."""
     with moto_server() as s3, latency_proxy(s3, args.latency_ms / 1000) as proxy:
         for k, v in {**s3.env(), "AWS_ENDPOINT_URL": proxy}.items():
             os.environ[k] = v
@@ -255,7 +242,29 @@ def main(argv: list[str] | None = None) -> int:
         with fresh_home(root, "clearml"):
             results["clearml_style"] = run_clearml_style(sweep, root / "clearml-data")
         results["overhead"] = overhead(root, args.overhead_files, 0.0)
+    return results
 
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", type=int, default=5)
+    p.add_argument("--models", type=int, default=5, help="models per dataset")
+    p.add_argument("--files", type=int, default=150, help="files in the largest dataset")
+    p.add_argument("--size", type=int, default=16 * 1024, help="bytes per file")
+    p.add_argument("--latency-ms", type=float, default=20.0)
+    p.add_argument("--train-s", type=float, default=2.0, help="each model's work (sleep)")
+    p.add_argument("--overhead-files", type=int, default=10_000)
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    root = Path(tempfile.mkdtemp(prefix="mlstage-bench-sweep-"))
+    os.environ.setdefault("PREFECT_HOME", str(root / "prefect"))
+    try:
+        results = measure(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     single = results["single_slowest_alone"]["last_result_s"]
     last = {k: results[k]["last_result_s"] for k in ("mlstage", "serial", "clearml_style")}
     out = {

@@ -49,9 +49,13 @@ def preprocess_runner(dask_address: str | None) -> Iterator[TaskRunner[Any] | No
 
 
 def submit_preprocess(
-    runner: TaskRunner[Any] | None, spec: DatasetSpec, shared_block: str | None
+    runner: TaskRunner[Any] | None,
+    spec: DatasetSpec,
+    shared_block: str | None,
+    clearml_block: str | None = None,
 ) -> PrefectFuture[Prepared]:
     """Submit one dataset's preprocess task to ``runner`` (or the flow's task runner)."""
+    params = {"spec": spec, "shared_block": shared_block, "clearml_block": clearml_block}
     if runner is None:
-        return preprocess_task.submit(spec, shared_block)
-    return runner.submit(preprocess_task, parameters={"spec": spec, "shared_block": shared_block})
+        return preprocess_task.submit(**params)
+    return runner.submit(preprocess_task, parameters=params)

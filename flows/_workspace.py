@@ -58,6 +58,16 @@ def workspace(shared_block: str | None = None, cache_block: str | None = None) -
         return _cached[key]
 
 
+def apply_clearml(clearml_block: str | None) -> None:
+    """Configure the ClearML SDK in this process from an ``mlstage-clearml-credentials`` block."""
+    if clearml_block:
+        import os
+
+        from blocks import ClearMLCredentials
+
+        os.environ.update(ClearMLCredentials.load(clearml_block).build())
+
+
 def reset_workspace() -> None:
     """Forget the cached Workspaces (settings changed, e.g. in tests)."""
     with _lock:

@@ -66,6 +66,7 @@ def benchmark_sweep(
     dask_address: str | None = None,
     shared_block: str | None = None,
     cache_block: str | None = None,
+    clearml_block: str | None = None,
 ) -> list[dict[str, Any]]:
     """Preprocess each distinct dataset once, stage all concurrently, run each model when its data is ready.
 
@@ -91,7 +92,7 @@ def benchmark_sweep(
         )
         wanted = {m.dataset for m in sweep.models}
         prepared = {
-            d.name: submit_preprocess(cpu, d, shared_block)
+            d.name: submit_preprocess(cpu, d, shared_block, clearml_block)
             for d in sweep.datasets
             if d.name in wanted
         }

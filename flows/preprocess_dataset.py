@@ -19,6 +19,7 @@ def preprocess_dataset(
     datasets: list[DatasetSpec],
     dask_address: str | None = None,
     shared_block: str | None = None,
+    clearml_block: str | None = None,
 ) -> list[dict[str, Any]]:
     """Publish each dataset's artifact to the shared tier (skipped when it is there already).
 
@@ -28,7 +29,7 @@ def preprocess_dataset(
     if problems:
         raise ConfigError("cannot preprocess:\n- " + "\n- ".join(problems))
     with preprocess_runner(dask_address) as runner:
-        futures = [submit_preprocess(runner, d, shared_block) for d in datasets]
+        futures = [submit_preprocess(runner, d, shared_block, clearml_block) for d in datasets]
         wait(futures)
         prepared = [f.result() for f in futures]
     return [

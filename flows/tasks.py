@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows._workspace import workspace
+from flows._workspace import apply_clearml, workspace
 from flows.artifacts import publish_consumption
 from mlstage import pipeline
 from mlstage.errors import RunError
@@ -16,12 +16,15 @@ from mlstage.specs import DatasetSpec, ModelSpec
 
 
 @task(name="preprocess", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def preprocess_task(spec: DatasetSpec, shared_block: str | None = None) -> pipeline.Prepared:
+def preprocess_task(
+    spec: DatasetSpec, shared_block: str | None = None, clearml_block: str | None = None
+) -> pipeline.Prepared:
     """resolve + preprocess + publish: skipped when the shared tier holds the artifact.
 
-    ``shared_block`` is explicit because this task may run on a Dask worker, outside the flow's
-    context.
+    The block names are explicit because this task may run on a Dask worker, outside the
+    flow's context.
     """
+    apply_clearml(clearml_block)
     ws = workspace(shared_block)
     return pipeline.preprocess(ws, pipeline.resolve(ws, spec))
 
