@@ -19,6 +19,7 @@ from prefect.artifacts import (
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import opaque
 
 from flows._dask import dask_problems, preprocess_runner, submit_preprocess
 from flows._workspace import using_blocks, workspace
@@ -97,12 +98,12 @@ def benchmark_sweep(
             if d.name in wanted
         }
         here = {m.dataset for m in sweep.models if m.launch == "inline"}
-        ready = {name: stage_task.submit(prepared[name]) for name in here}
+        ready = {name: stage_task.submit(opaque(prepared[name])) for name in here}
 
         def launch(m: ModelSpec) -> PrefectFuture[RunOutcome]:
             if m.launch == "deployment":
-                return run_deployment_task.submit(m, prepared[m.dataset], record.id, blocks)
-            return run_task.submit(m, ready[m.dataset], record.id)
+                return run_deployment_task.submit(m, opaque(prepared[m.dataset]), record.id, blocks)
+            return run_task.submit(m, opaque(ready[m.dataset]), record.id)
 
         runs = {m.name: launch(m) for m in sweep.models}
         for done, _ in enumerate(as_completed(list(runs.values())), start=1):

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import opaque
 
 from flows._workspace import using_blocks
 from flows.tasks import find_task, stage_task
@@ -20,7 +21,9 @@ def stage_datasets(
 ) -> list[dict[str, Any]]:
     """Stage every artifact (each once, all at the same time) into this node's cache."""
     with using_blocks(shared_block, cache_block):
-        futures = [stage_task.submit(find_task.submit(a)) for a in dict.fromkeys(artifact_ids)]
+        futures = [
+            stage_task.submit(opaque(find_task.submit(a))) for a in dict.fromkeys(artifact_ids)
+        ]
         wait(futures)
         ready = [f.result() for f in futures]
     return [
