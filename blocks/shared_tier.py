@@ -18,7 +18,8 @@ class S3Credentials(Block):
     _description = "S3 credentials for mlstage's shared tier (secrets masked in the UI)."
 
     aws_access_key_id: str | None = Field(
-        default=None, description="Access key id; empty: boto3's default chain (env, profile, role)."
+        default=None,
+        description="Access key id; empty: boto3's default chain (env, profile, role).",
     )
     aws_secret_access_key: SecretStr | None = Field(default=None, description="Secret access key.")
     aws_session_token: SecretStr | None = Field(
@@ -58,7 +59,9 @@ class SharedTierBlock(Block):
 
     _block_type_name = "mlstage shared tier"
     _block_type_slug = "mlstage-shared-tier"
-    _description = "mlstage's shared tier: a folder every node mounts (NFS, PVC) or s3://bucket/prefix."
+    _description = (
+        "mlstage's shared tier: a folder every node mounts (NFS, PVC) or s3://bucket/prefix."
+    )
 
     location: str = Field(description="A folder path (NFS/PVC mount) or s3://bucket/prefix.")
     s3_credentials: S3Credentials | None = Field(

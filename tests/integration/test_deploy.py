@@ -143,6 +143,7 @@ def test_a_malformed_sweep_fails_with_one_line_per_problem(
     assert len(problems) == 3, state["message"]
     assert "target_bytes" in state["message"] and "gopher://nowhere/b" in state["message"]
     assert "no_such_module_xyz" in state["message"]
+    assert "no_such_module_xyz" in out  # --watch streams the run's logs: the CLI shows it too
 
 
 def test_kubernetes_pool_mounts_the_cache_and_the_shared_tier(
