@@ -24,7 +24,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,16 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec, SweepSpec
-from mlstage.testing.net import free_port
+from mlstage.testing.net import free_port, port_open, wait_until
 from mlstage.testing.s3 import S3Endpoint, moto_server
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 MODEL = "mlstage.testing.workloads:count_files"
 
 
-@contextmanager
-def latency_proxy(upstream: S3Endpoint, latency_s: float) -> Iterator[str]:
-    """An HTTP proxy on 127.0.0.1 that adds ``latency_s`` to every request to ``upstream``."""
+def serve_latency_proxy(port: int, upstream_port: int, latency_s: float) -> None:
+    """Serve forever on 127.0.0.1:``port``: forward to ``upstream_port`` after ``latency_s``."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -54,7 +52,7 @@ def latency_proxy(upstream: S3Endpoint, latency_s: float) -> Iterator[str]:
             time.sleep(latency_s)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
-            conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=120)
+            conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -71,16 +69,30 @@ def latency_proxy(upstream: S3Endpoint, latency_s: float) -> Iterator[str]:
 
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 
-    port = free_port()
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server.serve_forever()
+
+
+@contextmanager
+def latency_proxy(upstream: S3Endpoint, latency_s: float) -> Iterator[str]:
+    """An HTTP proxy in its own process that adds ``latency_s`` to every request to ``upstream``.
+
+    Its own process, so its threads never compete for the GIL with the clients it measures.
+    """
+    import multiprocessing
+
+    port = free_port()
+    proc = multiprocessing.get_context("spawn").Process(
+        target=serve_latency_proxy, args=(port, upstream.port, latency_s), daemon=True
+    )
+    proc.start()
     try:
+        wait_until(lambda: port_open(port), timeout=60, what="latency proxy")
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.shutdown()
-        server.server_close()
+        proc.terminate()
+        proc.join(10)
 
 
 def upload_datasets(endpoint: S3Endpoint, bucket: str, n: int, files: int, size: int) -> list[str]:
@@ -175,6 +187,36 @@ def run_clearml_style(sweep: SweepSpec, root: Path) -> dict[str, Any]:
     return {"last_result_s": round(time.time() - t0, 2), "first_step_s": first_step}
 
 
+def io_floor(sweep: SweepSpec, root: Path, workers: int = 32) -> dict[str, Any]:
+    """The endpoint's floor: every object of every dataset fetched at once by one thread pool.
+
+    No sweep can have all its data before this (same endpoint, same latency, same 2 cores).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlstage.sources.s3 import make_client, parse_s3_uri
+
+    client = make_client()
+    keys = []
+    for d in sweep.datasets:
+        bucket, prefix = parse_s3_uri(d.uri)
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [(bucket, o["Key"]) for o in page.get("Contents", [])]
+    target = root / "floor"
+    target.mkdir()
+    t0 = time.time()
+    with ThreadPoolExecutor(workers) as pool:
+        list(
+            pool.map(
+                lambda bk: client.download_file(
+                    bk[0], bk[1], str(target / bk[1].replace("/", "_"))
+                ),
+                keys,
+            )
+        )
+    return {"objects": len(keys), "all_data_s": round(time.time() - t0, 2)}
+
+
 def overhead(root: Path, files: int, train_s: float) -> dict[str, Any]:
     """Per-model orchestration cost on a ``files``-file dataset: the flow vs plain function calls.
 
@@ -239,6 +281,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             results["mlstage"] = run_flow(sweep, serial=False)
         with fresh_home(root, "serial"):
             results["serial"] = run_flow(sweep, serial=True)
+        results["io_floor"] = io_floor(sweep, root)
         with fresh_home(root, "clearml"):
             results["clearml_style"] = run_clearml_style(sweep, root / "clearml-data")
         results["overhead"] = overhead(root, args.overhead_files, 0.0)
@@ -274,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         "single_slowest_alone_s": single,
         "ratio_mlstage_vs_single_alone": round(last["mlstage"] / single, 3),
         "goal_ratio_vs_single_alone": 1.2,
+        "io_floor_all_data_s": results["io_floor"]["all_data_s"],
+        "ratio_mlstage_vs_floor_plus_train": round(
+            last["mlstage"] / (results["io_floor"]["all_data_s"] + args.train_s), 3
+        ),
         "speedup_vs_serial": round(last["serial"] / last["mlstage"], 2),
         "speedup_vs_clearml_style": round(last["clearml_style"] / last["mlstage"], 2),
         "mean_first_step_s": {
