@@ -23,6 +23,7 @@ from prefect.utilities.annotations import opaque
 
 from flows._dask import dask_problems, preprocess_runner, submit_preprocess
 from flows._workspace import using_blocks, workspace
+from flows.streaming import run_streaming_task
 from flows.tasks import run_deployment_task, run_task, stage_task
 from mlstage.errors import ConfigError
 from mlstage.pipeline import RunOutcome, Workspace, validate_sweep
@@ -97,12 +98,14 @@ def benchmark_sweep(
             for d in sweep.datasets
             if d.name in wanted
         }
-        here = {m.dataset for m in sweep.models if m.launch == "inline"}
+        here = {m.dataset for m in sweep.models if m.launch == "inline" and m.start == "ready"}
         ready = {name: stage_task.submit(opaque(prepared[name])) for name in here}
 
         def launch(m: ModelSpec) -> PrefectFuture[RunOutcome]:
             if m.launch == "deployment":
                 return run_deployment_task.submit(m, opaque(prepared[m.dataset]), record.id, blocks)
+            if m.start == "first-shard":  # stage and run overlapped: starts on the first object
+                return run_streaming_task.submit(m, opaque(prepared[m.dataset]), record.id)
             return run_task.submit(m, opaque(ready[m.dataset]), record.id)
 
         runs = {m.name: launch(m) for m in sweep.models}

@@ -53,13 +53,16 @@ def test_a_failing_model_does_not_sink_the_sweep(home: Path, prefect_api, tmp_pa
             ModelSpec(name="ok-a", dataset="a", entrypoint=COUNT),
             ModelSpec(name="bad-a", dataset="a", entrypoint=COUNT, params={"fail": True}),
             ModelSpec(name="ok-b", dataset="b", entrypoint=COUNT),
+            ModelSpec(name="stream-b", dataset="b", entrypoint=COUNT, start="first-shard"),
         ],
     )
     with pytest.raises(SweepFailed) as failed:
         benchmark_sweep(sweep)
-    assert "1 of 3 models failed" in str(failed.value) and "bad-a" in str(failed.value)
+    assert "1 of 4 models failed" in str(failed.value) and "bad-a" in str(failed.value)
     rows = {r["model"]: r for r in failed.value.rows}
     assert rows["ok-a"]["status"] == rows["ok-b"]["status"] == "completed"
+    assert rows["stream-b"]["status"] == "completed"
+    assert rows["stream-b"]["score"] == rows["ok-b"]["score"]  # the same staged files
     assert rows["bad-a"]["status"] == "failed" and "on purpose" in rows["bad-a"]["error"]
     assert rows["ok-a"]["score"] > 1 and rows["ok-b"]["score"] >= 1  # shards, not raw files
 
@@ -68,6 +71,7 @@ def test_a_failing_model_does_not_sink_the_sweep(home: Path, prefect_api, tmp_pa
         "ok-a": "completed",
         "bad-a": "failed",
         "ok-b": "completed",
+        "stream-b": "completed",
     }
     assert runs["ok-a"].artifact_id == runs["bad-a"].artifact_id  # a preprocessed once
     assert runs["ok-a"].artifact_id != runs["ok-b"].artifact_id

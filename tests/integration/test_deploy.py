@@ -19,7 +19,8 @@ from mlstage.testing.prefect_server import PrefectServer, process_worker
 pytestmark = [pytest.mark.integration, pytest.mark.prefect, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-POOL = "mlstage-process"
+POOL = "mlstage-flows-test"  # its own pool: other tests' scheduled runs never land on this worker
+MINE = ("benchmark-sweep", "run-benchmark", "preprocess-dataset", "stage-datasets")
 COUNT = "mlstage.testing.workloads:count_files"
 
 
@@ -50,7 +51,8 @@ def deployed(
         check=True,
     )
     with process_worker(server, POOL, cwd=REPO, env={"MLSTAGE_HOME": str(home)}):
-        server.cli("deploy", "--all", cwd=REPO)
+        names = [arg for flow in MINE for arg in ("--name", f"{flow}/default")]
+        server.cli("deploy", *names, "--pool", POOL, cwd=REPO)
         yield server, home
 
 
