@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from mlstage.state import StateStore
 from mlstage.testing.prefect_server import PrefectServer, process_worker
@@ -30,6 +31,20 @@ def make_dataset(root: Path, name: str, files: int) -> Path:
     for i in range(files):
         (folder / f"s{i:04d}.txt").write_text(f"{name} {i}\n" * 20)
     return folder
+
+
+def own_pool(folder: Path) -> Path:
+    """prefect.yaml's deployments of these flows, aimed at this test's own work pool."""
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    config["deployments"] = [
+        {**d, "work_pool": {**d["work_pool"], "name": POOL}}
+        for d in config["deployments"]
+        if d["entrypoint"].split(":")[1].replace("_", "-") in MINE
+    ]
+    assert len(config["deployments"]) == len(MINE)
+    path = folder / "prefect.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +66,7 @@ def deployed(
         check=True,
     )
     with process_worker(server, POOL, cwd=REPO, env={"MLSTAGE_HOME": str(home)}):
-        names = [arg for flow in MINE for arg in ("--name", f"{flow}/default")]
-        server.cli("deploy", *names, "--pool", POOL, cwd=REPO)
+        server.cli("deploy", "--all", "--prefect-file", str(own_pool(home)), cwd=REPO)
         yield server, home
 
 
