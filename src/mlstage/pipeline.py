@@ -77,12 +77,22 @@ class Prepared:
 class Ready:
     """An artifact staged on this node, recorded in the state DB."""
 
-    dataset: str
-    version: str
-    artifact_id: str
+    prepared: Prepared
     staged: StagedDataset
     stage_record_id: int
     ready_at: float = field(default_factory=time.time)
+
+    @property
+    def dataset(self) -> str:
+        return self.prepared.dataset
+
+    @property
+    def version(self) -> str:
+        return self.prepared.version
+
+    @property
+    def artifact_id(self) -> str:
+        return self.prepared.artifact.artifact_id
 
 
 @dataclass(frozen=True)
@@ -226,7 +236,7 @@ def stage(ws: Workspace, prepared: Prepared, **kwargs: Any) -> Ready:
         ready_seconds=ready_seconds,
     )
     assert rec.id is not None
-    return Ready(prepared.dataset, prepared.version, prepared.artifact.artifact_id, staged, rec.id)
+    return Ready(prepared, staged, rec.id)
 
 
 def run(
@@ -237,7 +247,11 @@ def run(
     sweep_id: str | None = None,
     flow_run_id: str | None = None,
 ) -> RunOutcome:
-    """Run the model's entrypoint on its staged data (leased against eviction) and record it."""
+    """Run the model's entrypoint on its staged data and record it.
+
+    The data is leased for the whole run; if eviction took it after ``stage`` (a small
+    cache limit and other stagings in between), it is staged again first.
+    """
     row = ws.state.start_run(
         model=model.name,
         dataset=model.dataset,
@@ -248,8 +262,10 @@ def run(
     )
     ws.state.record_consumption(row.id, ready.artifact_id, ready.stage_record_id)
     try:
-        with ws.cache.lease(ready.staged.fingerprint) as data_dir:
-            metrics = run_entrypoint(model.entrypoint, data_dir, model.params)
+        artifact = ready.prepared.artifact
+        source = ws.shared.source(artifact)
+        with ws.cache.use(source, artifact.manifest, workers=ws.settings.workers) as staged:
+            metrics = run_entrypoint(model.entrypoint, staged.path, model.params)
     except MlstageError as exc:
         ws.state.finish_run(row.id, status="failed", error=str(exc))
         return RunOutcome(row.id, model.name, model.dataset, "failed", {}, str(exc), ready)
@@ -317,7 +333,7 @@ def run_streaming(
             stall_seconds=stats.stall_seconds,
         )
         assert rec.id is not None
-        ready = Ready(prepared.dataset, prepared.version, artifact.artifact_id, staged, rec.id)
+        ready = Ready(prepared, staged, rec.id)
         ws.state.record_consumption(row.id, artifact.artifact_id, rec.id)
     metrics = {**metrics, **stats.as_metrics()}
     if error is not None:

@@ -112,3 +112,19 @@ def test_validate_sweep_lists_every_problem(tmp_path: Path) -> None:
     text = "\n".join(problems)
     assert "gopher://nowhere/x" in text and "target_bytes" in text
     assert "no_such_module" in text and "{data_dir}" in text
+
+
+def test_run_restages_data_evicted_after_staging(ws: pipeline.Workspace, tmp_path: Path) -> None:
+    remote = write_remote(tmp_path / "remote")
+    ready = pipeline.stage(ws, pipeline.preprocess(ws, pipeline.resolve(ws, spec(remote))))
+    assert ws.cache.drop(ready.staged.fingerprint)  # eviction between the stage and run tasks
+    assert ws.cache.lookup(ready.staged.fingerprint) is None
+    model = ModelSpec(
+        name="m",
+        dataset="toy",
+        entrypoint="mlstage.examples:fit_and_score",
+        params={"estimator": "logistic"},
+    )
+    outcome = pipeline.run(ws, model, ready)
+    assert outcome.status == "completed", outcome.error
+    assert ws.cache.lookup(ready.staged.fingerprint) is not None
