@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlstage.errors import IntegrityError, MlstageError, TransientError
+from mlstage.errors import IntegrityError, MlstageError, SourceError, TransientError
 from mlstage.manifest import Entry
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import RemoteObject, Source
@@ -138,11 +138,18 @@ class Transfer:
             results.put(
                 IntegrityError(str(exc), hint="the source changed or corrupts data; re-resolve")
             )
+        except TransientError as exc:
+            err = SourceError(
+                f"{exc.message} (gave up after {self.retry.attempts} attempts)",
+                hint="the source keeps failing; retry later or lower --workers",
+            )
+            err.__cause__ = exc
+            results.put(err)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
             results.put(exc)
 
     def _name(self, obj: RemoteObject) -> str:
-        ident = f"{self.source.uri}\0{obj.key}\0{obj.checksum}\0{obj.size}"
+        ident = f"{self.source.uri}\0{obj.key}\0{obj.checksum}\0{obj.etag}\0{obj.size}"
         return hashlib.sha256(ident.encode()).hexdigest()[:40]
 
     def _count(self, n: int) -> None:
@@ -150,6 +157,11 @@ class Transfer:
             self.stats.bytes_fetched += n
         if self.on_bytes:
             self.on_bytes(n)
+
+    def _uncount(self, n: int) -> None:
+        """A failed attempt's bytes leave the progress bar (they stay in bytes_fetched)."""
+        if n and self.on_bytes:
+            self.on_bytes(-n)
 
     def _on_retry(self, exc: Exception) -> None:
         with self._lock:
@@ -171,22 +183,32 @@ class Transfer:
                 final.unlink()
 
         def attempt() -> str:
-            tmp = self.workdir / f"{self._name(obj)}.tmp"
+            # unique per thread and process: two stagings may share a source and an object
+            tmp = self.workdir / f"{self._name(obj)}.{os.getpid()}.{threading.get_ident()}.tmp"
             hs = _hashers(obj.checksum)
             got = 0
-            with open(tmp, "wb") as f:
-                for chunk in self.source.read(obj, 0, obj.size):
-                    f.write(chunk)
-                    for h in hs.values():
-                        h.update(chunk)
-                    got += len(chunk)
-                    self._count(len(chunk))
-            if got != obj.size:
-                raise TransientError(
-                    f"{self.source.uri}: {obj.key} truncated at {got} of {obj.size} bytes"
-                )
-            _check(obj.key, obj.checksum, hs, self.source.uri)
-            os.replace(tmp, final)
+            try:
+                with open(tmp, "wb") as f:
+                    for chunk in self.source.read(obj, 0, obj.size):
+                        got += len(chunk)
+                        if got > obj.size:
+                            raise _Mismatch(
+                                f"{self.source.uri}: {obj.key} is longer than its {obj.size} bytes"
+                            )
+                        f.write(chunk)
+                        for h in hs.values():
+                            h.update(chunk)
+                        self._count(len(chunk))
+                if got != obj.size:
+                    raise TransientError(
+                        f"{self.source.uri}: {obj.key} truncated at {got} of {obj.size} bytes"
+                    )
+                _check(obj.key, obj.checksum, hs, self.source.uri)
+                os.replace(tmp, final)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                self._uncount(got)
+                raise
             return hs["sha256"].hexdigest()
 
         digest = self.retry.call(attempt, on_retry=self._on_retry)
@@ -201,7 +223,8 @@ class Transfer:
         nparts = (obj.size + self.part_size - 1) // self.part_size
         done: set[int] = set()
         if data.exists() and journal.exists() and data.stat().st_size == obj.size:
-            done = {int(x) for x in journal.read_text().split() if x.isdigit()}
+            # only whole lines count: a kill may interrupt the last one
+            done = {int(x) for x in journal.read_text().split("\n")[:-1] if x.isdigit()}
         else:
             with open(data, "wb") as f:
                 f.truncate(obj.size)
@@ -216,9 +239,13 @@ class Transfer:
 
             def attempt() -> None:
                 fd = os.open(data, os.O_WRONLY)
+                pos = start
                 try:
-                    pos = start
                     for chunk in self.source.read(obj, start, end):
+                        if pos + len(chunk) > end:
+                            raise _Mismatch(
+                                f"{self.source.uri}: {obj.key} part {i} is longer than asked"
+                            )
                         os.pwrite(fd, chunk, pos)
                         pos += len(chunk)
                         self._count(len(chunk))
@@ -226,6 +253,9 @@ class Transfer:
                         raise TransientError(
                             f"{self.source.uri}: {obj.key} part {i} truncated at {pos - start} of {end - start} bytes"
                         )
+                except BaseException:
+                    self._uncount(pos - start)
+                    raise
                 finally:
                     os.close(fd)
 
@@ -251,9 +281,13 @@ class Transfer:
         try:
             _check(obj.key, obj.checksum, hs, self.source.uri)
         except _Mismatch:
+            # a part went bad without a size change: fetch the object again in one stream
             data.unlink(missing_ok=True)
             journal.unlink(missing_ok=True)
-            raise
+            self._uncount(obj.size)
+            with self._lock:
+                self.stats.retries += 1
+            return self._fetch_whole(obj)
         final = self.workdir / f"{self._name(obj)}.obj"
         os.replace(data, final)
         journal.unlink(missing_ok=True)

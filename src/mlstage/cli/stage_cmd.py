@@ -64,6 +64,11 @@ def stage(
     source = open_source(uri)
     manifest = source.resolve()
     cache = LocalCache(settings.resolved_cache_dir, limit_bytes=settings.cache_limit_bytes)
+    delivered = [0]
+
+    def on_object(_fetched: object) -> None:
+        delivered[0] += 1
+
     with ByteProgress(manifest.total_bytes, f"staging {uri}", enabled=not as_json) as progress:
         staged = cache.stage(
             source,
@@ -71,6 +76,7 @@ def stage(
             workers=workers or settings.workers,
             part_size=settings.part_size,
             on_bytes=progress.advance,
+            on_object=on_object,
         )
     path = staged.path
     if to is not None:
@@ -83,7 +89,7 @@ def stage(
         "bytes": staged.bytes,
         "bytes_fetched": staged.bytes_fetched,
         "objects_fetched": staged.objects_fetched,
-        "cache_hits": staged.files if staged.hit else staged.files - staged.objects_fetched,
+        "cache_hits": staged.files if staged.hit else staged.files - delivered[0],
         "hit": staged.hit,
         "retries": staged.retries,
         "seconds": round(time.monotonic() - started, 3),

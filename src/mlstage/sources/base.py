@@ -18,7 +18,11 @@ from mlstage.manifest import Entry, Manifest
 
 @dataclass(frozen=True)
 class RemoteObject:
-    """One thing to download: a file, or an archive whose members are ``entries``."""
+    """One thing to download: a file, or an archive whose members are ``entries``.
+
+    ``checksum`` ('<algo>:<hex>') is verified before the object is handed out; ``etag`` is the
+    version the source listed (sources make reads conditional on it where they can).
+    """
 
     key: str
     size: int
@@ -26,6 +30,7 @@ class RemoteObject:
     entries: tuple[Entry, ...]
     archive: bool = False
     meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    etag: str | None = None
 
 
 @runtime_checkable
@@ -59,7 +64,7 @@ class FileObjectSource:
     supports_ranges: bool = True
 
     def objects(self, entries: Sequence[Entry]) -> list[RemoteObject]:
-        return [RemoteObject(e.locator, e.size, e.checksum, (e,)) for e in entries]
+        return [RemoteObject(e.locator, e.size, e.checksum, (e,), etag=e.etag) for e in entries]
 
     def unpack(self, obj: RemoteObject, path: Path, workdir: Path) -> list[tuple[Entry, Path]]:
         return [(obj.entries[0], path)]

@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 
 from mlstage.errors import AccessDenied, ConfigError, ObjectNotFound, SourceError, TransientError
 from mlstage.manifest import Entry, Manifest
+from mlstage.paths import safe_relpath
+from mlstage.retry import RetryPolicy
 from mlstage.sources.base import FileObjectSource, RemoteObject
 
 _TRANSIENT_CODES = {
@@ -52,13 +54,17 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def make_client(**kwargs: Any) -> Any:
-    """A thread-safe boto3 S3 client with connection pooling sized for concurrent transfers."""
+def make_client(*, pool: int = 64, **kwargs: Any) -> Any:
+    """A thread-safe boto3 S3 client with ``pool`` connections, for concurrent transfers.
+
+    Endpoint, region, profile and credentials come from the standard AWS environment
+    (AWS_ENDPOINT_URL, AWS_PROFILE, ...) unless given in ``kwargs``.
+    """
     import boto3
     from botocore.config import Config
 
     config = Config(
-        max_pool_connections=64,
+        max_pool_connections=max(pool, 10),
         retries={"max_attempts": 1, "mode": "standard"},  # mlstage retries itself, with jitter
         connect_timeout=10,
         read_timeout=60,
@@ -66,16 +72,25 @@ def make_client(**kwargs: Any) -> Any:
     return boto3.session.Session().client("s3", config=config, **kwargs)
 
 
-def map_client_error(exc: Exception, uri: str, what: str) -> Exception:
-    """botocore errors -> mlstage errors naming ``uri`` and a hint."""
+def map_client_error(
+    exc: Exception, uri: str, what: str, *, transient_connect: bool = False
+) -> Exception:
+    """botocore errors -> mlstage errors naming ``uri`` and a hint.
+
+    ``transient_connect``: a refused connection is worth a retry (mid-transfer, after the
+    endpoint answered the listing); when resolving it means a wrong endpoint, said at once.
+    """
     from botocore.exceptions import (
         ClientError,
         ConnectionClosedError,
+        ConnectTimeoutError,
         EndpointConnectionError,
+        IncompleteReadError,
         NoCredentialsError,
         ReadTimeoutError,
         ResponseStreamingError,
     )
+    from urllib3.exceptions import HTTPError as Urllib3Error
 
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -83,6 +98,11 @@ def map_client_error(exc: Exception, uri: str, what: str) -> Exception:
         if code in _MISSING_CODES or status == "404":
             return ObjectNotFound(
                 f"{uri}: {what} not found ({code or status})", hint="check the bucket and prefix"
+            )
+        if code == "PreconditionFailed" or status == "412":
+            return SourceError(
+                f"{uri}: the object changed since the dataset was resolved",
+                hint="re-resolve the dataset and stage the new version",
             )
         if code in _DENIED_CODES or status == "403":
             return AccessDenied(
@@ -92,7 +112,9 @@ def map_client_error(exc: Exception, uri: str, what: str) -> Exception:
         if code in _TRANSIENT_CODES or status.startswith("5"):
             return TransientError(f"{uri}: {what}: {code or status}")
         return SourceError(f"{uri}: {what} failed: {code} {exc}")
-    if isinstance(exc, EndpointConnectionError):
+    if isinstance(exc, ConnectTimeoutError | EndpointConnectionError) and transient_connect:
+        return TransientError(f"{uri}: {what}: cannot connect ({type(exc).__name__})")
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
         return SourceError(
             f"{uri}: cannot reach the S3 endpoint ({exc})",
             hint="check AWS_ENDPOINT_URL and the network",
@@ -107,6 +129,8 @@ def map_client_error(exc: Exception, uri: str, what: str) -> Exception:
         ConnectionClosedError
         | ReadTimeoutError
         | ResponseStreamingError
+        | IncompleteReadError
+        | Urllib3Error
         | ConnectionError
         | TimeoutError,
     ):
@@ -115,14 +139,26 @@ def map_client_error(exc: Exception, uri: str, what: str) -> Exception:
 
 
 class S3Source(FileObjectSource):
-    """Every object under ``s3://bucket/prefix``; keys become paths relative to the prefix."""
+    """Every object under ``s3://bucket/prefix``; keys become paths relative to the prefix.
+
+    Single-part objects carry their MD5 (the ETag) as checksum; every GET is conditional on the
+    listed ETag, so an object replaced after ``resolve`` fails loudly instead of mixing versions.
+    """
 
     supports_ranges = True
 
-    def __init__(self, bucket: str, prefix: str = "", *, client: Any | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: Any | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         self.uri = f"s3://{bucket}/{self.prefix}"
+        self.retry = retry or RetryPolicy()
         self._client = client
         self._lock = threading.Lock()
 
@@ -130,10 +166,20 @@ class S3Source(FileObjectSource):
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = make_client()
+                self._client = make_client(pool=128)
             return self._client
 
     def resolve(self) -> Manifest:
+        """One paginated listing (retried when throttled); no object is read."""
+        entries = self.retry.call(self._list)
+        if not entries:
+            raise ObjectNotFound(
+                f"{self.uri}: no objects under this prefix",
+                hint="check the prefix (it is case-sensitive)",
+            )
+        return Manifest(source=self.uri, entries=entries)
+
+    def _list(self) -> list[Entry]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         entries: list[Entry] = []
@@ -143,28 +189,27 @@ class S3Source(FileObjectSource):
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    key = obj["Key"]
-                    rel = key[len(self.prefix) :]
+                    rel = obj["Key"][len(self.prefix) :]
                     if not rel or rel.endswith("/"):
                         continue  # folder markers
                     etag = obj.get("ETag", "").strip('"')
-                    md5 = f"md5:{etag}" if etag and "-" not in etag else None
+                    md5 = f"md5:{etag}" if len(etag) == 32 and "-" not in etag else None
                     entries.append(
                         Entry(
-                            path=rel, size=obj["Size"], checksum=md5, etag=etag or None, locator=rel
+                            path=safe_relpath(rel, origin=self.uri),
+                            size=obj["Size"],
+                            checksum=md5,
+                            etag=etag or None,
+                            locator=rel,
                         )
                     )
         except (ClientError, BotoCoreError) as exc:
             raise map_client_error(exc, self.uri, "listing") from exc
-        if not entries:
-            raise ObjectNotFound(
-                f"{self.uri}: no objects under this prefix",
-                hint="check the prefix (it is case-sensitive)",
-            )
-        return Manifest(source=self.uri, entries=entries)
+        return entries
 
     def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
+        from urllib3.exceptions import HTTPError as Urllib3Error
 
         end = obj.size if end is None else end
         if end <= start:
@@ -172,6 +217,8 @@ class S3Source(FileObjectSource):
         key = self.prefix + obj.key
         try:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+            if obj.etag:
+                kwargs["IfMatch"] = f'"{obj.etag}"'
             if start or end != obj.size:
                 kwargs["Range"] = f"bytes={start}-{end - 1}"
             body = self.client.get_object(**kwargs)["Body"]
@@ -180,10 +227,19 @@ class S3Source(FileObjectSource):
                     yield chunk
             finally:
                 body.close()
-        except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as exc:
-            raise map_client_error(exc, f"s3://{self.bucket}/{key}", "GET") from exc
+        except (
+            ClientError,
+            BotoCoreError,
+            Urllib3Error,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
+            raise map_client_error(
+                exc, f"s3://{self.bucket}/{key}", "GET", transient_connect=True
+            ) from exc
 
 
 def from_uri(uri: str) -> S3Source:
+    """The S3Source for ``s3://bucket/prefix`` (client from the standard AWS environment)."""
     bucket, prefix = parse_s3_uri(uri)
     return S3Source(bucket, prefix)
