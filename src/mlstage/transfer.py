@@ -22,7 +22,7 @@ from pathlib import Path
 from mlstage.errors import IntegrityError, MlstageError, SourceError, TransientError
 from mlstage.manifest import Entry
 from mlstage.retry import RetryPolicy
-from mlstage.sources.base import RemoteObject, Source
+from mlstage.sources.base import CorruptData, RemoteObject, Source
 
 BytesCallback = Callable[[int], None]
 _BUF = 1024 * 1024
@@ -50,7 +50,7 @@ class TransferStats:
             self.first_object_seconds = time.monotonic() - self.started
 
 
-class _Mismatch(TransientError):
+class _Mismatch(CorruptData):
     """Bytes that do not match: retried like a transient error, reported as IntegrityError."""
 
 
@@ -134,7 +134,7 @@ class Transfer:
             out = fn(obj)
             if out is not None:
                 results.put(out)
-        except _Mismatch as exc:
+        except CorruptData as exc:
             results.put(
                 IntegrityError(str(exc), hint="the source changed or corrupts data; re-resolve")
             )

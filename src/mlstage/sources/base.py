@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from mlstage.errors import TransientError
 from mlstage.manifest import Entry, Manifest
+
+
+class CorruptData(TransientError):
+    """Bytes that failed a checksum in flight: retried, then reported as an IntegrityError."""
 
 
 @dataclass(frozen=True)

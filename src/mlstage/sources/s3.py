@@ -15,7 +15,7 @@ from mlstage.errors import AccessDenied, ConfigError, ObjectNotFound, SourceErro
 from mlstage.manifest import Entry, Manifest
 from mlstage.paths import safe_relpath
 from mlstage.retry import RetryPolicy
-from mlstage.sources.base import FileObjectSource, RemoteObject
+from mlstage.sources.base import CorruptData, FileObjectSource, RemoteObject
 
 _TRANSIENT_CODES = {
     "SlowDown",
@@ -82,6 +82,7 @@ def map_client_error(
     """
     from botocore.exceptions import (
         ClientError,
+        FlexibleChecksumError,
         ConnectionClosedError,
         ConnectTimeoutError,
         EndpointConnectionError,
@@ -112,6 +113,8 @@ def map_client_error(
         if code in _TRANSIENT_CODES or status.startswith("5"):
             return TransientError(f"{uri}: {what}: {code or status}")
         return SourceError(f"{uri}: {what} failed: {code} {exc}")
+    if isinstance(exc, FlexibleChecksumError):
+        return CorruptData(f"{uri}: {what}: the body failed its checksum ({exc})")
     if isinstance(exc, ConnectTimeoutError | EndpointConnectionError) and transient_connect:
         return TransientError(f"{uri}: {what}: cannot connect ({type(exc).__name__})")
     if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):

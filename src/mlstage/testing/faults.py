@@ -18,6 +18,8 @@ Faults are matched in order against each request; the first that fires wins:
     error500    500 with <Code>InternalError</Code>
     truncate    the upstream status and headers, then the body cut after ``after_bytes``
                 (default: half) and the connection closed
+    corrupt     the upstream response with one body byte flipped (at ``after_bytes``,
+                default: the middle); same length, wrong content
     reset       the connection closed without any response (RST)
     deny        403 with <Code>InvalidAccessKeyId</Code>
 
@@ -52,7 +54,7 @@ from urllib.parse import urlsplit
 
 from mlstage.testing.net import free_port, port_open, wait_until
 
-KINDS = ("slowdown", "error500", "truncate", "reset", "deny")
+KINDS = ("slowdown", "error500", "truncate", "corrupt", "reset", "deny")
 _CONTROL = "/_faults/"
 _BUF = 256 * 1024
 _HOP = {
@@ -164,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         if state.config.latency:
             time.sleep(state.config.latency)
-        if fault is not None and fault.kind != "truncate":
+        if fault is not None and fault.kind not in ("truncate", "corrupt"):
             self._inject(fault)
             return
         self._forward(body, fault)
@@ -221,9 +223,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             resp.read()
             return
-        cut = None
-        if fault is not None:  # truncate
-            cut = fault.after_bytes if fault.after_bytes is not None else (total or 0) // 2
+        cut = flip = None
+        if fault is not None:
+            at = fault.after_bytes if fault.after_bytes is not None else (total or 0) // 2
+            if fault.kind == "truncate":
+                cut = at
+            elif total:
+                flip = min(at, total - 1)
         sent = 0
         rate = self.server.state.config.bandwidth
         started = time.monotonic()
@@ -235,6 +241,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
+            if flip is not None and sent <= flip < sent + len(chunk):
+                b = bytearray(chunk)
+                b[flip - sent] ^= 0xFF
+                chunk = bytes(b)
             self.wfile.write(chunk)
             sent += len(chunk)
             if rate:
