@@ -6,6 +6,8 @@ instance roles, ...); a client may also be injected (the S3 shared-tier block bu
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -39,6 +41,9 @@ _DENIED_CODES = {
     "ExpiredToken",
 }
 _CHUNK = 1024 * 1024
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+_ERROR_CODE = re.compile(rb"<Code>([^<]+)</Code>")
+_UNSET: Any = object()
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -163,6 +168,7 @@ class S3Source(FileObjectSource):
         self.uri = f"s3://{bucket}/{self.prefix}"
         self.retry = retry or RetryPolicy()
         self._client = client
+        self._pool: Any = _UNSET
         self._lock = threading.Lock()
 
     @property
@@ -171,6 +177,34 @@ class S3Source(FileObjectSource):
             if self._client is None:
                 self._client = make_client(pool=128)
             return self._client
+
+    @property
+    def _http(self) -> Any | None:
+        """A urllib3 pool for presigned GETs (a third of boto3's CPU per object), or None.
+
+        None (read through boto3) when a proxy is configured, MLSTAGE_S3_BOTO3_READS is set,
+        or the client cannot presign (an injected fake).
+        """
+        client = self.client
+        with self._lock:
+            if self._pool is _UNSET:
+                self._pool = None
+                if (
+                    hasattr(client, "generate_presigned_url")
+                    and not any(os.environ.get(v) for v in _PROXY_VARS)
+                    and not os.environ.get("MLSTAGE_S3_BOTO3_READS")
+                ):
+                    import urllib3
+                    from botocore.httpsession import get_cert_path
+
+                    self._pool = urllib3.PoolManager(
+                        maxsize=128,
+                        block=False,
+                        retries=False,
+                        timeout=urllib3.Timeout(connect=10.0, read=60.0),
+                        ca_certs=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True),
+                    )
+            return self._pool
 
     def resolve(self) -> Manifest:
         """One paginated listing (retried when throttled); no object is read."""
@@ -211,13 +245,62 @@ class S3Source(FileObjectSource):
         return entries
 
     def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes [start, end) of one object, conditional on its listed ETag."""
+        end = obj.size if end is None else end
+        if end <= start:
+            return iter(())
+        key = self.prefix + obj.key
+        pool = self._http
+        if pool is not None:
+            return self._read_presigned(pool, key, obj, start, end)
+        return self._read_boto3(key, obj, start, end)
+
+    def _read_presigned(
+        self, pool: Any, key: str, obj: RemoteObject, start: int, end: int
+    ) -> Iterator[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
         from urllib3.exceptions import HTTPError as Urllib3Error
 
-        end = obj.size if end is None else end
-        if end <= start:
-            return
-        key = self.prefix + obj.key
+        uri = f"s3://{self.bucket}/{key}"
+        headers = {}
+        if obj.etag:
+            headers["If-Match"] = f'"{obj.etag}"'
+        ranged = start > 0 or end != obj.size
+        if ranged:
+            headers["Range"] = f"bytes={start}-{end - 1}"
+        try:
+            url = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=3600
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise map_client_error(exc, uri, "GET") from exc
+        try:
+            resp = pool.request("GET", url, headers=headers, preload_content=False)
+        except Urllib3Error as exc:  # never str(exc): it may carry the signed URL
+            raise TransientError(f"{uri}: GET: {type(exc).__name__}") from exc
+        try:
+            if resp.status not in (200, 206) or (ranged and resp.status != 206):
+                body = resp.read()
+                m = _ERROR_CODE.search(body or b"")
+                code = m.group(1).decode() if m else str(resp.status)
+                err = ClientError(
+                    {
+                        "Error": {"Code": code, "Message": ""},
+                        "ResponseMetadata": {"HTTPStatusCode": resp.status},
+                    },
+                    "GetObject",
+                )
+                raise map_client_error(err, uri, "GET")
+            yield from resp.stream(_CHUNK)
+        except Urllib3Error as exc:
+            raise TransientError(f"{uri}: GET: {type(exc).__name__}") from exc
+        finally:
+            resp.release_conn()
+
+    def _read_boto3(self, key: str, obj: RemoteObject, start: int, end: int) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError, ClientError
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
         try:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
             if obj.etag:

@@ -129,6 +129,7 @@ def _error_body(code: str, message: str) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
     server: _ProxyServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -140,6 +141,8 @@ class _Handler(BaseHTTPRequestHandler):
         conn = getattr(local, "conn", None)
         if conn is None:
             conn = http.client.HTTPConnection(self.server.up_host, self.server.up_port, timeout=120)
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             local.conn = conn
         return conn
 
