@@ -115,10 +115,10 @@ class Tools:
         self.bin = Path(sys.executable).parent
         host = endpoint.split("://", 1)[1]
         conf = work / "clearml.conf"
+        key, secret = CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
         conf.write_text(
-            "sdk.aws.s3.credentials: [{host: \"%s\", key: \"%s\", secret: \"%s\", secure: false, multipart: false}]\n"
-            "sdk.aws.s3.region: us-east-1\n"
-            % (host, CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+            f'sdk.aws.s3.credentials: [{{host: "{host}", key: "{key}", secret: "{secret}", '
+            "secure: false, multipart: false}]\nsdk.aws.s3.region: us-east-1\n"
         )
         self.clearml_host = host
         self.aws = next(
@@ -272,7 +272,9 @@ def main() -> None:
         if "a" in cases:
             log(f"case a: {args.small_count} x {args.small_kb} KB")
             _upload(client, "a/", args.small_count, small)
-            r = _case(tools, names, skipped, ["a/"], [(args.small_count, args.small_count * small)], log)
+            r = _case(
+                tools, names, skipped, ["a/"], [(args.small_count, args.small_count * small)], log
+            )
             result["cases"]["a_small_objects"] = {
                 "objects": args.small_count,
                 "object_bytes": small,
@@ -306,9 +308,7 @@ def main() -> None:
             for tool, r in together.items():
                 if tool in alone and "seconds" in r and "seconds" in alone[tool]:
                     r["largest_alone_seconds"] = alone[tool]["seconds"]
-                    r["together_vs_largest_alone"] = round(
-                        r["seconds"] / alone[tool]["seconds"], 2
-                    )
+                    r["together_vs_largest_alone"] = round(r["seconds"] / alone[tool]["seconds"], 2)
             result["cases"]["c_five_datasets_at_once"] = {"datasets": counts, **together}
         result["proxy_requests"] = sum(proxy.counts().values())
     print(json.dumps(result, indent=2))

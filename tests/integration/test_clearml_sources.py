@@ -95,9 +95,7 @@ def _rewrite(zpath: Path, replace: dict[str, bytes], rename: dict[str, str] | No
             zf.writestr((rename or {}).get(name, name), replace.get(name, data))
 
 
-def test_a_damaged_chunk_is_refused_and_nothing_is_published(
-    storage: Path, tmp_path: Path
-) -> None:
+def test_a_damaged_chunk_is_refused_and_nothing_is_published(storage: Path, tmp_path: Path) -> None:
     z = _chunk_of(storage, META["child"], "labels.csv")
     _rewrite(z, {"labels.csv": b"id,label\n1,cat\n2,dog\n3,bat\n"})  # same size, other bytes
     source = open_source(f"clearml+file://{storage}/{DATASETS}/tiny.{META['child']}")

@@ -152,9 +152,7 @@ def test_server_without_ranges_still_works(
     assert _tree(staged.path) == _tree(shards / "data")
 
 
-def test_missing_shard_and_dead_host_name_the_url(
-    ranged: tuple[str, type], tmp_path: Path
-) -> None:
+def test_missing_shard_and_dead_host_name_the_url(ranged: tuple[str, type], tmp_path: Path) -> None:
     url, _ = ranged
     with pytest.raises(ObjectNotFound, match=r"shard-006.tar: HEAD: HTTP 404"):
         HttpSource(f"{url}/data/shard-{{004..009}}.tar", retry=FAST).resolve()

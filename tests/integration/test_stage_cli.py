@@ -75,7 +75,9 @@ def test_stage_json_and_materialise(
     out = _stage([f"s3://{bucket}/data/v1", "--to", str(tmp_path / "out"), "--json"], env)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert {"version", "files", "bytes", "bytes_fetched", "cache_hits", "seconds", "path"} <= set(doc)
+    assert {"version", "files", "bytes", "bytes_fetched", "cache_hits", "seconds", "path"} <= set(
+        doc
+    )
     assert doc["files"] == 20 and doc["cache_hits"] == 0
     assert doc["bytes"] == doc["bytes_fetched"] == sum(len(v) for v in files.values())
     assert _tree(tmp_path / "out") == {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
@@ -160,7 +162,9 @@ def test_kill_9_then_resume_fetches_only_what_was_missing(
     staged = Path(doc["path"])
     assert _tree(staged) == {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
     total = {k: n for k, n in proxy.counts().items() if k.startswith(f"GET /{bucket}/k9/")}
-    refetched = {k: total[k] - 1 for k in total if k in first and "big.bin" not in k and total[k] > 1}
+    refetched = {
+        k: total[k] - 1 for k in total if k in first and "big.bin" not in k and total[k] > 1
+    }
     # only what was in flight at the kill is fetched twice (at most one object per worker)
     assert sum(refetched.values()) <= workers
     big = f"GET /{bucket}/k9/big.bin"

@@ -71,8 +71,9 @@ class BlobStore(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
-    def read(self, key: str, size: int, etag: str | None, start: int, end: int) -> Iterator[bytes]:
-        ...
+    def read(
+        self, key: str, size: int, etag: str | None, start: int, end: int
+    ) -> Iterator[bytes]: ...
 
 
 class S3Store:
@@ -149,7 +150,11 @@ class FolderStore:
             if p.is_file():
                 st = p.stat()
                 out.append(
-                    (p.relative_to(self.root).as_posix(), st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+                    (
+                        p.relative_to(self.root).as_posix(),
+                        st.st_size,
+                        f"{st.st_size}-{st.st_mtime_ns}",
+                    )
                 )
         return out
 
@@ -245,7 +250,11 @@ def load_storage_layout(store: BlobStore, folder: str) -> DatasetLayout:
         parent_dir = folder.rstrip("/").rsplit("/", 1)[0] + "/" if "/" in folder.rstrip("/") else ""
         candidates = store.children(parent_dir)
         if len(needed) > sum(1 for c in candidates if c.rstrip("/").rsplit(".", 1)[-1] in needed):
-            grand = parent_dir.rstrip("/").rsplit("/", 1)[0] + "/" if "/" in parent_dir.rstrip("/") else ""
+            grand = (
+                parent_dir.rstrip("/").rsplit("/", 1)[0] + "/"
+                if "/" in parent_dir.rstrip("/")
+                else ""
+            )
             for sibling in store.children(grand):
                 if sibling != parent_dir:
                     candidates += store.children(sibling)
@@ -312,7 +321,9 @@ class ClearMLSource:
                 )
             )
         if not entries:
-            raise ObjectNotFound(f"{self.uri}: the dataset has no files", hint="check the dataset id")
+            raise ObjectNotFound(
+                f"{self.uri}: the dataset has no files", hint="check the dataset id"
+            )
         return Manifest(source=self.uri, entries=entries)
 
     def objects(self, entries: Sequence[Entry]) -> list[RemoteObject]:
@@ -395,13 +406,17 @@ def _storage_source(uri: str) -> ClearMLSource:
     store: BlobStore
     if parts.scheme == "clearml+s3":
         if not parts.netloc:
-            raise ConfigError(f"{uri!r}: no bucket", hint="write clearml+s3://bucket/path/<name>.<id>")
+            raise ConfigError(
+                f"{uri!r}: no bucket", hint="write clearml+s3://bucket/path/<name>.<id>"
+            )
         store = S3Store(parts.netloc)
         folder = unquote(parts.path).strip("/")
     else:
         root = Path(unquote(parts.path))
         if not root.is_absolute():
-            raise ConfigError(f"{uri!r}: not an absolute path", hint="write clearml+file:///abs/path")
+            raise ConfigError(
+                f"{uri!r}: not an absolute path", hint="write clearml+file:///abs/path"
+            )
         store = FolderStore(root.parent)
         folder = root.name
         if not root.is_dir():
@@ -413,7 +428,9 @@ def parse_clearml_uri(uri: str) -> dict[str, str | None]:
     """``clearml://<id>`` or ``clearml://<project>/<name>[@<version>]`` -> Dataset.get arguments."""
     rest = unquote(uri[len("clearml://") :]).strip("/")
     if not rest:
-        raise ConfigError(f"{uri!r}: no dataset", hint="write clearml://<id> or clearml://<project>/<name>")
+        raise ConfigError(
+            f"{uri!r}: no dataset", hint="write clearml://<id> or clearml://<project>/<name>"
+        )
     if "/" not in rest:
         return {"dataset_id": rest}
     project, name = rest.rsplit("/", 1)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from mlstage.errors import AccessDenied, ConfigError, ObjectNotFound, SourceError, TransientError
 from mlstage.manifest import Entry, Manifest
@@ -69,7 +69,9 @@ def _relative_paths(urls: list[str], origin: str) -> list[str]:
 
 def _map_status(status: int, url: str, what: str) -> Exception:
     if status == 404 or status == 410:
-        return ObjectNotFound(f"{url}: {what}: HTTP {status}", hint="check the URL and the shard range")
+        return ObjectNotFound(
+            f"{url}: {what}: HTTP {status}", hint="check the URL and the shard range"
+        )
     if status in (401, 403):
         return AccessDenied(
             f"{url}: {what}: HTTP {status}", hint="the server refused; check credentials (netrc)"
@@ -198,11 +200,6 @@ class HttpSource(FileObjectSource):
                     yield chunk
         except httpx.HTTPError as exc:
             raise TransientError(f"{url}: GET: {type(exc).__name__}") from exc
-
-
-def _strip_query(url: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, p.path, "", ""))
 
 
 def from_uri(uri: str) -> HttpSource:

@@ -87,10 +87,10 @@ def map_client_error(
     """
     from botocore.exceptions import (
         ClientError,
-        FlexibleChecksumError,
         ConnectionClosedError,
         ConnectTimeoutError,
         EndpointConnectionError,
+        FlexibleChecksumError,
         IncompleteReadError,
         NoCredentialsError,
         ReadTimeoutError,

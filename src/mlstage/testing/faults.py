@@ -177,9 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _inject(self, fault: Fault) -> None:
         if fault.kind == "reset":
             # SO_LINGER 0: close() sends RST, as a dying load balancer would
-            self.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             self.connection.close()
             return
@@ -376,7 +374,15 @@ def fault_proxy(
             server.server_close()
         return
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlstage.testing.faults", "--upstream", upstream, "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "mlstage.testing.faults",
+            "--upstream",
+            upstream,
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=os.environ.copy(),
