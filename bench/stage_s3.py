@@ -39,15 +39,16 @@ from mlstage.testing.s3 import CREDENTIALS, moto_server
 
 MB = 1024 * 1024
 BUCKET = "mlstage-bench"
+SERIAL = ("serial_boto3", "clearml_storagemanager")
 
 SERIAL_BOTO3 = textwrap.dedent(
     """
     import os, sys, boto3
-    bucket, prefix, dest = sys.argv[1:4]
+    bucket, prefix, dest, limit = sys.argv[1:5]
     s3 = boto3.client("s3")
     keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for o in p.get("Contents", [])]
-    for k in keys:
+    for k in keys[: int(limit)]:
         path = os.path.join(dest, k[len(prefix):])
         os.makedirs(os.path.dirname(path), exist_ok=True)
         s3.download_file(bucket, k, path)
@@ -58,11 +59,11 @@ CLEARML_STORAGE = textwrap.dedent(
     """
     import os, shutil, sys, boto3
     from clearml import StorageManager
-    bucket, prefix, dest, host = sys.argv[1:5]
+    bucket, prefix, dest, host, limit = sys.argv[1:6]
     s3 = boto3.client("s3")
     keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for o in p.get("Contents", [])]
-    for k in keys:
+    for k in keys[: int(limit)]:
         local = StorageManager.get_local_copy(f"s3://{host}/{bucket}/{k}", extract_archive=False)
         if local is None:
             sys.exit(f"get_local_copy failed for {k}")
@@ -103,8 +104,9 @@ def _upload(client: Any, prefix: str, count: int, size: int) -> None:
 class Tools:
     """How to run each tool against ``s3://BUCKET/prefix`` into an empty folder."""
 
-    def __init__(self, endpoint: str, work: Path, workers: int) -> None:
+    def __init__(self, endpoint: str, work: Path, workers: int, serial_limit: int) -> None:
         self.endpoint = endpoint
+        self.serial_limit = serial_limit
         self.work = work
         self.workers = workers
         self.env = {
@@ -146,7 +148,8 @@ class Tools:
             cmd = [str(self.bin / "mlstage"), "stage", uri, "--to", str(dest), "--json"]
             return cmd + ["--workers", str(self.workers)], env
         if tool == "serial_boto3":
-            return [sys.executable, "-c", SERIAL_BOTO3, BUCKET, prefix, str(dest)], env
+            limit = str(self.serial_limit)
+            return [sys.executable, "-c", SERIAL_BOTO3, BUCKET, prefix, str(dest), limit], env
         if tool == "clearml_storagemanager":
             env["CLEARML_CONFIG_FILE"] = str(self.work / "clearml.conf")
             env["CLEARML_CACHE_DIR"] = str(dest.parent / f"{dest.name}.clearml-cache")
@@ -159,6 +162,7 @@ class Tools:
                 prefix,
                 str(dest),
                 self.clearml_host,
+                str(self.serial_limit),
             ], env
         if tool == "aws_s3_sync":
             assert self.aws
@@ -171,7 +175,17 @@ class Tools:
         raise ValueError(tool)
 
     def run(self, tool: str, prefixes: list[str], expect: list[tuple[int, int]]) -> dict[str, Any]:
-        """Run ``tool`` once per prefix, all at once; seconds until the last one finished."""
+        """Run ``tool`` once per prefix, all at once; seconds until the last one finished.
+
+        Serial tools fetch one object after another, so on more than ``serial_limit`` objects
+        they run on the first ``serial_limit`` and their time is scaled linearly (and labelled).
+        """
+        scale = 1.0
+        if tool in SERIAL and any(n > self.serial_limit for n, _b in expect):
+            assert len(expect) == 1
+            n, nbytes = expect[0]
+            scale = n / self.serial_limit
+            expect = [(self.serial_limit, nbytes * self.serial_limit // n)]
         dests = [self.work / f"{tool}-{i}-{time.monotonic_ns()}" for i in range(len(prefixes))]
         cmds = [self.command(tool, p, d) for p, d in zip(prefixes, dests, strict=True)]
         started = time.monotonic()
@@ -181,7 +195,10 @@ class Tools:
         ]
         outs = [p.communicate() for p in procs]
         seconds = time.monotonic() - started
-        result: dict[str, Any] = {"seconds": round(seconds, 3)}
+        result: dict[str, Any] = {"seconds": round(seconds * scale, 3)}
+        if scale != 1.0:
+            result["extrapolated_from_objects"] = self.serial_limit
+            result["measured_seconds"] = round(seconds, 3)
         for proc, (out, err), dest, (files, nbytes) in zip(procs, outs, dests, expect, strict=True):
             if proc.returncode != 0:
                 result["error"] = (err or out).strip().splitlines()[-1:] or ["failed"]
@@ -236,6 +253,12 @@ def main() -> None:
         help="case c: object counts (of --small-kb) of the five datasets",
     )
     p.add_argument("--workers", type=int, default=32, help="mlstage --workers")
+    p.add_argument(
+        "--serial-limit",
+        type=int,
+        default=300,
+        help="serial peers fetch at most this many objects; their time is scaled linearly",
+    )
     p.add_argument("--cases", default="a,b,c")
     p.add_argument(
         "--tools", default="mlstage,s5cmd,aws_s3_sync,serial_boto3,clearml_storagemanager"
@@ -264,7 +287,7 @@ def main() -> None:
     ):
         client = s3.client()
         client.create_bucket(Bucket=BUCKET)
-        tools = Tools(proxy.url, Path(tmp), args.workers)
+        tools = Tools(proxy.url, Path(tmp), args.workers, args.serial_limit)
         skipped = tools.available()
         result["skipped"] = {k: v for k, v in skipped.items() if v}
         small = args.small_kb * 1024
@@ -298,10 +321,12 @@ def main() -> None:
                 _upload(client, pre, n, small)
             expect = [(n, n * small) for n in counts]
             largest = max(range(len(counts)), key=lambda i: counts[i])
-            together = _case(tools, names, skipped, prefixes, expect, log)
+            serial_skip = "serial tools: one object after another, see case a"
+            c_skipped = {**skipped, **{t: skipped.get(t) or serial_skip for t in SERIAL}}
+            together = _case(tools, names, c_skipped, prefixes, expect, log)
             alone = {}
             for tool in names:
-                if skipped.get(tool):
+                if c_skipped.get(tool):
                     continue
                 log(f"  {tool} largest alone ...")
                 alone[tool] = tools.run(tool, [prefixes[largest]], [expect[largest]])
