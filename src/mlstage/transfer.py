@@ -70,6 +70,13 @@ def _check(label: str, checksum: str | None, hs: dict[str, hashlib._Hash], uri: 
         raise _Mismatch(f"{uri}: {label} has {algo} {h.hexdigest()}, expected {want}")
 
 
+def _expected(obj: RemoteObject) -> str | None:
+    """The checksum to verify: an S3 ETag is no MD5 under SSE-KMS/SSE-C (the source says so)."""
+    if obj.checksum and obj.checksum.startswith("md5:") and obj.meta.get("etag_is_not_md5"):
+        return None
+    return obj.checksum
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -177,7 +184,7 @@ class Transfer:
                     for h in hs.values():
                         h.update(chunk)
             try:
-                _check(obj.key, obj.checksum, hs, self.source.uri)
+                _check(obj.key, _expected(obj), hs, self.source.uri)
                 return self._deliver(obj, final, hs["sha256"].hexdigest())
             except _Mismatch:
                 final.unlink()
@@ -203,7 +210,7 @@ class Transfer:
                     raise TransientError(
                         f"{self.source.uri}: {obj.key} truncated at {got} of {obj.size} bytes"
                     )
-                _check(obj.key, obj.checksum, hs, self.source.uri)
+                _check(obj.key, _expected(obj), hs, self.source.uri)
                 os.replace(tmp, final)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -279,7 +286,7 @@ class Transfer:
                 for h in hs.values():
                     h.update(chunk)
         try:
-            _check(obj.key, obj.checksum, hs, self.source.uri)
+            _check(obj.key, _expected(obj), hs, self.source.uri)
         except _Mismatch:
             # a part went bad without a size change: fetch the object again in one stream
             data.unlink(missing_ok=True)

@@ -127,3 +127,25 @@ def test_objects_stream_as_they_complete(tmp_path: Path) -> None:
     assert first.path.exists() and t.stats.first_object_seconds is not None
     rest = list(it)
     assert len(rest) == 19
+
+
+def test_an_etag_the_source_disowns_is_not_checked_as_md5(tmp_path: Path) -> None:
+    class KmsSource(MemorySource):
+        """S3 under SSE-KMS: the ETag is not the MD5, and the GET response says so."""
+
+        def read(
+            self, obj: RemoteObject, start: int = 0, end: int | None = None
+        ) -> Iterator[bytes]:
+            obj.meta["etag_is_not_md5"] = "1"
+            return super().read(obj, start, end)
+
+    src = KmsSource({"a": b"x" * 100})
+    entry = src.resolve().entries[0].model_copy(update={"checksum": "md5:" + "0" * 32})
+    t = Transfer(src, tmp_path, retry=FAST)
+    assert [f.path.read_bytes() for f in t.fetch(src.objects([entry]))] == [b"x" * 100]
+    with pytest.raises(IntegrityError):  # without the source's word, the check applies
+        list(
+            Transfer(MemorySource({"a": b"x" * 100}), tmp_path / "2", retry=FAST).fetch(
+                MemorySource({"a": b"x" * 100}).objects([entry])
+            )
+        )

@@ -134,7 +134,7 @@ class FolderStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.uri = f"file://{root}/"
+        self.uri = f"file://{root.as_posix().rstrip('/')}/"
 
     def _path(self, key: str) -> Path:
         return self.root / safe_relpath(key, origin=self.uri)
@@ -417,10 +417,11 @@ def _storage_source(uri: str) -> ClearMLSource:
             raise ConfigError(
                 f"{uri!r}: not an absolute path", hint="write clearml+file:///abs/path"
             )
-        store = FolderStore(root.parent)
-        folder = root.name
         if not root.is_dir():
             raise ObjectNotFound(f"{uri}: no such folder", hint="check the path on this node")
+        # rooted at / so that parents stored under another dataset name can be found too
+        store = FolderStore(Path(root.anchor))
+        folder = root.as_posix().lstrip("/")
     return ClearMLSource(uri, store, lambda: load_storage_layout(store, folder))
 
 

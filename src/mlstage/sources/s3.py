@@ -291,6 +291,10 @@ class S3Source(FileObjectSource):
                     "GetObject",
                 )
                 raise map_client_error(err, uri, "GET")
+            if resp.headers.get("x-amz-server-side-encryption", "").startswith("aws:kms") or (
+                resp.headers.get("x-amz-server-side-encryption-customer-algorithm")
+            ):
+                obj.meta["etag_is_not_md5"] = "1"
             yield from resp.stream(_CHUNK)
         except Urllib3Error as exc:
             raise TransientError(f"{uri}: GET: {type(exc).__name__}") from exc
@@ -307,7 +311,12 @@ class S3Source(FileObjectSource):
                 kwargs["IfMatch"] = f'"{obj.etag}"'
             if start or end != obj.size:
                 kwargs["Range"] = f"bytes={start}-{end - 1}"
-            body = self.client.get_object(**kwargs)["Body"]
+            resp = self.client.get_object(**kwargs)
+            if str(resp.get("ServerSideEncryption", "")).startswith("aws:kms") or resp.get(
+                "SSECustomerAlgorithm"
+            ):
+                obj.meta["etag_is_not_md5"] = "1"
+            body = resp["Body"]
             try:
                 while chunk := body.read(_CHUNK):
                     yield chunk
