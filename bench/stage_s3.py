@@ -74,6 +74,29 @@ CLEARML_STORAGE = textwrap.dedent(
 )
 
 
+# Case c the way the benchmark-sweep flow stages: one process, one thread per dataset.
+MLSTAGE_LIBRARY = textwrap.dedent(
+    """
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+    from mlstage.cache import LocalCache
+    from mlstage.cli.stage_cmd import materialize
+    from mlstage.settings import get_settings
+    from mlstage.sources import open_source
+    workers, pairs = int(sys.argv[1]), sys.argv[2:]
+    s = get_settings()
+    cache = LocalCache(s.resolved_cache_dir)
+    def one(uri, dest):
+        source = open_source(uri)
+        staged = cache.stage(source, source.resolve(), workers=workers, part_size=s.part_size)
+        materialize(staged.path, Path(dest))
+    with ThreadPoolExecutor(len(pairs) // 2) as pool:
+        list(pool.map(one, pairs[0::2], pairs[1::2]))
+    """
+)
+
+
 def _tree_stats(root: Path) -> tuple[int, int]:
     files = [p for p in root.rglob("*") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files)
@@ -104,8 +127,11 @@ def _upload(client: Any, prefix: str, count: int, size: int) -> None:
 class Tools:
     """How to run each tool against ``s3://BUCKET/prefix`` into an empty folder."""
 
-    def __init__(self, endpoint: str, work: Path, workers: int, serial_limit: int) -> None:
+    def __init__(
+        self, endpoint: str, work: Path, workers: int, serial_limit: int, part_mb: int = 0
+    ) -> None:
         self.endpoint = endpoint
+        self.part_mb = part_mb
         self.serial_limit = serial_limit
         self.work = work
         self.workers = workers
@@ -145,6 +171,8 @@ class Tools:
         uri = f"s3://{BUCKET}/{prefix}"
         if tool == "mlstage":
             env["MLSTAGE_HOME"] = str(dest.parent / f"{dest.name}.home")
+            if self.part_mb:
+                env["MLSTAGE_PART_SIZE"] = str(self.part_mb * MB)
             cmd = [str(self.bin / "mlstage"), "stage", uri, "--to", str(dest), "--json"]
             return cmd + ["--workers", str(self.workers)], env
         if tool == "serial_boto3":
@@ -173,6 +201,32 @@ class Tools:
             cmd = [self.s5cmd, "--endpoint-url", self.endpoint, "cp", f"{uri}*", f"{dest}/"]
             return cmd, env
         raise ValueError(tool)
+
+    def run_library(self, prefixes: list[str], expect: list[tuple[int, int]]) -> dict[str, Any]:
+        """mlstage staging every prefix at once in one process, as the sweep flow does."""
+        dests = [self.work / f"lib-{i}-{time.monotonic_ns()}" for i in range(len(prefixes))]
+        env = dict(self.env)
+        env["MLSTAGE_HOME"] = str(self.work / f"lib-home-{time.monotonic_ns()}")
+        if self.part_mb:
+            env["MLSTAGE_PART_SIZE"] = str(self.part_mb * MB)
+        pairs = [
+            x for p, d in zip(prefixes, dests, strict=True) for x in (f"s3://{BUCKET}/{p}", str(d))
+        ]
+        cmd = [sys.executable, "-c", MLSTAGE_LIBRARY, str(self.workers), *pairs]
+        started = time.monotonic()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        result: dict[str, Any] = {"seconds": round(time.monotonic() - started, 3)}
+        if proc.returncode != 0:
+            result["error"] = proc.stderr.strip().splitlines()[-1:]
+        else:
+            got = [_tree_stats(d) for d in dests]
+            result["verified"] = got == expect
+            if got != expect:
+                result["error"] = f"got {got}, expected {expect}"
+        for d in dests:
+            shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(env["MLSTAGE_HOME"], ignore_errors=True)
+        return result
 
     def run(self, tool: str, prefixes: list[str], expect: list[tuple[int, int]]) -> dict[str, Any]:
         """Run ``tool`` once per prefix, all at once; seconds until the last one finished.
@@ -254,6 +308,9 @@ def main() -> None:
     )
     p.add_argument("--workers", type=int, default=32, help="mlstage --workers")
     p.add_argument(
+        "--part-size-mb", type=int, default=0, help="mlstage part size (default: its own)"
+    )
+    p.add_argument(
         "--serial-limit",
         type=int,
         default=300,
@@ -278,6 +335,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "latency_per_request_s": args.latency,
         "mlstage_workers": args.workers,
+        "mlstage_part_size_mb": args.part_size_mb or 16,
         "cases": {},
     }
     with (
@@ -287,7 +345,7 @@ def main() -> None:
     ):
         client = s3.client()
         client.create_bucket(Bucket=BUCKET)
-        tools = Tools(proxy.url, Path(tmp), args.workers, args.serial_limit)
+        tools = Tools(proxy.url, Path(tmp), args.workers, args.serial_limit, args.part_size_mb)
         skipped = tools.available()
         result["skipped"] = {k: v for k, v in skipped.items() if v}
         small = args.small_kb * 1024
@@ -324,12 +382,24 @@ def main() -> None:
             serial_skip = "serial tools: one object after another, see case a"
             c_skipped = {**skipped, **{t: skipped.get(t) or serial_skip for t in SERIAL}}
             together = _case(tools, names, c_skipped, prefixes, expect, log)
+            # the mlstage row is the library in one process (the sweep flow's way); the CLI
+            # started five times is kept alongside for transparency
+            together["mlstage_cli_x5"] = together["mlstage"]
+            log("  mlstage library, five datasets in one process ...")
+            together["mlstage"] = tools.run_library(prefixes, expect)
+            log(f"  mlstage: {together['mlstage']}")
+            for r in together.values():
+                if "ratio_vs_mlstage" in r and together["mlstage"].get("seconds"):
+                    r["ratio_vs_mlstage"] = round(r["seconds"] / together["mlstage"]["seconds"], 2)
             alone = {}
             for tool in names:
                 if c_skipped.get(tool):
                     continue
                 log(f"  {tool} largest alone ...")
                 alone[tool] = tools.run(tool, [prefixes[largest]], [expect[largest]])
+            alone["mlstage_cli_x5"] = alone["mlstage"]
+            log("  mlstage library largest alone ...")
+            alone["mlstage"] = tools.run_library([prefixes[largest]], [expect[largest]])
             for tool, r in together.items():
                 if tool in alone and "seconds" in r and "seconds" in alone[tool]:
                     r["largest_alone_seconds"] = alone[tool]["seconds"]
