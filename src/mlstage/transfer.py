@@ -85,6 +85,59 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class _InOrderHash:
+    """Hash a multi-part download in file order while later parts are still arriving.
+
+    Parts complete out of order; whichever thread finds the next part in order complete
+    hashes forward from the file (page cache) as far as it can, so at the end only the tail
+    remains. Parts completed by an earlier, killed run count as complete.
+    """
+
+    def __init__(
+        self, data: Path, part_size: int, nparts: int, checksum: str | None, done: set[int]
+    ) -> None:
+        self.data = data
+        self.part_size = part_size
+        self.nparts = nparts
+        self.hs = _hashers(checksum)
+        self.done = set(done)
+        self.next = 0
+        self._state = threading.Lock()
+        self._hashing = threading.Lock()
+
+    def completed(self, i: int) -> None:
+        with self._state:
+            self.done.add(i)
+
+    def advance(self, *, block: bool) -> None:
+        if not self._hashing.acquire(blocking=block):
+            return  # another thread is hashing; it (or finish) picks this part up
+        try:
+            with open(self.data, "rb") as f:
+                while True:
+                    with self._state:
+                        if self.next not in self.done:
+                            return
+                        i = self.next
+                    f.seek(i * self.part_size)
+                    left = self.part_size
+                    while left > 0 and (chunk := f.read(min(_BUF, left))):
+                        left -= len(chunk)
+                        for h in self.hs.values():
+                            h.update(chunk)
+                    with self._state:
+                        self.next = i + 1
+        finally:
+            self._hashing.release()
+
+    def finish(self) -> dict[str, hashlib._Hash]:
+        """The hashes over the whole file, once every part is complete."""
+        self.advance(block=True)
+        if self.next != self.nparts:
+            raise AssertionError(f"hashed {self.next} of {self.nparts} parts")
+        return self.hs
+
+
 class Transfer:
     """Fetch many objects from one source into ``workdir`` concurrently."""
 
@@ -239,6 +292,7 @@ class Transfer:
         todo = [i for i in range(nparts) if i not in done]
         remaining = [len(todo)]
         lock = threading.Lock()
+        hashing = _InOrderHash(data, self.part_size, nparts, obj.checksum, done)
 
         def part(i: int) -> list[Fetched] | None:
             start = i * self.part_size
@@ -272,19 +326,23 @@ class Transfer:
                     j.write(f"{i}\n")
                 remaining[0] -= 1
                 last = remaining[0] == 0
-            return self._finish_parts(obj, data, journal) if last else None
+            hashing.completed(i)
+            if last:
+                return self._finish_parts(obj, data, journal, hashing)
+            hashing.advance(block=False)  # hash while later parts are still in flight
+            return None
 
         if not todo:
-            pool.submit(self._guard, lambda o: self._finish_parts(o, data, journal), obj, results)
+            pool.submit(
+                self._guard, lambda o: self._finish_parts(o, data, journal, hashing), obj, results
+            )
         for i in todo:
             pool.submit(self._guard, lambda _o, i=i: part(i), obj, results)
 
-    def _finish_parts(self, obj: RemoteObject, data: Path, journal: Path) -> list[Fetched]:
-        hs = _hashers(obj.checksum)
-        with open(data, "rb") as f:
-            while chunk := f.read(_BUF):
-                for h in hs.values():
-                    h.update(chunk)
+    def _finish_parts(
+        self, obj: RemoteObject, data: Path, journal: Path, hashing: _InOrderHash
+    ) -> list[Fetched]:
+        hs = hashing.finish()
         try:
             _check(obj.key, _expected(obj), hs, self.source.uri)
         except _Mismatch:
