@@ -159,10 +159,16 @@ class Transfer:
         self.on_bytes = on_bytes
         self.stats = TransferStats()
         self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     # -- public -------------------------------------------------------------------------
     def fetch(self, objects: Sequence[RemoteObject]) -> Iterator[Fetched]:
-        """Yield every entry of ``objects`` as a verified file, in completion order."""
+        """Yield every entry of ``objects`` as a verified file, in completion order.
+
+        The first failure stops the rest (queued objects are dropped, retries give up) and is
+        raised here; completed parts stay journalled for the next attempt.
+        """
+        self._stop.clear()
         self.workdir.mkdir(parents=True, exist_ok=True)
         results: queue.Queue[list[Fetched] | BaseException] = queue.Queue()
         pending = 0
@@ -177,6 +183,7 @@ class Transfer:
             while pending:
                 item = results.get()
                 if isinstance(item, BaseException):
+                    self._stop.set()  # queued work is dropped, retrying work gives up
                     raise item
                 pending -= 1
                 with self._lock:
@@ -184,12 +191,15 @@ class Transfer:
                     self.stats.note_first()
                 yield from item
         finally:
+            self._stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
 
     # -- internals ----------------------------------------------------------------------
     def _guard(
         self, fn: Callable[..., list[Fetched] | None], obj: RemoteObject, results: queue.Queue
     ) -> None:
+        if self._stop.is_set():
+            return
         try:
             out = fn(obj)
             if out is not None:
@@ -224,6 +234,8 @@ class Transfer:
             self.on_bytes(-n)
 
     def _on_retry(self, exc: Exception) -> None:
+        if self._stop.is_set():
+            raise exc  # the transfer failed elsewhere: no point retrying
         with self._lock:
             self.stats.retries += 1
 

@@ -149,3 +149,16 @@ def test_an_etag_the_source_disowns_is_not_checked_as_md5(tmp_path: Path) -> Non
                 MemorySource({"a": b"x" * 100}).objects([entry])
             )
         )
+
+
+def test_a_failure_stops_the_rest_quickly(tmp_path: Path) -> None:
+    files = {f"f{i}": b"x" * 100 for i in range(50)}
+    src = MemorySource(files, md5=False)
+    src.corrupt.update(dict.fromkeys(files, 1))  # harmless without checksums
+    src.truncate.update(dict.fromkeys(files, 1000))  # every object keeps failing
+    slow = RetryPolicy(attempts=50, base_seconds=0.05, max_seconds=0.05)
+    t = Transfer(src, tmp_path, workers=4, retry=slow)
+    with pytest.raises(SourceError):
+        list(t.fetch(src.objects(src.resolve().entries)))
+    # 50 objects x 50 attempts would be 2,500 reads; stopping early leaves far fewer
+    assert sum(src.reads.values()) < 500
