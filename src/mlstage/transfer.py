@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlstage.errors import IntegrityError, MlstageError, TransientError
+from mlstage.errors import IntegrityError, MlstageError, SourceError, TransientError
 from mlstage.manifest import Entry
 from mlstage.retry import RetryPolicy
-from mlstage.sources.base import RemoteObject, Source
+from mlstage.sources.base import CorruptData, RemoteObject, Source
 
 BytesCallback = Callable[[int], None]
 _BUF = 1024 * 1024
@@ -50,7 +50,7 @@ class TransferStats:
             self.first_object_seconds = time.monotonic() - self.started
 
 
-class _Mismatch(TransientError):
+class _Mismatch(CorruptData):
     """Bytes that do not match: retried like a transient error, reported as IntegrityError."""
 
 
@@ -70,12 +70,72 @@ def _check(label: str, checksum: str | None, hs: dict[str, hashlib._Hash], uri: 
         raise _Mismatch(f"{uri}: {label} has {algo} {h.hexdigest()}, expected {want}")
 
 
+def _expected(obj: RemoteObject) -> str | None:
+    """The checksum to verify: an S3 ETag is no MD5 under SSE-KMS/SSE-C (the source says so)."""
+    if obj.checksum and obj.checksum.startswith("md5:") and obj.meta.get("etag_is_not_md5"):
+        return None
+    return obj.checksum
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_BUF):
             h.update(chunk)
     return h.hexdigest()
+
+
+class _InOrderHash:
+    """Hash a multi-part download in file order while later parts are still arriving.
+
+    Parts complete out of order; whichever thread finds the next part in order complete
+    hashes forward from the file (page cache) as far as it can, so at the end only the tail
+    remains. Parts completed by an earlier, killed run count as complete.
+    """
+
+    def __init__(
+        self, data: Path, part_size: int, nparts: int, checksum: str | None, done: set[int]
+    ) -> None:
+        self.data = data
+        self.part_size = part_size
+        self.nparts = nparts
+        self.hs = _hashers(checksum)
+        self.done = set(done)
+        self.next = 0
+        self._state = threading.Lock()
+        self._hashing = threading.Lock()
+
+    def completed(self, i: int) -> None:
+        with self._state:
+            self.done.add(i)
+
+    def advance(self, *, block: bool) -> None:
+        if not self._hashing.acquire(blocking=block):
+            return  # another thread is hashing; it (or finish) picks this part up
+        try:
+            with open(self.data, "rb") as f:
+                while True:
+                    with self._state:
+                        if self.next not in self.done:
+                            return
+                        i = self.next
+                    f.seek(i * self.part_size)
+                    left = self.part_size
+                    while left > 0 and (chunk := f.read(min(_BUF, left))):
+                        left -= len(chunk)
+                        for h in self.hs.values():
+                            h.update(chunk)
+                    with self._state:
+                        self.next = i + 1
+        finally:
+            self._hashing.release()
+
+    def finish(self) -> dict[str, hashlib._Hash]:
+        """The hashes over the whole file, once every part is complete."""
+        self.advance(block=True)
+        if self.next != self.nparts:
+            raise AssertionError(f"hashed {self.next} of {self.nparts} parts")
+        return self.hs
 
 
 class Transfer:
@@ -99,10 +159,16 @@ class Transfer:
         self.on_bytes = on_bytes
         self.stats = TransferStats()
         self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     # -- public -------------------------------------------------------------------------
     def fetch(self, objects: Sequence[RemoteObject]) -> Iterator[Fetched]:
-        """Yield every entry of ``objects`` as a verified file, in completion order."""
+        """Yield every entry of ``objects`` as a verified file, in completion order.
+
+        The first failure stops the rest (queued objects are dropped, retries give up) and is
+        raised here; completed parts stay journalled for the next attempt.
+        """
+        self._stop.clear()
         self.workdir.mkdir(parents=True, exist_ok=True)
         results: queue.Queue[list[Fetched] | BaseException] = queue.Queue()
         pending = 0
@@ -117,6 +183,7 @@ class Transfer:
             while pending:
                 item = results.get()
                 if isinstance(item, BaseException):
+                    self._stop.set()  # queued work is dropped, retrying work gives up
                     raise item
                 pending -= 1
                 with self._lock:
@@ -124,25 +191,35 @@ class Transfer:
                     self.stats.note_first()
                 yield from item
         finally:
+            self._stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
 
     # -- internals ----------------------------------------------------------------------
     def _guard(
         self, fn: Callable[..., list[Fetched] | None], obj: RemoteObject, results: queue.Queue
     ) -> None:
+        if self._stop.is_set():
+            return
         try:
             out = fn(obj)
             if out is not None:
                 results.put(out)
-        except _Mismatch as exc:
+        except CorruptData as exc:
             results.put(
                 IntegrityError(str(exc), hint="the source changed or corrupts data; re-resolve")
             )
+        except TransientError as exc:
+            err = SourceError(
+                f"{exc.message} (gave up after {self.retry.attempts} attempts)",
+                hint="the source keeps failing; retry later or lower --workers",
+            )
+            err.__cause__ = exc
+            results.put(err)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
             results.put(exc)
 
     def _name(self, obj: RemoteObject) -> str:
-        ident = f"{self.source.uri}\0{obj.key}\0{obj.checksum}\0{obj.size}"
+        ident = f"{self.source.uri}\0{obj.key}\0{obj.checksum}\0{obj.etag}\0{obj.size}"
         return hashlib.sha256(ident.encode()).hexdigest()[:40]
 
     def _count(self, n: int) -> None:
@@ -151,7 +228,14 @@ class Transfer:
         if self.on_bytes:
             self.on_bytes(n)
 
+    def _uncount(self, n: int) -> None:
+        """A failed attempt's bytes leave the progress bar (they stay in bytes_fetched)."""
+        if n and self.on_bytes:
+            self.on_bytes(-n)
+
     def _on_retry(self, exc: Exception) -> None:
+        if self._stop.is_set():
+            raise exc  # the transfer failed elsewhere: no point retrying
         with self._lock:
             self.stats.retries += 1
 
@@ -165,28 +249,38 @@ class Transfer:
                     for h in hs.values():
                         h.update(chunk)
             try:
-                _check(obj.key, obj.checksum, hs, self.source.uri)
+                _check(obj.key, _expected(obj), hs, self.source.uri)
                 return self._deliver(obj, final, hs["sha256"].hexdigest())
             except _Mismatch:
                 final.unlink()
 
         def attempt() -> str:
-            tmp = self.workdir / f"{self._name(obj)}.tmp"
+            # unique per thread and process: two stagings may share a source and an object
+            tmp = self.workdir / f"{self._name(obj)}.{os.getpid()}.{threading.get_ident()}.tmp"
             hs = _hashers(obj.checksum)
             got = 0
-            with open(tmp, "wb") as f:
-                for chunk in self.source.read(obj, 0, obj.size):
-                    f.write(chunk)
-                    for h in hs.values():
-                        h.update(chunk)
-                    got += len(chunk)
-                    self._count(len(chunk))
-            if got != obj.size:
-                raise TransientError(
-                    f"{self.source.uri}: {obj.key} truncated at {got} of {obj.size} bytes"
-                )
-            _check(obj.key, obj.checksum, hs, self.source.uri)
-            os.replace(tmp, final)
+            try:
+                with open(tmp, "wb") as f:
+                    for chunk in self.source.read(obj, 0, obj.size):
+                        got += len(chunk)
+                        if got > obj.size:
+                            raise _Mismatch(
+                                f"{self.source.uri}: {obj.key} is longer than its {obj.size} bytes"
+                            )
+                        f.write(chunk)
+                        for h in hs.values():
+                            h.update(chunk)
+                        self._count(len(chunk))
+                if got != obj.size:
+                    raise TransientError(
+                        f"{self.source.uri}: {obj.key} truncated at {got} of {obj.size} bytes"
+                    )
+                _check(obj.key, _expected(obj), hs, self.source.uri)
+                os.replace(tmp, final)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                self._uncount(got)
+                raise
             return hs["sha256"].hexdigest()
 
         digest = self.retry.call(attempt, on_retry=self._on_retry)
@@ -201,7 +295,8 @@ class Transfer:
         nparts = (obj.size + self.part_size - 1) // self.part_size
         done: set[int] = set()
         if data.exists() and journal.exists() and data.stat().st_size == obj.size:
-            done = {int(x) for x in journal.read_text().split() if x.isdigit()}
+            # only whole lines count: a kill may interrupt the last one
+            done = {int(x) for x in journal.read_text().split("\n")[:-1] if x.isdigit()}
         else:
             with open(data, "wb") as f:
                 f.truncate(obj.size)
@@ -209,6 +304,7 @@ class Transfer:
         todo = [i for i in range(nparts) if i not in done]
         remaining = [len(todo)]
         lock = threading.Lock()
+        hashing = _InOrderHash(data, self.part_size, nparts, obj.checksum, done)
 
         def part(i: int) -> list[Fetched] | None:
             start = i * self.part_size
@@ -216,9 +312,13 @@ class Transfer:
 
             def attempt() -> None:
                 fd = os.open(data, os.O_WRONLY)
+                pos = start
                 try:
-                    pos = start
                     for chunk in self.source.read(obj, start, end):
+                        if pos + len(chunk) > end:
+                            raise _Mismatch(
+                                f"{self.source.uri}: {obj.key} part {i} is longer than asked"
+                            )
                         os.pwrite(fd, chunk, pos)
                         pos += len(chunk)
                         self._count(len(chunk))
@@ -226,6 +326,9 @@ class Transfer:
                         raise TransientError(
                             f"{self.source.uri}: {obj.key} part {i} truncated at {pos - start} of {end - start} bytes"
                         )
+                except BaseException:
+                    self._uncount(pos - start)
+                    raise
                 finally:
                     os.close(fd)
 
@@ -235,25 +338,33 @@ class Transfer:
                     j.write(f"{i}\n")
                 remaining[0] -= 1
                 last = remaining[0] == 0
-            return self._finish_parts(obj, data, journal) if last else None
+            hashing.completed(i)
+            if last:
+                return self._finish_parts(obj, data, journal, hashing)
+            hashing.advance(block=False)  # hash while later parts are still in flight
+            return None
 
         if not todo:
-            pool.submit(self._guard, lambda o: self._finish_parts(o, data, journal), obj, results)
+            pool.submit(
+                self._guard, lambda o: self._finish_parts(o, data, journal, hashing), obj, results
+            )
         for i in todo:
             pool.submit(self._guard, lambda _o, i=i: part(i), obj, results)
 
-    def _finish_parts(self, obj: RemoteObject, data: Path, journal: Path) -> list[Fetched]:
-        hs = _hashers(obj.checksum)
-        with open(data, "rb") as f:
-            while chunk := f.read(_BUF):
-                for h in hs.values():
-                    h.update(chunk)
+    def _finish_parts(
+        self, obj: RemoteObject, data: Path, journal: Path, hashing: _InOrderHash
+    ) -> list[Fetched]:
+        hs = hashing.finish()
         try:
-            _check(obj.key, obj.checksum, hs, self.source.uri)
+            _check(obj.key, _expected(obj), hs, self.source.uri)
         except _Mismatch:
+            # a part went bad without a size change: fetch the object again in one stream
             data.unlink(missing_ok=True)
             journal.unlink(missing_ok=True)
-            raise
+            self._uncount(obj.size)
+            with self._lock:
+                self.stats.retries += 1
+            return self._fetch_whole(obj)
         final = self.workdir / f"{self._name(obj)}.obj"
         os.replace(data, final)
         journal.unlink(missing_ok=True)

@@ -13,12 +13,18 @@ from mlstage.cli.output import emit_json
 from mlstage.errors import ConfigError
 
 
+def check_destination(dest: Path) -> None:
+    """Refuse a --to folder that is not empty, before any byte moves."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ConfigError(
+            f"{dest} exists and is not an empty folder",
+            hint="choose an empty or new folder for --to",
+        )
+
+
 def materialize(src: Path, dest: Path) -> None:
     """Put a copy of the staged tree at ``dest`` (hard links when possible), atomically."""
-    if dest.exists() and any(dest.iterdir()):
-        raise ConfigError(
-            f"{dest} exists and is not empty", hint="choose an empty or new folder for --to"
-        )
+    check_destination(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.mlstage-tmp-{os.getpid()}")
 
@@ -43,7 +49,9 @@ def materialize(src: Path, dest: Path) -> None:
 def stage(
     uri: str = typer.Argument(
         ...,
-        help="s3://bucket/prefix, https://host/shard-{000..009}.tar, clearml://..., or a folder",
+        help="s3://bucket/prefix, https://host/shard-{000..009}.tar, clearml://<id>, "
+        "clearml://<project>/<name>[@<version>], clearml+s3://bucket/path/<name>.<id>, "
+        "clearml+file:///path/<name>.<id>, or a folder",
     ),
     to: Path | None = typer.Option(
         None, "--to", help="Also materialise the dataset at this folder."
@@ -61,9 +69,16 @@ def stage(
 
     settings = get_settings()
     started = time.monotonic()
+    if to is not None:
+        check_destination(to)
     source = open_source(uri)
     manifest = source.resolve()
     cache = LocalCache(settings.resolved_cache_dir, limit_bytes=settings.cache_limit_bytes)
+    delivered = [0]
+
+    def on_object(_fetched: object) -> None:
+        delivered[0] += 1
+
     with ByteProgress(manifest.total_bytes, f"staging {uri}", enabled=not as_json) as progress:
         staged = cache.stage(
             source,
@@ -71,6 +86,7 @@ def stage(
             workers=workers or settings.workers,
             part_size=settings.part_size,
             on_bytes=progress.advance,
+            on_object=on_object,
         )
     path = staged.path
     if to is not None:
@@ -83,7 +99,7 @@ def stage(
         "bytes": staged.bytes,
         "bytes_fetched": staged.bytes_fetched,
         "objects_fetched": staged.objects_fetched,
-        "cache_hits": staged.files if staged.hit else staged.files - staged.objects_fetched,
+        "cache_hits": staged.files if staged.hit else staged.files - delivered[0],
         "hit": staged.hit,
         "retries": staged.retries,
         "seconds": round(time.monotonic() - started, 3),

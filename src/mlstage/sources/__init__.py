@@ -40,6 +40,8 @@ register("s3", _lazy("mlstage.sources.s3", "from_uri"))
 register("http", _lazy("mlstage.sources.http", "from_uri"))
 register("https", _lazy("mlstage.sources.http", "from_uri"))
 register("clearml", _lazy("mlstage.sources.clearml", "from_uri"))
+register("clearml+s3", _lazy("mlstage.sources.clearml", "from_uri"))
+register("clearml+file", _lazy("mlstage.sources.clearml", "from_uri"))
 
 
 def scheme_of(uri: str) -> str:

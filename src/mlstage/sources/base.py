@@ -13,12 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from mlstage.errors import TransientError
 from mlstage.manifest import Entry, Manifest
+
+
+class CorruptData(TransientError):
+    """Bytes that failed a checksum in flight: retried, then reported as an IntegrityError."""
 
 
 @dataclass(frozen=True)
 class RemoteObject:
-    """One thing to download: a file, or an archive whose members are ``entries``."""
+    """One thing to download: a file, or an archive whose members are ``entries``.
+
+    ``checksum`` ('<algo>:<hex>') is verified before the object is handed out; ``etag`` is the
+    version the source listed (sources make reads conditional on it where they can).
+    """
 
     key: str
     size: int
@@ -26,6 +35,7 @@ class RemoteObject:
     entries: tuple[Entry, ...]
     archive: bool = False
     meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    etag: str | None = None
 
 
 @runtime_checkable
@@ -59,7 +69,7 @@ class FileObjectSource:
     supports_ranges: bool = True
 
     def objects(self, entries: Sequence[Entry]) -> list[RemoteObject]:
-        return [RemoteObject(e.locator, e.size, e.checksum, (e,)) for e in entries]
+        return [RemoteObject(e.locator, e.size, e.checksum, (e,), etag=e.etag) for e in entries]
 
     def unpack(self, obj: RemoteObject, path: Path, workdir: Path) -> list[tuple[Entry, Path]]:
         return [(obj.entries[0], path)]

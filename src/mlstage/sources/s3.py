@@ -6,6 +6,8 @@ instance roles, ...); a client may also be injected (the S3 shared-tier block bu
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +15,9 @@ from urllib.parse import urlparse
 
 from mlstage.errors import AccessDenied, ConfigError, ObjectNotFound, SourceError, TransientError
 from mlstage.manifest import Entry, Manifest
-from mlstage.sources.base import FileObjectSource, RemoteObject
+from mlstage.paths import safe_relpath
+from mlstage.retry import RetryPolicy
+from mlstage.sources.base import CorruptData, FileObjectSource, RemoteObject
 
 _TRANSIENT_CODES = {
     "SlowDown",
@@ -37,6 +41,9 @@ _DENIED_CODES = {
     "ExpiredToken",
 }
 _CHUNK = 1024 * 1024
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+_ERROR_CODE = re.compile(rb"<Code>([^<]+)</Code>")
+_UNSET: Any = object()
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -52,13 +59,17 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def make_client(**kwargs: Any) -> Any:
-    """A thread-safe boto3 S3 client with connection pooling sized for concurrent transfers."""
+def make_client(*, pool: int = 64, **kwargs: Any) -> Any:
+    """A thread-safe boto3 S3 client with ``pool`` connections, for concurrent transfers.
+
+    Endpoint, region, profile and credentials come from the standard AWS environment
+    (AWS_ENDPOINT_URL, AWS_PROFILE, ...) unless given in ``kwargs``.
+    """
     import boto3
     from botocore.config import Config
 
     config = Config(
-        max_pool_connections=64,
+        max_pool_connections=max(pool, 10),
         retries={"max_attempts": 1, "mode": "standard"},  # mlstage retries itself, with jitter
         connect_timeout=10,
         read_timeout=60,
@@ -66,16 +77,26 @@ def make_client(**kwargs: Any) -> Any:
     return boto3.session.Session().client("s3", config=config, **kwargs)
 
 
-def map_client_error(exc: Exception, uri: str, what: str) -> Exception:
-    """botocore errors -> mlstage errors naming ``uri`` and a hint."""
+def map_client_error(
+    exc: Exception, uri: str, what: str, *, transient_connect: bool = False
+) -> Exception:
+    """botocore errors -> mlstage errors naming ``uri`` and a hint.
+
+    ``transient_connect``: a refused connection is worth a retry (mid-transfer, after the
+    endpoint answered the listing); when resolving it means a wrong endpoint, said at once.
+    """
     from botocore.exceptions import (
         ClientError,
         ConnectionClosedError,
+        ConnectTimeoutError,
         EndpointConnectionError,
+        FlexibleChecksumError,
+        IncompleteReadError,
         NoCredentialsError,
         ReadTimeoutError,
         ResponseStreamingError,
     )
+    from urllib3.exceptions import HTTPError as Urllib3Error
 
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -83,6 +104,11 @@ def map_client_error(exc: Exception, uri: str, what: str) -> Exception:
         if code in _MISSING_CODES or status == "404":
             return ObjectNotFound(
                 f"{uri}: {what} not found ({code or status})", hint="check the bucket and prefix"
+            )
+        if code == "PreconditionFailed" or status == "412":
+            return SourceError(
+                f"{uri}: the object changed since the dataset was resolved",
+                hint="re-resolve the dataset and stage the new version",
             )
         if code in _DENIED_CODES or status == "403":
             return AccessDenied(
@@ -92,7 +118,11 @@ def map_client_error(exc: Exception, uri: str, what: str) -> Exception:
         if code in _TRANSIENT_CODES or status.startswith("5"):
             return TransientError(f"{uri}: {what}: {code or status}")
         return SourceError(f"{uri}: {what} failed: {code} {exc}")
-    if isinstance(exc, EndpointConnectionError):
+    if isinstance(exc, FlexibleChecksumError):
+        return CorruptData(f"{uri}: {what}: the body failed its checksum ({exc})")
+    if isinstance(exc, ConnectTimeoutError | EndpointConnectionError) and transient_connect:
+        return TransientError(f"{uri}: {what}: cannot connect ({type(exc).__name__})")
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
         return SourceError(
             f"{uri}: cannot reach the S3 endpoint ({exc})",
             hint="check AWS_ENDPOINT_URL and the network",
@@ -107,6 +137,8 @@ def map_client_error(exc: Exception, uri: str, what: str) -> Exception:
         ConnectionClosedError
         | ReadTimeoutError
         | ResponseStreamingError
+        | IncompleteReadError
+        | Urllib3Error
         | ConnectionError
         | TimeoutError,
     ):
@@ -115,25 +147,76 @@ def map_client_error(exc: Exception, uri: str, what: str) -> Exception:
 
 
 class S3Source(FileObjectSource):
-    """Every object under ``s3://bucket/prefix``; keys become paths relative to the prefix."""
+    """Every object under ``s3://bucket/prefix``; keys become paths relative to the prefix.
+
+    Single-part objects carry their MD5 (the ETag) as checksum; every GET is conditional on the
+    listed ETag, so an object replaced after ``resolve`` fails loudly instead of mixing versions.
+    """
 
     supports_ranges = True
 
-    def __init__(self, bucket: str, prefix: str = "", *, client: Any | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: Any | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         self.uri = f"s3://{bucket}/{self.prefix}"
+        self.retry = retry or RetryPolicy()
         self._client = client
+        self._pool: Any = _UNSET
         self._lock = threading.Lock()
 
     @property
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = make_client()
+                self._client = make_client(pool=128)
             return self._client
 
+    @property
+    def _http(self) -> Any | None:
+        """A urllib3 pool for presigned GETs (a third of boto3's CPU per object), or None.
+
+        None (read through boto3) when a proxy is configured, MLSTAGE_S3_BOTO3_READS is set,
+        or the client cannot presign (an injected fake).
+        """
+        client = self.client
+        with self._lock:
+            if self._pool is _UNSET:
+                self._pool = None
+                if (
+                    hasattr(client, "generate_presigned_url")
+                    and not any(os.environ.get(v) for v in _PROXY_VARS)
+                    and not os.environ.get("MLSTAGE_S3_BOTO3_READS")
+                ):
+                    import urllib3
+                    from botocore.httpsession import get_cert_path
+
+                    self._pool = urllib3.PoolManager(
+                        maxsize=128,
+                        block=False,
+                        retries=False,
+                        timeout=urllib3.Timeout(connect=10.0, read=60.0),
+                        ca_certs=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True),
+                    )
+            return self._pool
+
     def resolve(self) -> Manifest:
+        """One paginated listing (retried when throttled); no object is read."""
+        entries = self.retry.call(self._list)
+        if not entries:
+            raise ObjectNotFound(
+                f"{self.uri}: no objects under this prefix",
+                hint="check the prefix (it is case-sensitive)",
+            )
+        return Manifest(source=self.uri, entries=entries)
+
+    def _list(self) -> list[Entry]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         entries: list[Entry] = []
@@ -143,47 +226,144 @@ class S3Source(FileObjectSource):
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    key = obj["Key"]
-                    rel = key[len(self.prefix) :]
+                    rel = obj["Key"][len(self.prefix) :]
                     if not rel or rel.endswith("/"):
                         continue  # folder markers
                     etag = obj.get("ETag", "").strip('"')
-                    md5 = f"md5:{etag}" if etag and "-" not in etag else None
+                    md5 = f"md5:{etag}" if len(etag) == 32 and "-" not in etag else None
                     entries.append(
                         Entry(
-                            path=rel, size=obj["Size"], checksum=md5, etag=etag or None, locator=rel
+                            path=safe_relpath(rel, origin=self.uri),
+                            size=obj["Size"],
+                            checksum=md5,
+                            etag=etag or None,
+                            locator=rel,
                         )
                     )
         except (ClientError, BotoCoreError) as exc:
             raise map_client_error(exc, self.uri, "listing") from exc
-        if not entries:
-            raise ObjectNotFound(
-                f"{self.uri}: no objects under this prefix",
-                hint="check the prefix (it is case-sensitive)",
-            )
-        return Manifest(source=self.uri, entries=entries)
+        return entries
 
     def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
+        """Bytes [start, end) of one object, conditional on its listed ETag."""
         end = obj.size if end is None else end
         if end <= start:
-            return
+            return iter(())
         key = self.prefix + obj.key
+        pool = self._http
+        if pool is not None:
+            return self._read_presigned(pool, key, obj, start, end)
+        return self._read_boto3(key, obj, start, end)
+
+    def _read_presigned(
+        self, pool: Any, key: str, obj: RemoteObject, start: int, end: int
+    ) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError, ClientError
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        uri = f"s3://{self.bucket}/{key}"
+        headers = {}
+        if obj.etag:
+            headers["If-Match"] = f'"{obj.etag}"'
+        ranged = start > 0 or end != obj.size
+        if ranged:
+            headers["Range"] = f"bytes={start}-{end - 1}"
+        try:
+            url = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=3600
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise map_client_error(exc, uri, "GET") from exc
+        try:
+            resp = pool.request("GET", url, headers=headers, preload_content=False)
+        except Urllib3Error as exc:  # never str(exc): it may carry the signed URL
+            raise TransientError(f"{uri}: GET: {type(exc).__name__}") from exc
+        try:
+            if resp.status not in (200, 206) or (ranged and resp.status != 206):
+                body = resp.read()
+                m = _ERROR_CODE.search(body or b"")
+                code = m.group(1).decode() if m else str(resp.status)
+                err = ClientError(
+                    {
+                        "Error": {"Code": code, "Message": ""},
+                        "ResponseMetadata": {"HTTPStatusCode": resp.status},
+                    },
+                    "GetObject",
+                )
+                raise map_client_error(err, uri, "GET")
+            if resp.headers.get("x-amz-server-side-encryption", "").startswith("aws:kms") or (
+                resp.headers.get("x-amz-server-side-encryption-customer-algorithm")
+            ):
+                obj.meta["etag_is_not_md5"] = "1"
+            yield from resp.stream(_CHUNK)
+        except Urllib3Error as exc:
+            raise TransientError(f"{uri}: GET: {type(exc).__name__}") from exc
+        finally:
+            resp.release_conn()
+
+    def _read_boto3(self, key: str, obj: RemoteObject, start: int, end: int) -> Iterator[bytes]:
+        from botocore.exceptions import BotoCoreError, ClientError
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
         try:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+            if obj.etag:
+                kwargs["IfMatch"] = f'"{obj.etag}"'
             if start or end != obj.size:
                 kwargs["Range"] = f"bytes={start}-{end - 1}"
-            body = self.client.get_object(**kwargs)["Body"]
+            resp = self.client.get_object(**kwargs)
+            if str(resp.get("ServerSideEncryption", "")).startswith("aws:kms") or resp.get(
+                "SSECustomerAlgorithm"
+            ):
+                obj.meta["etag_is_not_md5"] = "1"
+            body = resp["Body"]
             try:
                 while chunk := body.read(_CHUNK):
                     yield chunk
             finally:
                 body.close()
-        except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as exc:
-            raise map_client_error(exc, f"s3://{self.bucket}/{key}", "GET") from exc
+        except (
+            ClientError,
+            BotoCoreError,
+            Urllib3Error,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
+            raise map_client_error(
+                exc, f"s3://{self.bucket}/{key}", "GET", transient_connect=True
+            ) from exc
+
+
+_ENV_KEYS = (
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
+_clients: dict[tuple[str | None, ...], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def environment_client() -> Any:
+    """One client per AWS environment, shared by every source in this process.
+
+    boto3 clients are thread-safe and cost ~0.3 s of CPU to build; five datasets staged at
+    once should not build five. Made on first use (never at import), rebuilt when the AWS
+    environment changes.
+    """
+    key = tuple(os.environ.get(k) for k in _ENV_KEYS)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = make_client(pool=128)
+        return client
 
 
 def from_uri(uri: str) -> S3Source:
+    """The S3Source for ``s3://bucket/prefix`` (client from the standard AWS environment)."""
     bucket, prefix = parse_s3_uri(uri)
-    return S3Source(bucket, prefix)
+    return S3Source(bucket, prefix, client=environment_client())

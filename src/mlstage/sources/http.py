@@ -1,0 +1,207 @@
+"""HTTP(S) shard lists: ``https://host/path/shards-{000..099}.tar`` (WebDataset-style braces).
+
+``resolve`` expands the braces and sends one HEAD per URL (concurrently): size, ETag and
+whether the server honours ranges. Paths are the URLs relative to their common folder, so
+``https://h/d/{train,val}/s-{0..1}.tar`` stages as ``train/s-0.tar``, ``val/s-1.tar``, ...
+Reads are conditional on the ETag and ranged where the server supports it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+from mlstage.errors import AccessDenied, ConfigError, ObjectNotFound, SourceError, TransientError
+from mlstage.manifest import Entry, Manifest
+from mlstage.paths import safe_relpath
+from mlstage.retry import RetryPolicy
+from mlstage.sources.base import FileObjectSource, RemoteObject
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+_CHUNK = 1024 * 1024
+MAX_URLS = 1_000_000
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand ``{a,b}`` lists and ``{000..099}`` ranges (zero-padded like the bounds), in order."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return [pattern]
+    body = m.group(1)
+    rng = _RANGE.match(body)
+    if rng:
+        lo, hi = rng.group(1), rng.group(2)
+        width = len(lo) if lo.lstrip("-").startswith("0") and len(lo) > 1 else 0
+        a, b = int(lo), int(hi)
+        step = 1 if b >= a else -1
+        options = [str(i).zfill(width) for i in range(a, b + step, step)]
+    elif "," in body:
+        options = body.split(",")
+    else:
+        raise ConfigError(
+            f"cannot expand {{{body}}} in {pattern!r}", hint="use {a,b,c} or {000..099}"
+        )
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    out = [head + opt + rest for opt, rest in itertools.product(options, expand_braces(tail))]
+    if len(out) > MAX_URLS:
+        raise ConfigError(f"{pattern!r} expands to {len(out)} URLs", hint="split the dataset")
+    return out
+
+
+def _relative_paths(urls: list[str], origin: str) -> list[str]:
+    paths = [urlsplit(u).path for u in urls]
+    if len(paths) == 1:
+        common = paths[0].rsplit("/", 1)[0] + "/"
+    else:
+        common = paths[0]
+        for p in paths[1:]:
+            while not p.startswith(common):
+                common = common[:-1]
+        common = common[: common.rfind("/") + 1]
+    return [safe_relpath(p[len(common) :], origin=origin) for p in paths]
+
+
+def _map_status(status: int, url: str, what: str) -> Exception:
+    if status == 404 or status == 410:
+        return ObjectNotFound(
+            f"{url}: {what}: HTTP {status}", hint="check the URL and the shard range"
+        )
+    if status in (401, 403):
+        return AccessDenied(
+            f"{url}: {what}: HTTP {status}", hint="the server refused; check credentials (netrc)"
+        )
+    if status == 412:
+        return SourceError(
+            f"{url}: the file changed since the dataset was resolved",
+            hint="re-resolve the dataset and stage the new version",
+        )
+    if status == 429 or status >= 500:
+        return TransientError(f"{url}: {what}: HTTP {status}")
+    return SourceError(f"{url}: {what}: unexpected HTTP {status}")
+
+
+class HttpSource(FileObjectSource):
+    """A fixed list of URLs (shards), fetched as files."""
+
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        client: Any | None = None,
+        retry: RetryPolicy | None = None,
+        workers: int = 16,
+    ) -> None:
+        parts = urlsplit(pattern)
+        if parts.username or parts.password:
+            raise ConfigError(
+                "credentials do not belong in a URL", hint="put them in ~/.netrc for this host"
+            )
+        self.uri = pattern
+        self.urls = expand_braces(pattern)
+        self.paths = _relative_paths(self.urls, pattern)
+        self.retry = retry or RetryPolicy()
+        self.workers = workers
+        self.supports_ranges = False
+        self._client = client
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        import httpx
+
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    follow_redirects=True,
+                    timeout=httpx.Timeout(60.0, connect=10.0),
+                    limits=httpx.Limits(max_connections=128, max_keepalive_connections=128),
+                )
+            return self._client
+
+    def _head(self, url: str) -> tuple[int, str | None, bool]:
+        import httpx
+
+        try:
+            r = self.client.head(url)
+            if r.status_code == 405:  # no HEAD: ask for one byte instead
+                r = self.client.get(url, headers={"Range": "bytes=0-0"})
+                r.close()
+        except httpx.ConnectError as exc:
+            raise SourceError(
+                f"{url}: cannot connect ({exc})", hint="check the host name, port and network"
+            ) from exc
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise TransientError(f"{url}: HEAD: {type(exc).__name__}") from exc
+        if r.status_code not in (200, 206):
+            raise _map_status(r.status_code, url, "HEAD")
+        size: int | None = None
+        cr = r.headers.get("Content-Range", "")
+        if r.status_code == 206 and "/" in cr:
+            size = int(cr.rsplit("/", 1)[1])
+        elif "Content-Length" in r.headers:
+            size = int(r.headers["Content-Length"])
+        if size is None:
+            raise SourceError(
+                f"{url}: the server does not say how big the file is",
+                hint="serve shards with Content-Length",
+            )
+        etag = r.headers.get("ETag")
+        if etag and etag.startswith("W/"):
+            etag = None  # weak tags cannot guard ranged reads
+        ranges = r.headers.get("Accept-Ranges", "").lower() == "bytes" or r.status_code == 206
+        return size, etag.strip('"') if etag else None, ranges
+
+    def resolve(self) -> Manifest:
+        """One HEAD per URL, concurrently; no body is read."""
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            heads = list(pool.map(lambda u: self.retry.call(lambda: self._head(u)), self.urls))
+        self.supports_ranges = all(r for _s, _e, r in heads)
+        entries = [
+            Entry(path=path, size=size, etag=etag, locator=url)
+            for url, path, (size, etag, _r) in zip(self.urls, self.paths, heads, strict=True)
+        ]
+        return Manifest(source=self.uri, entries=entries)
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        import httpx
+
+        end = obj.size if end is None else end
+        if end <= start:
+            return
+        url = obj.key
+        headers = {}
+        ranged = start > 0 or end < obj.size
+        if ranged:
+            headers["Range"] = f"bytes={start}-{end - 1}"
+        if obj.etag:
+            headers["If-Match"] = f'"{obj.etag}"'
+        try:
+            with self.client.stream("GET", url, headers=headers) as r:
+                if r.status_code not in (200, 206):
+                    raise _map_status(r.status_code, url, "GET")
+                skip = start if ranged and r.status_code == 200 else 0  # range ignored
+                want = end - start
+                for chunk in r.iter_bytes(_CHUNK):
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk, skip = chunk[skip:], 0
+                    if len(chunk) >= want:
+                        yield chunk[:want]
+                        return
+                    want -= len(chunk)
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise TransientError(f"{url}: GET: {type(exc).__name__}") from exc
+
+
+def from_uri(uri: str) -> HttpSource:
+    """The HttpSource for an http(s) URL pattern."""
+    return HttpSource(uri)

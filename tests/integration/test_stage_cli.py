@@ -1,0 +1,173 @@
+"""``mlstage stage`` end to end: a real process, a real S3 endpoint, kill -9 and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlstage.testing.faults import Fault, FaultProxy, fault_proxy
+from mlstage.testing.net import free_port
+from mlstage.testing.s3 import S3Endpoint
+
+pytestmark = pytest.mark.integration
+MB = 1024 * 1024
+MLSTAGE = str(Path(sys.executable).parent / "mlstage")
+
+
+@pytest.fixture(scope="module")
+def proxy(s3_endpoint: S3Endpoint) -> Iterator[FaultProxy]:
+    with fault_proxy(s3_endpoint.url) as p:
+        yield p
+
+
+def _env(home: Path, endpoint: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLSTAGE_"))}
+    env.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+            "MLSTAGE_HOME": str(home),
+            **extra,
+        }
+    )
+    return env
+
+
+def _stage(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MLSTAGE, "stage", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_stage_json_and_materialise(
+    s3_env: S3Endpoint, bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    proxy.reset()
+    files = {f"train/{i}.txt": f"sample {i}\n".encode() for i in range(20)}
+    client = s3_env.client()
+    for k, v in files.items():
+        client.put_object(Bucket=bucket, Key=f"data/v1/{k}", Body=v)
+    env = _env(tmp_path / "home", proxy.url)
+    out = _stage([f"s3://{bucket}/data/v1", "--to", str(tmp_path / "out"), "--json"], env)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert {"version", "files", "bytes", "bytes_fetched", "cache_hits", "seconds", "path"} <= set(
+        doc
+    )
+    assert doc["files"] == 20 and doc["cache_hits"] == 0
+    assert doc["bytes"] == doc["bytes_fetched"] == sum(len(v) for v in files.values())
+    assert _tree(tmp_path / "out") == {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+    again = json.loads(_stage([f"s3://{bucket}/data/v1", "--json"], env).stdout)
+    assert again["version"] == doc["version"] and again["cache_hits"] == 20
+    assert again["bytes_fetched"] == 0
+
+
+@pytest.mark.parametrize(
+    ("uri", "endpoint", "fault", "expect"),
+    [
+        ("s3://no-such-bucket-{u}/x", "proxy", None, "not found"),
+        ("s3://{bucket}/missing-prefix", "proxy", None, "no objects under this prefix"),
+        ("s3://{bucket}/data", "proxy", "deny", "access denied"),
+        ("s3://{bucket}/data", "dead", None, "cannot reach"),
+        ("s3://{bucket}/evil", "proxy", None, "escapes the destination"),
+        ("ftp://host/x", "proxy", None, "no source handles"),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    s3_env: S3Endpoint,
+    bucket: str,
+    tmp_path: Path,
+    proxy: FaultProxy,
+    uri: str,
+    endpoint: str,
+    fault: str | None,
+    expect: str,
+) -> None:
+    proxy.reset()
+    client = s3_env.client()
+    client.put_object(Bucket=bucket, Key="data/a.txt", Body=b"a")
+    client.put_object(Bucket=bucket, Key="evil/../../../escape.txt", Body=b"x")
+    if fault:
+        proxy.configure(faults=[Fault(fault, method="*")])
+    url = proxy.url if endpoint == "proxy" else f"http://127.0.0.1:{free_port()}"
+    uri = uri.format(bucket=bucket, u=uuid.uuid4().hex[:8])
+    home = tmp_path / "home"
+    out = _stage([uri, "--to", str(tmp_path / "out")], _env(home, url))
+    proxy.reset()
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert expect in lines[0] and "hint:" in lines[0]
+    assert uri.split("://")[1].split("/")[0] in lines[0]  # names the URI
+    assert not (tmp_path / "out").exists()
+    assert not (home / "cache" / "datasets").exists() or not any(
+        (home / "cache" / "datasets").iterdir()
+    )
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_kill_9_then_resume_fetches_only_what_was_missing(
+    s3_env: S3Endpoint, bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    proxy.reset()
+    client = s3_env.client()
+    files = {f"small/{i:03d}.bin": os.urandom(1000) for i in range(60)}
+    files["big.bin"] = os.urandom(12 * MB)
+    for k, v in files.items():
+        client.put_object(Bucket=bucket, Key=f"k9/{k}", Body=v)
+    workers = 4
+    env = _env(tmp_path / "home", proxy.url, MLSTAGE_PART_SIZE=str(MB))
+    proxy.configure(latency=0.05)  # slow enough to be killed mid-way
+    cmd = [MLSTAGE, "stage", f"s3://{bucket}/k9", "--workers", str(workers), "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        gets = {k: n for k, n in proxy.counts().items() if k.startswith(f"GET /{bucket}/k9/")}
+        if sum(gets.values()) >= 30:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = {k: n for k, n in proxy.counts().items() if k.startswith(f"GET /{bucket}/k9/")}
+    assert 0 < sum(first.values()) < 60 + 12, "the kill came too late to test resumption"
+
+    proxy.configure(latency=0.0)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    staged = Path(doc["path"])
+    assert _tree(staged) == {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+    total = {k: n for k, n in proxy.counts().items() if k.startswith(f"GET /{bucket}/k9/")}
+    refetched = {
+        k: total[k] - 1 for k in total if k in first and "big.bin" not in k and total[k] > 1
+    }
+    # only what was in flight at the kill is fetched twice (at most one object per worker)
+    assert sum(refetched.values()) <= workers
+    big = f"GET /{bucket}/k9/big.bin"
+    # 12 parts in all; those completed before the kill are not fetched again
+    assert total[big] <= 12 + workers
+    assert doc["bytes_fetched"] < sum(len(v) for v in files.values())

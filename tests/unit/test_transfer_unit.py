@@ -1,0 +1,164 @@
+"""The transfer engine against an in-memory source with scripted failures."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlstage.errors import IntegrityError, SourceError, TransientError
+from mlstage.manifest import Entry, Manifest
+from mlstage.retry import RetryPolicy
+from mlstage.sources.base import FileObjectSource, RemoteObject
+from mlstage.transfer import Transfer
+
+FAST = RetryPolicy(attempts=4, base_seconds=0.0, max_seconds=0.0)
+
+
+class Killed(BaseException):
+    """Stands in for kill -9: not an Exception, not retried."""
+
+
+class MemorySource(FileObjectSource):
+    def __init__(self, files: dict[str, bytes], *, md5: bool = True) -> None:
+        self.uri = "mem://test"
+        self.files = files
+        self.md5 = md5
+        self.reads: Counter[tuple[str, int]] = Counter()
+        self.truncate: Counter[str] = Counter()  # key -> how many reads to cut short
+        self.corrupt: Counter[str] = Counter()
+        self.die_after: int | None = None  # reads before "kill -9"
+        self.lock = threading.Lock()
+
+    def resolve(self) -> Manifest:
+        return Manifest(
+            source=self.uri,
+            entries=[
+                Entry(
+                    path=k,
+                    size=len(v),
+                    checksum=f"md5:{hashlib.md5(v).hexdigest()}" if self.md5 else None,
+                    locator=k,
+                )
+                for k, v in self.files.items()
+            ],
+        )
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        end = obj.size if end is None else end
+        with self.lock:
+            self.reads[(obj.key, start)] += 1
+            if self.die_after is not None:
+                if self.die_after == 0:
+                    raise Killed()
+                self.die_after -= 1
+            cut = self.truncate[obj.key] > 0
+            if cut:
+                self.truncate[obj.key] -= 1
+            bad = self.corrupt[obj.key] > 0
+            if bad:
+                self.corrupt[obj.key] -= 1
+        data = self.files[obj.key][start:end]
+        if cut:
+            data = data[: len(data) // 2]
+        if bad:
+            data = bytes([data[0] ^ 1]) + data[1:]
+        for i in range(0, len(data), 1000):
+            yield data[i : i + 1000]
+
+
+def _run(src: MemorySource, work: Path, **kw: object) -> dict[str, bytes]:
+    t = Transfer(src, work, workers=4, part_size=4096, retry=FAST, **kw)  # type: ignore[arg-type]
+    out = {}
+    for f in t.fetch(src.objects(src.resolve().entries)):
+        out[f.entry.path] = f.path.read_bytes()
+        assert f.digest == hashlib.sha256(out[f.entry.path]).hexdigest()
+    return out
+
+
+def test_truncated_and_corrupted_bodies_are_retried(tmp_path: Path) -> None:
+    files = {"small": b"s" * 1000, "big": bytes(range(256)) * 100}
+    src = MemorySource(files)
+    src.truncate.update({"small": 2, "big": 1})
+    src.corrupt.update({"small": 1})
+    assert _run(src, tmp_path) == files
+
+
+def test_corruption_that_persists_is_an_integrity_error(tmp_path: Path) -> None:
+    src = MemorySource({"a": b"a" * 100})
+    src.corrupt["a"] = 100
+    with pytest.raises(IntegrityError, match="md5"):
+        _run(src, tmp_path)
+
+
+def test_giving_up_names_the_object(tmp_path: Path) -> None:
+    src = MemorySource({"a": b"a" * 100}, md5=False)
+    src.truncate["a"] = 100
+    with pytest.raises(SourceError, match="gave up") as info:
+        _run(src, tmp_path)
+    assert isinstance(info.value.__cause__, TransientError)
+
+
+def test_killed_multipart_transfer_resumes_from_completed_parts(tmp_path: Path) -> None:
+    big = bytes(range(256)) * 160  # 40960 bytes: 10 parts of 4096
+    src = MemorySource({"big": big}, md5=True)
+    src.die_after = 5
+    with pytest.raises(Killed):
+        _run(src, tmp_path)
+    first = dict(src.reads)
+    src.die_after = None
+    src.reads.clear()
+    assert _run(src, tmp_path) == {"big": big}
+    # parts read the second time were not completed the first time
+    assert sum(src.reads.values()) <= 10 - 5 + 4  # at most the in-flight ones again
+    assert set(src.reads) | set(first) == {("big", i * 4096) for i in range(10)}
+
+
+def test_objects_stream_as_they_complete(tmp_path: Path) -> None:
+    files = {f"f{i}": bytes([i]) * 500 for i in range(20)}
+    src = MemorySource(files)
+    t = Transfer(src, tmp_path, workers=4, retry=FAST)
+    it = t.fetch(src.objects(src.resolve().entries))
+    first = next(it)
+    assert first.path.exists() and t.stats.first_object_seconds is not None
+    rest = list(it)
+    assert len(rest) == 19
+
+
+def test_an_etag_the_source_disowns_is_not_checked_as_md5(tmp_path: Path) -> None:
+    class KmsSource(MemorySource):
+        """S3 under SSE-KMS: the ETag is not the MD5, and the GET response says so."""
+
+        def read(
+            self, obj: RemoteObject, start: int = 0, end: int | None = None
+        ) -> Iterator[bytes]:
+            obj.meta["etag_is_not_md5"] = "1"
+            return super().read(obj, start, end)
+
+    src = KmsSource({"a": b"x" * 100})
+    entry = src.resolve().entries[0].model_copy(update={"checksum": "md5:" + "0" * 32})
+    t = Transfer(src, tmp_path, retry=FAST)
+    assert [f.path.read_bytes() for f in t.fetch(src.objects([entry]))] == [b"x" * 100]
+    with pytest.raises(IntegrityError):  # without the source's word, the check applies
+        list(
+            Transfer(MemorySource({"a": b"x" * 100}), tmp_path / "2", retry=FAST).fetch(
+                MemorySource({"a": b"x" * 100}).objects([entry])
+            )
+        )
+
+
+def test_a_failure_stops_the_rest_quickly(tmp_path: Path) -> None:
+    files = {f"f{i}": b"x" * 100 for i in range(50)}
+    src = MemorySource(files, md5=False)
+    src.corrupt.update(dict.fromkeys(files, 1))  # harmless without checksums
+    src.truncate.update(dict.fromkeys(files, 1000))  # every object keeps failing
+    slow = RetryPolicy(attempts=50, base_seconds=0.05, max_seconds=0.05)
+    t = Transfer(src, tmp_path, workers=4, retry=slow)
+    with pytest.raises(SourceError):
+        list(t.fetch(src.objects(src.resolve().entries)))
+    # 50 objects x 50 attempts would be 2,500 reads; stopping early leaves far fewer
+    assert sum(src.reads.values()) < 500
