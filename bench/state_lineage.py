@@ -56,7 +56,7 @@ def _worker(url: str, worker: int, records: int, start: Any) -> None:
 
 def bench_record(url: str, procs: int, records: int) -> dict[str, Any]:
     StateStore.open(url).close()  # schema in place: time the recording, not the migration
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once Prefect has run in-process
     start = ctx.Barrier(procs + 1)
     ps = [ctx.Process(target=_worker, args=(url, w, records, start)) for w in range(procs)]
     for p in ps:

@@ -405,7 +405,7 @@ def _worker(url: str, worker: int, start, errors) -> None:  # type: ignore[no-un
 
 
 def test_eight_processes_record_concurrently_and_lose_nothing(db_url: str) -> None:
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once Prefect has run in-process
     start, errors = ctx.Barrier(WORKERS), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(db_url, w, start, errors)) for w in range(WORKERS)]
     for p in procs:

@@ -149,7 +149,7 @@ def test_dataloader_workers_read_disjoint_shards_and_everything(
     manifest = source.resolve()
     with open_stream(cache, source, manifest) as stream:
         ds = ShardStream(stream, decode=_tag_worker)
-        loader = DataLoader(ds, batch_size=None, num_workers=2)
+        loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
         rows = list(loader)
         stream.wait(timeout=60)
         stall = stream.stats().stall_seconds
@@ -164,6 +164,10 @@ def test_dataloader_workers_read_disjoint_shards_and_everything(
     assert stall > 0  # the workers reported the time they waited for data
 
 
+def _key_and_index(sample: dict[str, Any]) -> tuple[str, int]:
+    return sample["__key__"], sample["label.json"]["i"]
+
+
 def test_webdataset_pipeline_with_two_workers(sharded: str, link: SlowLink, tmp_path: Path) -> None:
     pytest.importorskip("webdataset")
     import webdataset as wds
@@ -175,10 +179,10 @@ def test_webdataset_pipeline_with_two_workers(sharded: str, link: SlowLink, tmp_
     source = slow_source(sharded, link)
     manifest = source.resolve()
     with open_stream(cache, source, manifest) as stream:
-        pipe = webdataset_pipeline(
-            stream, wds.decode(), wds.map(lambda s: (s["__key__"], s["label.json"]["i"]))
+        pipe = webdataset_pipeline(stream, wds.decode(), wds.map(_key_and_index))
+        rows = list(
+            DataLoader(pipe, batch_size=None, num_workers=2, multiprocessing_context="spawn")
         )
-        rows = list(DataLoader(pipe, batch_size=None, num_workers=2))
         stream.wait(timeout=60)
     assert sorted((k, int(i)) for k, i in rows) == [(f"s{i:04d}", i) for i in range(SAMPLES)]
 

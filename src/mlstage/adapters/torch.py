@@ -4,7 +4,12 @@ Each DataLoader worker (and each rank, when ``rank``/``world_size`` are given) r
 disjoint share of the shards, waiting only for the shards it reads next::
 
     with open_stream(cache, source, manifest) as stream:
-        loader = DataLoader(ShardStream(stream), batch_size=32, num_workers=4)
+        loader = DataLoader(ShardStream(stream), batch_size=32, num_workers=4,
+                            multiprocessing_context="spawn")
+
+Use ``multiprocessing_context="spawn"`` inside a Prefect flow process: once a flow has run in
+a process (Prefect 3.8), every forked child exits with code 1, so fork-based DataLoader
+workers die at start. ShardStream pickles cheaply, so spawn costs only the workers' start-up.
 """
 
 from __future__ import annotations
