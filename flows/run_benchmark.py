@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows._workspace import using_blocks
+from flows.streaming import run_streaming_task
 from flows.tasks import find_task, preprocess_task, run_task, stage_task
 from mlstage.errors import ConfigError, RunError
 from mlstage.pipeline import validate_models
@@ -30,7 +31,10 @@ def run_benchmark(
         raise ConfigError("cannot run the benchmark:\n- " + "\n- ".join(problems))
     with using_blocks(shared_block, cache_block):
         prepared = find_task(artifact_id) if artifact_id else preprocess_task(dataset, shared_block)
-        outcome = run_task(model, stage_task(prepared), sweep_id)
+        if model.start == "first-shard":  # starts on the first staged object
+            outcome = run_streaming_task(model, prepared, sweep_id)
+        else:
+            outcome = run_task(model, stage_task(prepared), sweep_id)
     if outcome.status != "completed":
         raise RunError(f"model {model.name} failed: {outcome.error}")
     return {"run_id": outcome.run_id, "model": outcome.model, "metrics": outcome.metrics}

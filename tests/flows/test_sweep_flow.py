@@ -138,3 +138,21 @@ def test_a_malformed_sweep_fails_before_any_data_moves(
     assert any("typed" in p and "target_bytes" in p for p in problems)
     assert any("m1" in p and "no_such_module_xyz" in p for p in problems)
     assert not (home / "shared").exists() and not (home / "cache").exists()
+
+
+def test_run_benchmark_honours_first_shard(home: Path, prefect_api, tmp_path: Path) -> None:
+    from flows.run_benchmark import run_benchmark
+
+    data = make_dataset(tmp_path, "c", 20)
+    dataset = DatasetSpec(name="c", uri=str(data), recipe=shard())
+    streamed = run_benchmark(
+        ModelSpec(name="early", dataset="c", entrypoint=COUNT, start="first-shard"), dataset=dataset
+    )
+    waited = run_benchmark(ModelSpec(name="late", dataset="c", entrypoint=COUNT), dataset=dataset)
+    assert streamed["metrics"]["score"] == waited["metrics"]["score"]
+    # only the streaming path measures when the first object landed and how long reads waited
+    assert (
+        "time_to_first_object_s" in streamed["metrics"]
+        and "data_stall_seconds" in streamed["metrics"]
+    )
+    assert "time_to_first_object_s" not in waited["metrics"]
