@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -286,3 +287,104 @@ def test_admission_lets_go_of_a_rank_delivered_without_a_read() -> None:
     adm.settle(0)  # e.g. a verified leftover of an interrupted run: no read happens
     assert done.wait(5)
     t.join(5)
+
+
+class FileGatedSource(FolderSource):
+    """A folder whose reads wait for a ``release`` file: slow staging in another process."""
+
+    def __init__(self, root: Path, control: Path) -> None:
+        super().__init__(root)
+        self.control = control
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        (self.control / "started").touch()
+        for _ in range(1200):
+            if (self.control / "release").exists():
+                break
+            time.sleep(0.05)
+            yield b""
+        yield from super().read(obj, start, end)
+
+
+def _stage_in_child(cache_root: Path, src: FileGatedSource) -> None:
+    LocalCache(cache_root).stage(src, src.resolve(), workers=1)
+
+
+def test_close_returns_while_another_process_stages_the_dataset(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    import multiprocessing as mp
+
+    control = tmp_path / "control"
+    control.mkdir()
+    slow = FileGatedSource(make_folder(tmp_path / "remote"), control)
+    manifest = slow.resolve()
+    other = mp.get_context("spawn").Process(target=_stage_in_child, args=(cache.root, slow))
+    other.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (control / "started").exists():  # the child holds the dataset's stage lock
+            assert other.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        s = open_stream(cache, FolderSource(slow.root), manifest)
+        closer = threading.Thread(target=s.close)
+        closer.start()
+        closer.join(10)  # generous: the reviewer's bound is 2 s
+        assert not closer.is_alive(), "close() waited for the other process's staging"
+        assert s._thread is not None and not s._thread.is_alive()
+        assert not s.root.exists()
+        assert cache.lookup(manifest.fingerprint) is None  # nothing written by the stream
+    finally:
+        (control / "release").touch()
+        other.join(60)
+    assert other.exitcode == 0
+    staged = cache.lookup(manifest.fingerprint)
+    assert staged is not None  # the other process finished its staging undisturbed
+    assert sorted(p.name for p in staged.path.iterdir()) == [e.path for e in manifest.entries]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _fake_stream_folder(cache: LocalCache, pid: int, owner: dict[str, object] | None) -> Path:
+    d = cache.root / "streams" / f"abcdef012345-{pid}-{pid:08x}"
+    (d / "data").mkdir(parents=True)
+    (d / "data" / "x.bin").write_bytes(b"x")
+    if owner is not None:
+        (d / "owner.json").write_text(json.dumps(owner))
+    return d
+
+
+def test_a_stream_never_reaps_another_pods_stream_folder(cache: LocalCache, tmp_path: Path) -> None:
+    pid = _dead_pid()  # dead here; in another pid namespace the same number may be alive
+    foreign = _fake_stream_folder(cache, pid, {"host": "node-1/pid:[4026532999]", "pid": pid})
+    mine = _fake_stream_folder(cache, pid + 1_000_000, {"host": cache.host, "pid": pid})
+    src = FolderSource(make_folder(tmp_path / "remote"))
+    with open_stream(cache, src, src.resolve()) as s:
+        s.wait(timeout=10)
+        assert (s.root / "owner.json").exists()
+        owner = json.loads((s.root / "owner.json").read_text())
+        assert owner["host"] == cache.host and owner["pid"] == os.getpid()
+    assert (foreign / "data" / "x.bin").exists()  # another pod's live stream is left alone
+    assert not mine.exists()  # ours, and its process is gone: reaped
+
+
+def test_stream_folders_of_live_or_unknown_owners_are_kept(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    live = _fake_stream_folder(cache, os.getppid(), {"host": cache.host, "pid": os.getppid()})
+    unowned = _fake_stream_folder(cache, _dead_pid(), None)  # older mlstage, maybe elsewhere
+    old = _fake_stream_folder(cache, _dead_pid() + 1_000_000, None)
+    week_ago = time.time() - 8 * 24 * 3600
+    os.utime(old, (week_ago, week_ago))
+    src = FolderSource(make_folder(tmp_path / "remote"))
+    with open_stream(cache, src, src.resolve()) as s:
+        s.wait(timeout=10)
+    assert live.exists() and unowned.exists()
+    assert not old.exists()  # no owner and untouched for a week: reaped

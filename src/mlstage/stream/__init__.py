@@ -15,6 +15,11 @@ command entrypoint read them through a picklable ``StreamView``::
     <cache>/streams/<fp12>-<pid>-<rand>/ready.jsonl     "path" per ready object; last line
                                                          {"end": "complete"|"failed"|"cancelled"}
     <cache>/streams/<fp12>-<pid>-<rand>/stall/*.json    stall seconds each worker measured
+    <cache>/streams/<fp12>-<pid>-<rand>/owner.json      host identity, pid, pid start time
+
+A new stream removes folders of streams that are surely gone: same host identity (hostname
+and pid namespace, as recorded leases use) and a dead pid. Pods sharing a hostPath cache
+cannot see each other's pids, so their folders are left alone.
 
 When staging finishes the dataset is an ordinary complete entry (``LocalCache.lookup`` finds
 it) and the stream holds a lease on it until it is closed. A stream closed early cancels its

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlstage.cache import LocalCache, StagedDataset
+from mlstage.cache.local import _flock, _pid_alive, _pid_start
 from mlstage.errors import CacheError, ConfigError, MlstageError
 from mlstage.manifest import Entry, Manifest
 from mlstage.retry import RetryPolicy
@@ -32,6 +34,12 @@ from mlstage.stream._reading import (
 from mlstage.transfer import Fetched
 
 log = logging.getLogger("mlstage.stream")
+
+OWNER_FILE = "owner.json"
+# A stream folder without an owner file (older mlstage, or a creator killed between mkdir
+# and writing it) is only reaped after this long: it may belong to a live stream elsewhere.
+STALE_UNOWNED_SECONDS = 7 * 24 * 3600
+_LOCK_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -117,9 +125,11 @@ class StreamingDataset:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> StreamingDataset:
         """Create the stream folder and start staging in a background thread."""
-        _remove_stale_streams(self.cache.root / "streams")
+        _remove_stale_streams(self.cache.root / "streams", self.cache.host)
         try:
-            (self.root / "data").mkdir(parents=True)
+            self.root.mkdir(parents=True)
+            _write_owner(self.root, self.cache.host)
+            (self.root / "data").mkdir()
             (self.root / "stall").mkdir()
             self._log = open(self.view.ready_list, "a", buffering=1)  # noqa: SIM115 - closed in _finish
         except OSError as exc:
@@ -311,12 +321,28 @@ class StreamingDataset:
             with contextlib.suppress(MlstageError, OSError):
                 self._mark_present(limit=256)  # the other stager fetches in manifest order too
 
+    def _wait_for_other_stager(self) -> None:
+        # LocalCache.stage blocks in flock while another process stages this dataset, and a
+        # thread stuck there cannot see a cancel: wait here instead, where close() is heard.
+        fp = self.manifest.fingerprint
+        lock = self.cache._lock(f"stage-{fp}")
+        while not self._cancelled.is_set():
+            if self.cache.lookup(fp) is not None:
+                return
+            with _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB) as free:
+                pass
+            if free:
+                return
+            self._cancelled.wait(_LOCK_POLL)
+        raise StreamCancelled("the stream was closed")
+
     def _run(self) -> None:
         stop = threading.Event()
         watcher = threading.Thread(target=self._watch_other_stager, args=(stop,), daemon=True)
         try:
             self._present = self._mark_present()
             watcher.start()
+            self._wait_for_other_stager()
             staged = self.cache.stage(
                 self._source,
                 self.manifest,
@@ -352,23 +378,48 @@ class StreamingDataset:
             self._cond.notify_all()
 
 
-def _remove_stale_streams(folder: Path) -> None:
-    """Remove stream folders whose process is gone (links only: no data is lost)."""
+def _write_owner(root: Path, host: str) -> None:
+    pid = os.getpid()
+    body = {"host": host, "pid": pid, "start": _pid_start(pid)}
+    tmp = root / f".{OWNER_FILE}.tmp"
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, root / OWNER_FILE)
+
+
+def _stream_is_dead(d: Path, host: str, now: float) -> bool:
+    """True only if ``d``'s stream surely ended: same host and pid namespace, pid gone.
+
+    Pods sharing a hostPath cache have their own pid namespaces, so a pid from another
+    host identity says nothing about liveness here; such folders are never reaped.
+    """
+    try:
+        owner = json.loads((d / OWNER_FILE).read_text())
+    except FileNotFoundError:
+        try:
+            return now - d.stat().st_mtime > STALE_UNOWNED_SECONDS
+        except OSError:
+            return False
+    except (OSError, ValueError):
+        return False
+    if not isinstance(owner, dict) or owner.get("host") != host:
+        return False
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    return not _pid_alive(pid, owner.get("start"))
+
+
+def _remove_stale_streams(folder: Path, host: str) -> None:
+    """Remove stream folders whose process is surely gone (links only: no data is lost)."""
     if not folder.is_dir():
         return
+    now = time.time()
     for d in folder.iterdir():
         parts = d.name.split("-")
-        if len(parts) != 3 or not parts[1].isdigit():
+        if len(parts) != 3 or not parts[1].isdigit() or not d.is_dir():
             continue
-        pid = int(parts[1])
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _stream_is_dead(d, host, now):
             shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass
 
 
 def open_stream(
