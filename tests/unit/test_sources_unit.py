@@ -18,7 +18,6 @@ from mlstage.sources.clearml import (
     FolderStore,
     _store_for_url,
     parse_clearml_uri,
-    s3_endpoint_for,
 )
 from mlstage.sources.http import HttpSource, _relative_paths, expand_braces
 from mlstage.sources.local import FolderSource
@@ -155,6 +154,8 @@ def test_folder_read_refuses_a_file_changed_since_listing(tmp_path: Path, change
 
 
 def test_clearml_s3_chunk_urls_keep_their_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlstage.sources.clearml import s3_endpoint_for
+
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
