@@ -6,10 +6,13 @@ import hashlib
 import json
 from collections.abc import Iterable
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mlstage.errors import MlstageError, UnsafePathError
 from mlstage.paths import safe_relpath
 
 MANIFEST_FORMAT = 1
@@ -38,6 +41,11 @@ class Entry(BaseModel):
         """What identifies this entry's content: its checksum, else its ETag, else its size."""
         return self.checksum or (f"etag:{self.etag}" if self.etag else f"size:{self.size}")
 
+    @property
+    def content_addressed(self) -> bool:
+        """True when the version tag is a content checksum (the same bytes wherever they live)."""
+        return bool(self.checksum) and self.checksum.split(":", 1)[0] in ("sha256", "md5")
+
 
 class Manifest(BaseModel):
     """Every entry of one dataset version, sorted by path (immutable: the fingerprint is cached)."""
@@ -48,19 +56,23 @@ class Manifest(BaseModel):
     entries: list[Entry]
     format: int = MANIFEST_FORMAT
 
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        check_layout(self.entries, self.source)
+
     @field_validator("entries")
     @classmethod
-    def _sorted_unique(cls, v: list[Entry]) -> list[Entry]:
-        v = sorted(v, key=lambda e: e.path)
-        for a, b in zip(v, v[1:], strict=False):
-            if a.path == b.path:
-                raise ValueError(f"duplicate path in manifest: {a.path!r}")
-        return v
+    def _sorted(cls, v: list[Entry]) -> list[Entry]:
+        return sorted(v, key=lambda e: e.path)
 
     @cached_property
     def fingerprint(self) -> str:
-        """sha256 over (path, size, version tag) of every entry: changes when content does."""
-        return fingerprint(self.entries)
+        """sha256 over (path, size, version tag) of every entry: changes when content does.
+
+        Entries tagged only by size, mtime or ETag also hash the source URI: two servers with
+        the same file names and sizes are different datasets.
+        """
+        return fingerprint(self.entries, source=self.source)
 
     @property
     def total_bytes(self) -> int:
@@ -74,15 +86,62 @@ class Manifest(BaseModel):
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
-        return cls.model_validate_json(text)
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            for err in exc.errors():
+                cause = (err.get("ctx") or {}).get("error")
+                if isinstance(cause, MlstageError):
+                    raise cause from exc
+            raise
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
         return cls.from_json(path.read_bytes())
 
 
-def fingerprint(entries: Iterable[Entry]) -> str:
+def check_layout(entries: list[Entry], source: str = "") -> None:
+    """Refuse entries that cannot all exist as files: duplicates, a file that is also a folder.
+
+    Checked when a manifest is built (at resolve), so nothing is downloaded for a listing that
+    could never be published. ``entries`` must be sorted by path.
+    """
+    where = f" in {source}" if source else ""
+    for a, b in zip(entries, entries[1:], strict=False):
+        if a.path == b.path:
+            raise UnsafePathError(
+                f"{a.locator!r} and {b.locator!r}{where} both stage as {a.path!r}",
+                hint="rename one of them; paths are compared after normalisation",
+            )
+    by_path = {e.path: e for e in entries}
+    for e in entries:
+        for parent in PurePosixPath(e.path).parents:
+            other = by_path.get(parent.as_posix())
+            if other is not None:
+                raise UnsafePathError(
+                    f"{other.locator!r}{where} is a file and also the folder of {e.locator!r}",
+                    hint="a path cannot be both a file and a folder; rename one of them",
+                )
+
+
+def _without_credentials(uri: str) -> str:
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def fingerprint(entries: Iterable[Entry], *, source: str | None = None) -> str:
+    """The version id of ``entries``: checksummed entries hash content only, others their source.
+
+    Checksums name content wherever it lives (the shared tier relies on that); a size, mtime or
+    ETag only means something on its own server, so ``source`` is hashed with those entries.
+    """
+    entries = list(entries)
     h = hashlib.sha256()
+    if source is not None and not all(e.content_addressed for e in entries):
+        h.update(json.dumps(["source", _without_credentials(source)]).encode())
+        h.update(b"\n")
     for e in sorted(entries, key=lambda e: e.path):
         h.update(json.dumps([e.path, e.size, e.version_tag]).encode())
         h.update(b"\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,5 +58,14 @@ class Settings(BaseSettings):
 
 
 def get_settings() -> Settings:
-    """Read the settings from the environment now."""
-    return Settings()
+    """Read the settings from the environment now; a bad value is a ConfigError naming it."""
+    from mlstage.errors import ConfigError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = f"MLSTAGE_{str(err['loc'][0]).upper()}" if err.get("loc") else "MLSTAGE_*"
+        raise ConfigError(
+            f"{name}={err.get('input')!r}: {err['msg']}", hint=f"fix or unset {name}"
+        ) from exc

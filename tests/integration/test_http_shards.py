@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -158,3 +160,64 @@ def test_missing_shard_and_dead_host_name_the_url(ranged: tuple[str, type], tmp_
         HttpSource(f"{url}/data/shard-{{004..009}}.tar", retry=FAST).resolve()
     with pytest.raises(SourceError, match="cannot connect"):
         HttpSource("http://127.0.0.1:9/data/shard-{0..1}.tar", retry=FAST).resolve()
+
+
+class LastModifiedHandler(PlainHandler):
+    """No ETag, like python -m http.server; honours If-Unmodified-Since (412) like nginx."""
+
+    seen_ius: list[str]
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        ius = self.headers.get("If-Unmodified-Since")
+        if ius is not None:
+            self.seen_ius.append(ius)
+            p = Path(self.translate_path(self.path))
+            if p.is_file() and int(p.stat().st_mtime) > parsedate_to_datetime(ius).timestamp():
+                self.send_error(412)
+                return None
+        return super().send_head()
+
+
+serving = contextlib.contextmanager(_serve)
+
+
+def test_servers_without_etags_never_share_a_version(tmp_path: Path) -> None:
+    # same name, same size, different bytes, no ETag: two datasets, two cache entries
+    cache = LocalCache(tmp_path / "cache")
+    staged = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "s-0.tar").write_bytes(name.encode() * 1000)
+        with serving(PlainHandler, tmp_path / name) as (url, _h):
+            source = HttpSource(f"{url}/s-{{0..0}}.tar", retry=FAST)
+            staged.append(cache.stage(source, source.resolve(), workers=2, part_size=MB))
+    assert staged[0].fingerprint != staged[1].fingerprint
+    assert not staged[1].hit
+    assert (staged[1].path / "s-0.tar").read_bytes() == b"two" * 1000
+
+
+def test_no_etag_reads_are_conditional_on_last_modified(tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    root.mkdir()
+    shard = root / "s-0.tar"
+    shard.write_bytes(b"a" * 5000)
+    os.utime(shard, (1_700_000_000, 1_700_000_000))
+    with serving(LastModifiedHandler, root) as (url, handler):
+        handler.seen_ius = []
+        source = HttpSource(f"{url}/s-{{0..0}}.tar", retry=FAST)
+        manifest = source.resolve()
+        shard.write_bytes(b"b" * 5000)  # same size, rewritten later
+        with pytest.raises(SourceError, match="changed since the dataset was resolved"):
+            LocalCache(tmp_path / "cache").stage(source, manifest, workers=2, part_size=MB)
+        assert handler.seen_ius
+
+
+def test_a_shard_that_grew_since_resolve_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "s-0.tar").write_bytes(b"a" * 5000)
+    with serving(PlainHandler, tmp_path) as (url, _h):
+        source = HttpSource(f"{url}/s-{{0..0}}.tar", retry=FAST)
+        manifest = source.resolve()
+        with open(tmp_path / "s-0.tar", "ab") as f:
+            f.write(b"tail")
+        with pytest.raises(SourceError, match="5004 bytes, 5000 listed"):
+            LocalCache(tmp_path / "cache").stage(source, manifest, workers=2, part_size=MB)

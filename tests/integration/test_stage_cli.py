@@ -95,6 +95,8 @@ def test_stage_json_and_materialise(
         ("s3://{bucket}/data", "dead", None, "cannot reach"),
         ("s3://{bucket}/evil", "proxy", None, "escapes the destination"),
         ("ftp://host/x", "proxy", None, "no source handles"),
+        ("s3://{bucket}/clash", "proxy", None, "is a file and also the folder of"),
+        ("s3://{bucket}/dup", "proxy", None, "both stage as"),
     ],
 )
 def test_bad_input_is_one_clear_line(
@@ -111,6 +113,8 @@ def test_bad_input_is_one_clear_line(
     client = s3_env.client()
     client.put_object(Bucket=bucket, Key="data/a.txt", Body=b"a")
     client.put_object(Bucket=bucket, Key="evil/../../../escape.txt", Body=b"x")
+    for key in ("clash/a", "clash/a/b", "dup/x//y", "dup/x/y"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
     if fault:
         proxy.configure(faults=[Fault(fault, method="*")])
     url = proxy.url if endpoint == "proxy" else f"http://127.0.0.1:{free_port()}"
@@ -171,3 +175,42 @@ def test_kill_9_then_resume_fetches_only_what_was_missing(
     # 12 parts in all; those completed before the kill are not fetched again
     assert total[big] <= 12 + workers
     assert doc["bytes_fetched"] < sum(len(v) for v in files.values())
+
+
+def _folder_dataset(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"original")
+    (src / "d" / "b.txt").write_bytes(b"bee")
+    return src
+
+
+def test_to_copies_by_default_and_links_only_when_asked(tmp_path: Path) -> None:
+    src = _folder_dataset(tmp_path)
+    env = _env(tmp_path / "home", "http://127.0.0.1:9")
+    out = _stage([str(src), "--to", str(tmp_path / "out"), "--json"], env)
+    assert out.returncode == 0, out.stderr
+    copy = tmp_path / "out" / "a.txt"
+    assert copy.stat().st_nlink == 1 and os.access(copy, os.W_OK)
+    copy.write_bytes(b"scribbled")  # writing into --to must not touch the cache
+    again = json.loads(_stage([str(src), "--to", str(tmp_path / "out2"), "--json"], env).stdout)
+    assert again["hit"] and (tmp_path / "out2" / "a.txt").read_bytes() == b"original"
+    linked = _stage([str(src), "--to", str(tmp_path / "out3"), "--link", "--json"], env)
+    assert linked.returncode == 0, linked.stderr
+    assert (tmp_path / "out3" / "a.txt").stat().st_nlink > 1
+
+
+@pytest.mark.parametrize("where", ["proc", "link", "workers"])
+def test_bad_destination_or_setting_is_one_line_before_staging(tmp_path: Path, where: str) -> None:
+    src = _folder_dataset(tmp_path)
+    home = tmp_path / "home"
+    extra = {"MLSTAGE_WORKERS": "0"} if where == "workers" else {}
+    to = {"proc": Path("/proc/mlstage-out"), "link": tmp_path / "ln", "workers": tmp_path / "o"}
+    (tmp_path / "target").mkdir()
+    (tmp_path / "ln").symlink_to(tmp_path / "target")
+    out = _stage([str(src), "--to", str(to[where])], _env(home, "http://127.0.0.1:9", **extra))
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "hint:" in lines[0], out.stderr
+    assert ("MLSTAGE_WORKERS" if where == "workers" else str(to[where])) in lines[0]
+    assert not (home / "cache").exists() or not any((home / "cache").rglob("*.txt"))

@@ -12,9 +12,26 @@ def entry(path: str, size: int = 3, checksum: str | None = None, etag: str | Non
 
 def test_fingerprint_ignores_order_and_locator() -> None:
     a = Manifest(source="s3://b/p", entries=[entry("a", etag="1"), entry("b", etag="2")])
-    b = Manifest(source="/elsewhere", entries=[entry("b", etag="2"), entry("a", etag="1")])
+    b = Manifest(source="s3://b/p", entries=[entry("b", etag="2"), entry("a", etag="1")])
     assert a.fingerprint == b.fingerprint
     assert [e.path for e in b.entries] == ["a", "b"]
+
+
+def test_checksummed_fingerprint_is_source_independent() -> None:
+    sums = [entry("a", checksum="sha256:ab"), entry("b", checksum="md5:cd")]
+    a = Manifest(source="s3://b/p", entries=sums)
+    assert a.fingerprint == Manifest(source="/elsewhere", entries=sums).fingerprint
+
+
+@pytest.mark.parametrize("tag", [{}, {"etag": "1"}, {"checksum": "crc32:ab"}])
+def test_unchecksummed_fingerprint_depends_on_source(tag: dict[str, str]) -> None:
+    # two servers with s-0.tar of the same size (no ETag) are two datasets, not one
+    e = [Entry(path="s-0.tar", size=3, locator="s-0.tar", **tag)]
+    a = Manifest(source="http://one/s-{0..0}.tar", entries=e)
+    assert a.fingerprint != Manifest(source="http://two/s-{0..0}.tar", entries=e).fingerprint
+    # credentials never make a different version (nor are hashed)
+    b = Manifest(source="http://u:pw@one/s-{0..0}.tar", entries=e)
+    assert a.fingerprint == b.fingerprint
 
 
 @pytest.mark.parametrize(
@@ -37,8 +54,25 @@ def test_checksum_wins_over_etag() -> None:
 
 
 def test_duplicate_paths_refused() -> None:
-    with pytest.raises(ValueError, match="duplicate"):
+    with pytest.raises(UnsafePathError, match="both stage as 'a'"):
         Manifest(source="x", entries=[entry("a"), entry("a")])
+
+
+def test_paths_equal_after_normalisation_refused_naming_both() -> None:
+    e = [Entry(path=k, size=1, locator=k) for k in ("x/y", "x//y")]
+    with pytest.raises(UnsafePathError, match=r"'x/y' and 'x//y' in s3://b/ both stage as 'x/y'"):
+        Manifest(source="s3://b/", entries=e)
+
+
+def test_file_that_is_also_a_folder_refused_naming_both() -> None:
+    e = [Entry(path=k, size=1, locator=f"p/{k}") for k in ("a", "a/b/c", "z")]
+    with pytest.raises(UnsafePathError, match=r"'p/a' in s3://b/ is a file and also .*'p/a/b/c'"):
+        Manifest(source="s3://b/", entries=e)
+    with pytest.raises(UnsafePathError):
+        Manifest.from_json(
+            '{"source": "s", "entries": [{"path": "a", "size": 1, "locator": "a"},'
+            ' {"path": "a/b", "size": 1, "locator": "a/b"}]}'
+        )
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/../../x", "/etc/passwd", "C:\\x", "", "a\\b", "a\x00b"])

@@ -9,12 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from mlstage.errors import ConfigError, IntegrityError, UnsafePathError
+from mlstage.errors import ConfigError, IntegrityError, SourceError, UnsafePathError
 from mlstage.manifest import Entry
 from mlstage.sources import open_source, scheme_of
 from mlstage.sources.base import RemoteObject
-from mlstage.sources.clearml import ClearMLSource, FolderStore, parse_clearml_uri
-from mlstage.sources.http import _relative_paths, expand_braces
+from mlstage.sources.clearml import (
+    ClearMLSource,
+    FolderStore,
+    _store_for_url,
+    parse_clearml_uri,
+)
+from mlstage.sources.http import HttpSource, _relative_paths, expand_braces
 from mlstage.sources.local import FolderSource
 
 
@@ -103,3 +108,107 @@ def test_clearml_unpack_extracts_by_listing_never_by_member_name(tmp_path: Path)
     assert not (tmp_path / "evil.txt").exists()
     with pytest.raises(IntegrityError, match="bytes in the chunk"):
         _clearml_source(tmp_path).unpack(_obj("a.txt", 4), z, tmp_path / "out2")
+
+
+def _folder_obj(source: FolderSource, path: str) -> RemoteObject:
+    entry = next(e for e in source.resolve().entries if e.path == path)
+    return source.objects([entry])[0]
+
+
+def test_folder_source_refuses_fifos_at_resolve(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("a")
+    os.mkfifo(tmp_path / "d" / "pipe")
+    with pytest.raises(UnsafePathError, match="'pipe': not a regular file"):
+        FolderSource(tmp_path / "d").resolve()
+
+
+def test_folder_read_refuses_a_link_swapped_in_after_listing(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "secret").write_text("secret!")
+    (tmp_path / "d" / "a.txt").write_text("public!")
+    source = FolderSource(tmp_path / "d")
+    obj = _folder_obj(source, "a.txt")
+    (tmp_path / "d" / "a.txt").unlink()
+    os.symlink(tmp_path / "secret", tmp_path / "d" / "a.txt")
+    with pytest.raises(UnsafePathError, match="link"):
+        b"".join(source.read(obj))
+
+
+@pytest.mark.parametrize("change", ["grow", "rewrite"])
+def test_folder_read_refuses_a_file_changed_since_listing(tmp_path: Path, change: str) -> None:
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x" * 100)
+    source = FolderSource(tmp_path)
+    obj = _folder_obj(source, "a.bin")
+    if change == "grow":
+        with open(f, "ab") as fh:
+            fh.write(b"more")
+    else:
+        f.write_bytes(b"y" * 100)
+        os.utime(f, ns=(1, 1))
+    with pytest.raises(SourceError, match="a.bin changed since it was listed; re-resolve"):
+        b"".join(source.read(obj))
+    with pytest.raises(SourceError, match="changed since"):
+        b"".join(source.read(obj, 10, 20))
+
+
+def test_clearml_s3_chunk_urls_keep_their_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlstage.sources.clearml import s3_endpoint_for
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    stores: dict[str, object] = {}
+    store, key = _store_for_url("s3://minio.lan:9000/bkt/ds/chunk.zip", stores)
+    assert (store.bucket, key) == ("bkt", "ds/chunk.zip")  # type: ignore[attr-defined]
+    url = store._s3.client.meta.endpoint_url  # type: ignore[attr-defined]
+    assert url == "http://minio.lan:9000"
+    again, _ = _store_for_url("s3://minio.lan:9000/bkt/ds/chunk2.zip", stores)
+    assert again is store  # one client per endpoint and bucket
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://minio.lan:9000")
+    assert s3_endpoint_for("minio.lan:9000") == "https://minio.lan:9000"
+
+
+def test_clearml_url_chunks_share_one_http_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[object] = []
+
+    class FakeHttp:
+        def __init__(self, key: str) -> None:
+            made.append(self)
+            self._client = None
+
+        def read(self, obj: RemoteObject, start: int, end: int) -> list[bytes]:
+            return [obj.key.encode()]
+
+    stores: dict[str, object] = {}
+    store, key = _store_for_url("https://h/a.zip", stores)
+    store._factory = FakeHttp  # type: ignore[attr-defined]
+    assert _store_for_url("https://h/b.zip", stores)[0] is store
+    for k in ("https://h/a.zip", "https://h/b.zip"):
+        assert list(store.read(k, 1, None, 0, 1)) == [k.encode()]
+    assert len(made) == 1
+
+
+def test_http_client_reads_netrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    rc = tmp_path / "netrc"
+    rc.write_text("machine files.lan login alice password s3cret\n")
+    rc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(rc))
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Authorization"))
+        return httpx.Response(200, headers={"Content-Length": "0"})
+
+    source = HttpSource("https://files.lan/s-{0..0}.tar")
+    client = source.client
+    assert isinstance(client.auth, httpx.NetRCAuth)
+    client._transport = httpx.MockTransport(handler)
+    client.head("https://files.lan/s-0.tar")
+    assert seen == [httpx.BasicAuth("alice", "s3cret")._auth_header]
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    assert HttpSource("https://files.lan/x").client.auth is None

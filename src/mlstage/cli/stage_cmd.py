@@ -12,35 +12,62 @@ import typer
 from mlstage.cli.output import emit_json
 from mlstage.errors import ConfigError
 
+_TO_HINT = "choose an empty or new folder on a writable filesystem for --to"
+
 
 def check_destination(dest: Path) -> None:
-    """Refuse a --to folder that is not empty, before any byte moves."""
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    """Refuse a --to folder that is not empty or cannot be written, before any byte moves."""
+    try:
+        if dest.is_symlink():
+            raise ConfigError(f"{dest} is a link", hint=_TO_HINT)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise ConfigError(f"{dest} exists and is not an empty folder", hint=_TO_HINT)
+        parent = dest.absolute().parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        pseudo = parent.resolve().parts[1:2] in (("proc",), ("sys",), ("dev",))
+    except OSError as exc:
         raise ConfigError(
-            f"{dest} exists and is not an empty folder",
-            hint="choose an empty or new folder for --to",
-        )
+            f"{dest}: cannot inspect it ({exc.strerror or exc})", hint=_TO_HINT
+        ) from exc
+    if pseudo or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{dest}: cannot create it in {parent}", hint=_TO_HINT)
 
 
-def materialize(src: Path, dest: Path) -> None:
-    """Put a copy of the staged tree at ``dest`` (hard links when possible), atomically."""
+def _copy(s: str, d: str) -> None:
+    # copyfile uses copy_file_range/sendfile where the kernel has them (reflinks on btrfs/xfs)
+    shutil.copyfile(s, d)
+    os.chmod(d, 0o644)
+
+
+def materialize(src: Path, dest: Path, *, link: bool = False) -> None:
+    """Put the staged tree at ``dest`` atomically: private copies, or hard links if ``link``.
+
+    Hard links share the cache's read-only files: writing through them would corrupt the cache,
+    so they are opt-in.
+    """
     check_destination(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.mlstage-tmp-{os.getpid()}")
 
     def link_or_copy(s: str, d: str) -> None:
         try:
             os.link(s, d)
         except OSError:
-            shutil.copy2(s, d)
+            _copy(s, d)
 
     try:
-        shutil.copytree(src, tmp, copy_function=link_or_copy)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, tmp, copy_function=link_or_copy if link else _copy)
         for dirpath, _dirs, _files in os.walk(tmp):
             os.chmod(dirpath, 0o755)
         if dest.exists():
             dest.rmdir()
         os.rename(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(
+            f"{dest}: cannot materialise the dataset there ({exc.strerror or exc})", hint=_TO_HINT
+        ) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -55,6 +82,12 @@ def stage(
     ),
     to: Path | None = typer.Option(
         None, "--to", help="Also materialise the dataset at this folder."
+    ),
+    link: bool = typer.Option(
+        False,
+        "--link",
+        help="With --to: hard-link the cache's files instead of copying them. They are "
+        "read-only and shared with the cache: never write to them.",
     ),
     workers: int = typer.Option(
         0, "--workers", min=0, help="Concurrent transfers (default: MLSTAGE_WORKERS or 16)."
@@ -90,7 +123,7 @@ def stage(
         )
     path = staged.path
     if to is not None:
-        materialize(staged.path, to)
+        materialize(staged.path, to, link=link)
         path = to
     result = {
         "uri": uri,

@@ -441,31 +441,79 @@ def parse_clearml_uri(uri: str) -> dict[str, str | None]:
     return {"dataset_project": project, "dataset_name": name, "dataset_version": version}
 
 
-def _store_for_url(url: str) -> tuple[BlobStore, str]:
-    """A store and key for a chunk URL ClearML recorded (s3://, file://, http(s)://)."""
+def s3_endpoint_for(netloc: str) -> str:
+    """The endpoint URL for ``host:port`` of an ``s3://host:port/bucket/key`` chunk URL.
+
+    AWS_ENDPOINT_URL is used when it names that host and port (it says http or https);
+    otherwise https on port 443 and http elsewhere (MinIO, Ceph on a LAN).
+    """
+    import os
+
+    env = os.environ.get("AWS_ENDPOINT_URL", "")
+    if env and urlsplit(env).netloc == netloc:
+        return env.rstrip("/")
+    return f"{'https' if netloc.endswith(':443') else 'http'}://{netloc}"
+
+
+def _store_for_url(url: str, stores: dict[str, Any] | None = None) -> tuple[BlobStore, str]:
+    """A store and key for a chunk URL ClearML recorded (s3://, file://, http(s)://).
+
+    ``stores`` keeps one store (and so one client) per endpoint and bucket across chunks.
+    """
+    stores = {} if stores is None else stores
     parts = urlsplit(url)
     if parts.scheme == "s3":
         path = parts.path.lstrip("/")
         if ":" in parts.netloc:  # s3://host:port/bucket/key (a non-AWS endpoint)
             bucket, _, key = path.partition("/")
+            endpoint = s3_endpoint_for(parts.netloc)
         else:
-            bucket, key = parts.netloc, path
-        return S3Store(bucket), key
+            bucket, key, endpoint = parts.netloc, path, ""
+        store = stores.get(f"s3 {endpoint} {bucket}")
+        if store is None:
+            client = None
+            if endpoint:
+                from mlstage.sources.s3 import make_client
+
+                client = make_client(pool=64, endpoint_url=endpoint)
+            store = stores[f"s3 {endpoint} {bucket}"] = S3Store(bucket, client=client)
+        return store, key
     if parts.scheme in ("file", ""):
         p = Path(unquote(parts.path))
         return FolderStore(p.parent), p.name
     if parts.scheme in ("http", "https"):
-        return _UrlStore(), url
+        store = stores.get("http")
+        if store is None:
+            store = stores["http"] = _UrlStore()
+        return store, url
     raise SourceError(f"chunk at {url}: storage scheme {parts.scheme!r} is not supported")
 
 
 class _UrlStore:
+    """Chunks at http(s) URLs, read through one shared HTTP client."""
+
     uri = ""
 
-    def read(self, key: str, size: int, etag: str | None, start: int, end: int) -> Iterator[bytes]:
+    def __init__(self) -> None:
         from mlstage.sources.http import HttpSource
 
-        return HttpSource(key).read(RemoteObject(key, size, None, (), etag=etag), start, end)
+        self._http: HttpSource | None = None
+        self._lock = threading.Lock()
+        self._factory = HttpSource
+
+    def read(self, key: str, size: int, etag: str | None, start: int, end: int) -> Iterator[bytes]:
+        with self._lock:
+            if self._http is None:
+                self._http = self._factory(key)
+            http = self._http
+        return http.read(RemoteObject(key, size, None, (), etag=etag), start, end)
+
+    def close(self) -> None:
+        """Close the HTTP client, if one was made."""
+        with self._lock:
+            if self._http is not None and self._http._client is not None:
+                self._http._client.close()
+            self._http = None
 
 
 class _RoutingStore:
@@ -484,6 +532,7 @@ class _RoutingStore:
 def _sdk_source(uri: str) -> ClearMLSource:
     args = parse_clearml_uri(uri)
     router = _RoutingStore()
+    stores: dict[str, Any] = {}
 
     def load() -> DatasetLayout:
         try:
@@ -505,7 +554,7 @@ def _sdk_source(uri: str) -> ClearMLSource:
             for name, art in task.artifacts.items():
                 if not _CHUNK_NAME.match(name):
                     continue
-                store, key = _store_for_url(art.url)
+                store, key = _store_for_url(art.url, stores)
                 router.routes[art.url] = (store, key)
                 sha = f"sha256:{art.hash}" if getattr(art, "hash", None) else None
                 chunks[(pid, name)] = Chunk(art.url, int(art.size), sha)

@@ -26,6 +26,9 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 _CHUNK = 1024 * 1024
 MAX_URLS = 1_000_000
+# Without an ETag the listed version is the Last-Modified date, kept in Entry.etag behind this
+# prefix (an ETag never holds a space, so the two cannot be confused).
+LAST_MODIFIED = "last-modified "
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -67,6 +70,32 @@ def _relative_paths(urls: list[str], origin: str) -> list[str]:
     return [safe_relpath(p[len(common) :], origin=origin) for p in paths]
 
 
+def _changed(url: str, why: str = "") -> SourceError:
+    return SourceError(
+        f"{url}: the file changed since the dataset was resolved{why}; re-resolve",
+        hint="re-resolve the dataset and stage the new version",
+    )
+
+
+def _netrc_auth() -> Any:
+    """httpx does not read ~/.netrc by itself: hand it over when there is one (or $NETRC)."""
+    import netrc
+    import os
+    from pathlib import Path
+
+    import httpx
+
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    if not path.is_file():
+        return None
+    try:
+        return httpx.NetRCAuth(str(path))
+    except (OSError, netrc.NetrcParseError) as exc:
+        raise ConfigError(
+            f"{path}: cannot read it ({exc})", hint="fix the netrc file or its permissions"
+        ) from exc
+
+
 def _map_status(status: int, url: str, what: str) -> Exception:
     if status == 404 or status == 410:
         return ObjectNotFound(
@@ -74,13 +103,11 @@ def _map_status(status: int, url: str, what: str) -> Exception:
         )
     if status in (401, 403):
         return AccessDenied(
-            f"{url}: {what}: HTTP {status}", hint="the server refused; check credentials (netrc)"
+            f"{url}: {what}: HTTP {status}",
+            hint="the server refused; put credentials for this host in ~/.netrc",
         )
     if status == 412:
-        return SourceError(
-            f"{url}: the file changed since the dataset was resolved",
-            hint="re-resolve the dataset and stage the new version",
-        )
+        return _changed(url)
     if status == 429 or status >= 500:
         return TransientError(f"{url}: {what}: HTTP {status}")
     return SourceError(f"{url}: {what}: unexpected HTTP {status}")
@@ -118,6 +145,7 @@ class HttpSource(FileObjectSource):
         with self._lock:
             if self._client is None:
                 self._client = httpx.Client(
+                    auth=_netrc_auth(),
                     follow_redirects=True,
                     timeout=httpx.Timeout(60.0, connect=10.0),
                     limits=httpx.Limits(max_connections=128, max_keepalive_connections=128),
@@ -154,8 +182,11 @@ class HttpSource(FileObjectSource):
         etag = r.headers.get("ETag")
         if etag and etag.startswith("W/"):
             etag = None  # weak tags cannot guard ranged reads
+        etag = etag.strip('"') if etag else None
+        if etag is None and r.headers.get("Last-Modified"):
+            etag = LAST_MODIFIED + r.headers["Last-Modified"]
         ranges = r.headers.get("Accept-Ranges", "").lower() == "bytes" or r.status_code == 206
-        return size, etag.strip('"') if etag else None, ranges
+        return size, etag, ranges
 
     def resolve(self) -> Manifest:
         """One HEAD per URL, concurrently; no body is read."""
@@ -179,13 +210,17 @@ class HttpSource(FileObjectSource):
         ranged = start > 0 or end < obj.size
         if ranged:
             headers["Range"] = f"bytes={start}-{end - 1}"
-        if obj.etag:
+        if obj.etag and obj.etag.startswith(LAST_MODIFIED):
+            headers["If-Unmodified-Since"] = obj.etag[len(LAST_MODIFIED) :]
+        elif obj.etag:
             headers["If-Match"] = f'"{obj.etag}"'
         try:
             with self.client.stream("GET", url, headers=headers) as r:
                 if r.status_code not in (200, 206):
                     raise _map_status(r.status_code, url, "GET")
+                _check_total(r, url, obj.size)
                 skip = start if ranged and r.status_code == 200 else 0  # range ignored
+                full_body = r.status_code == 200 and end == obj.size  # nothing may follow
                 want = end - start
                 for chunk in r.iter_bytes(_CHUNK):
                     if skip:
@@ -193,13 +228,34 @@ class HttpSource(FileObjectSource):
                             skip -= len(chunk)
                             continue
                         chunk, skip = chunk[skip:], 0
-                    if len(chunk) >= want:
-                        yield chunk[:want]
+                    if len(chunk) > want:
+                        if full_body:
+                            raise _changed(url, f": more than the {obj.size} bytes listed")
+                        if want:
+                            yield chunk[:want]
                         return
                     want -= len(chunk)
-                    yield chunk
+                    if chunk:
+                        yield chunk
+                    if want == 0 and not full_body:
+                        return
+                if want:
+                    raise TransientError(f"{url}: GET: the body ended {want} bytes early")
         except httpx.HTTPError as exc:
             raise TransientError(f"{url}: GET: {type(exc).__name__}") from exc
+
+
+def _check_total(r: Any, url: str, listed: int) -> None:
+    """Refuse a response whose file is not the size that was listed (it changed)."""
+    total: int | None = None
+    if r.status_code == 206:
+        cr = r.headers.get("Content-Range", "")
+        if "/" in cr and not cr.endswith("/*"):
+            total = int(cr.rsplit("/", 1)[1])
+    elif "Content-Length" in r.headers and "Content-Encoding" not in r.headers:
+        total = int(r.headers["Content-Length"])
+    if total is not None and total != listed:
+        raise _changed(url, f": {total} bytes, {listed} listed")
 
 
 def from_uri(uri: str) -> HttpSource:

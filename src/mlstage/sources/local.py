@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +43,13 @@ class FolderSource(FileObjectSource):
                 if name.startswith(".mlstage-"):
                     continue
                 full = Path(dirpath) / name
-                st = full.stat()
+                st = full.lstat()
                 rel = full.relative_to(self.root).as_posix()
+                if not stat.S_ISREG(st.st_mode):
+                    raise UnsafePathError(
+                        f"{self.uri}: refusing {rel!r}: not a regular file (FIFO, socket, device)",
+                        hint="datasets hold regular files only; remove it from the folder",
+                    )
                 entries.append(
                     Entry(
                         path=rel,
@@ -53,18 +60,48 @@ class FolderSource(FileObjectSource):
                 )
         return Manifest(source=self.uri, entries=entries)
 
-    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def _changed(self, obj: RemoteObject) -> SourceError:
+        return SourceError(
+            f"{self.uri}: {obj.key} changed since it was listed; re-resolve",
+            hint="stage again once the folder is no longer being written",
+        )
+
+    def _open(self, obj: RemoteObject) -> int:
+        """Open the listed file itself: never a link swapped in since, never a FIFO or device."""
         path = join_inside(self.root, obj.key)
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
-            with open(path, "rb") as f:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePathError(
+                    f"{self.uri}: refusing {obj.key!r}: it became a link after listing",
+                    hint="links could point outside the dataset; replace them with files",
+                ) from exc
+            raise
+        st = os.fstat(fd)
+        listed = obj.etag or ""
+        if not stat.S_ISREG(st.st_mode) or (
+            st.st_size != obj.size or (listed and listed != f"{st.st_size}-{st.st_mtime_ns}")
+        ):
+            os.close(fd)
+            raise self._changed(obj)
+        os.set_blocking(fd, True)
+        return fd
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        try:
+            with open(self._open(obj), "rb") as f:
                 f.seek(start)
                 remaining = (end if end is not None else obj.size) - start
                 while remaining > 0:
                     chunk = f.read(min(CHUNK, remaining))
                     if not chunk:
-                        return
+                        raise self._changed(obj)
                     remaining -= len(chunk)
                     yield chunk
+                if os.fstat(f.fileno()).st_size != obj.size:
+                    raise self._changed(obj)
         except FileNotFoundError as exc:
             raise ObjectNotFound(
                 f"{self.uri}: {obj.key} disappeared", hint="re-resolve the dataset"
