@@ -53,9 +53,15 @@ def submit_preprocess(
     spec: DatasetSpec,
     shared_block: str | None,
     clearml_block: str | None = None,
+    cache_block: str | None = None,
 ) -> PrefectFuture[Prepared]:
     """Submit one dataset's preprocess task to ``runner`` (or the flow's task runner)."""
-    params = {"spec": spec, "shared_block": shared_block, "clearml_block": clearml_block}
+    params = {
+        "spec": spec,
+        "shared_block": shared_block,
+        "clearml_block": clearml_block,
+        "cache_block": cache_block,
+    }
     if runner is None:
         return preprocess_task.submit(**params)
     return runner.submit(preprocess_task, parameters=params)

@@ -28,6 +28,7 @@ from flows.tasks import run_deployment_task, run_task, stage_task
 from mlstage.errors import ConfigError
 from mlstage.pipeline import RunOutcome, Workspace, validate_sweep
 from mlstage.specs import ModelSpec, SweepSpec
+from mlstage.state.redact import scrub_text
 
 
 def summarize(ws: Workspace, outcomes: list[RunOutcome], started_at: float) -> list[dict[str, Any]]:
@@ -49,7 +50,7 @@ def summarize(ws: Workspace, outcomes: list[RunOutcome], started_at: float) -> l
                 "ready_s": round(r.ready_at - started_at, 2) if r else None,
                 "status": o.status,
                 "score": o.metrics.get("score"),
-                "error": o.error,
+                "error": scrub_text(o.error) if o.error else None,
                 "run_id": o.run_id,
             }
         )
@@ -94,7 +95,7 @@ def benchmark_sweep(
         )
         wanted = {m.dataset for m in sweep.models}
         prepared = {
-            d.name: submit_preprocess(cpu, d, shared_block, clearml_block)
+            d.name: submit_preprocess(cpu, d, shared_block, clearml_block, cache_block)
             for d in sweep.datasets
             if d.name in wanted
         }
@@ -137,7 +138,7 @@ def outcome_of(model: ModelSpec, future: PrefectFuture[RunOutcome]) -> RunOutcom
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - reported per model; the sweep goes on
-        error = f"{type(exc).__name__}: {exc}"
+        error = scrub_text(f"{type(exc).__name__}: {exc}")
         return RunOutcome("-", model.name, model.dataset, "failed", {}, error, None)
 
 

@@ -63,6 +63,8 @@ def restage_dataset(
         len(result.stale),
         len(result.reran),
     )
+    for s, why in result.not_rerun:
+        logger.warning("stale run %s of %s not re-run: %s", s.run_id, s.model, why)
     failed = [r for r in result.reran if r.status != "completed"]
     for r in failed:
         logger.error("re-run of %s failed: %s", r.model, r.error)
@@ -75,5 +77,6 @@ def restage_dataset(
         "warmed": result.warmed,
         "stale_runs": [s.run_id for s in result.stale],
         "reran": [r.run_id for r in result.reran],
+        "not_rerun": [{"run_id": s.run_id, "reason": why} for s, why in result.not_rerun],
         "failed_reruns": [r.run_id for r in failed],
     }

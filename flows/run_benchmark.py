@@ -30,7 +30,11 @@ def run_benchmark(
     if problems:
         raise ConfigError("cannot run the benchmark:\n- " + "\n- ".join(problems))
     with using_blocks(shared_block, cache_block):
-        prepared = find_task(artifact_id) if artifact_id else preprocess_task(dataset, shared_block)
+        prepared = (
+            find_task(artifact_id)
+            if artifact_id
+            else preprocess_task(dataset, shared_block, cache_block=cache_block)
+        )
         if model.start == "first-shard":  # starts on the first staged object
             outcome = run_streaming_task(model, prepared, sweep_id)
         else:

@@ -17,7 +17,10 @@ from mlstage.specs import DatasetSpec, ModelSpec
 
 @task(name="preprocess", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def preprocess_task(
-    spec: DatasetSpec, shared_block: str | None = None, clearml_block: str | None = None
+    spec: DatasetSpec,
+    shared_block: str | None = None,
+    clearml_block: str | None = None,
+    cache_block: str | None = None,
 ) -> pipeline.Prepared:
     """resolve + preprocess + publish: skipped when the shared tier holds the artifact.
 
@@ -25,7 +28,7 @@ def preprocess_task(
     flow's context.
     """
     apply_clearml(clearml_block)
-    ws = workspace(shared_block)
+    ws = workspace(shared_block, cache_block)
     return pipeline.preprocess(ws, pipeline.resolve(ws, spec))
 
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlstage.state.redact import scrub_params, scrub_uri
+
 DATASET_CHANGED = "mlstage.dataset.changed"
 DATASET_RESTAGED = "mlstage.dataset.restaged"
 BENCHMARK_STALE = "mlstage.benchmark.stale"
@@ -49,7 +51,7 @@ def dataset_changed(
             "dataset": dataset,
             "old_version": old_version,
             "version": new_version,
-            "source": source,
+            "source": scrub_uri(source),
             "via": via,
         },
     )
@@ -63,8 +65,12 @@ def dataset_restaged(
     stale_runs: list[str],
     reran: list[str],
     warmed: list[str],
+    not_rerun: list[dict[str, str]] | None = None,
 ) -> EventSpec:
-    """``version`` of ``dataset`` is published as ``artifact_id`` and staged in ``warmed``."""
+    """``version`` of ``dataset`` is published as ``artifact_id`` and staged in ``warmed``.
+
+    ``not_rerun``: stale runs that could not be re-run (``run_id`` and ``reason``).
+    """
     return EventSpec(
         DATASET_RESTAGED,
         dataset_resource(dataset),
@@ -74,6 +80,7 @@ def dataset_restaged(
             "artifact_id": artifact_id,
             "stale_runs": stale_runs,
             "reran": reran,
+            "not_rerun": not_rerun or [],
             "warmed": warmed,
         },
     )
@@ -116,7 +123,7 @@ def emit(events: Iterable[EventSpec]) -> int:
             event=e.event,
             resource=Resource(e.resource),
             related=[RelatedResource(r) for r in e.related],
-            payload=e.payload,
+            payload=scrub_params(e.payload),
         )
         for e in events
     ]
@@ -165,6 +172,8 @@ def emit_from_flow(events: Iterable[EventSpec]) -> int:
 
     n = 0
     for e in events:
-        emit_event(event=e.event, resource=e.resource, payload=e.payload, related=e.related)
+        emit_event(
+            event=e.event, resource=e.resource, payload=scrub_params(e.payload), related=e.related
+        )
         n += 1
     return n

@@ -26,6 +26,7 @@ from urllib.parse import unquote_plus
 
 from mlstage.errors import ConfigError
 from mlstage.sources import scheme_of
+from mlstage.state.redact import scrub_text
 from mlstage.watch import Change, WatchEntry, Watcher, WatchList
 
 log = logging.getLogger("mlstage.notify")
@@ -236,17 +237,31 @@ class Receiver:
             names = self.debouncer.due()
             if not names:
                 continue
-            entries = [self.watchlist.entry(n) for n in names]
-            report = self.watcher.check(entries, confirm=True)
+            try:
+                entries = [self.watchlist.entry(n) for n in names]
+                report = self.watcher.check(entries, confirm=True)
+            except Exception as exc:  # noqa: BLE001 - keep checking; the next notice retries
+                log.error(
+                    "checking %s failed: %s",
+                    ", ".join(names),
+                    scrub_text(f"{type(exc).__name__}: {exc}"),
+                )
+                continue
             for change in report.changes:
                 try:
                     self.on_change(change)
-                except Exception:  # keep receiving; the next change is announced all the same
-                    log.exception("announcing %s failed", change.dataset)
+                except (
+                    Exception
+                ) as exc:  # keep receiving; the next change is announced all the same
+                    log.error(
+                        "announcing %s failed: %s",
+                        change.dataset,
+                        scrub_text(f"{type(exc).__name__}: {exc}"),
+                    )
             for name in report.pending:
                 self.debouncer.touch(name)
             for name, err in report.errors.items():
-                log.error("%s: %s", name, err)
+                log.error("%s: %s", name, scrub_text(err))
 
     def start(self) -> Receiver:
         """Serve and check in background threads; returns self."""

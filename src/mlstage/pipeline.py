@@ -27,6 +27,7 @@ from mlstage.sources import check_uri, open_source
 from mlstage.sources.base import Source
 from mlstage.specs import DatasetSpec, ModelSpec, SweepSpec
 from mlstage.state import StateStore
+from mlstage.state.redact import scrub_params_json, scrub_text, scrub_uri
 
 
 @dataclass
@@ -126,7 +127,7 @@ def validate_models(models: Sequence[ModelSpec]) -> list[str]:
     problems: list[str] = []
     for m in models:
         try:
-            check_entrypoint(m.entrypoint)
+            check_entrypoint(m.entrypoint, m.params)
         except MlstageError as exc:
             problems.append(f"model {m.name}: {exc}")
     return problems
@@ -156,14 +157,13 @@ def preprocess(ws: Workspace, resolved: Resolved) -> Prepared:
     artifact = ws.shared.get(artifact_id)
     skipped = artifact is not None
     if artifact is None:
-        raw = ws.cache.stage(
-            resolved.source,
-            resolved.manifest,
-            workers=ws.settings.workers,
-            part_size=ws.settings.part_size,
-        )
         with (
-            ws.cache.lease(raw.fingerprint),
+            ws.cache.use(
+                resolved.source,
+                resolved.manifest,
+                workers=ws.settings.workers,
+                part_size=ws.settings.part_size,
+            ) as raw,
             tempfile.TemporaryDirectory(prefix="mlstage-recipe-") as tmp,
         ):
             out = Path(tmp) / "out"
@@ -173,13 +173,14 @@ def preprocess(ws: Workspace, resolved: Resolved) -> Prepared:
                 raise ConfigError(
                     f"recipe {recipe.name!r} produced no files for {resolved.spec.name}"
                 )
+            # what is written out is scrubbed; the artifact id above uses the real params
             info: dict[str, Any] = {
                 "dataset": resolved.spec.name,
-                "source": resolved.spec.uri,
+                "source": scrub_uri(resolved.spec.uri),
                 "version": resolved.version,
                 "recipe": recipe.name,
                 "recipe_version": recipe.version,
-                "params": recipe.params_json,
+                "params": scrub_params_json(recipe.params_json),
             }
             artifact = ws.shared.publish(artifact_id, out, info)
     digest = hashlib.sha256(artifact.manifest.to_json().encode()).hexdigest()
@@ -239,6 +240,12 @@ def stage(ws: Workspace, prepared: Prepared, **kwargs: Any) -> Ready:
     return Ready(prepared, staged, rec.id)
 
 
+def _run_error(exc: BaseException) -> str:
+    """A failed run's error for the record: mlstage errors as they are, others with their type."""
+    text = str(exc) if isinstance(exc, MlstageError) else f"{type(exc).__name__}: {exc}"
+    return scrub_text(text)
+
+
 def run(
     ws: Workspace,
     model: ModelSpec,
@@ -266,9 +273,10 @@ def run(
         source = ws.shared.source(artifact)
         with ws.cache.use(source, artifact.manifest, workers=ws.settings.workers) as staged:
             metrics = run_entrypoint(model.entrypoint, staged.path, model.params)
-    except MlstageError as exc:
-        ws.state.finish_run(row.id, status="failed", error=str(exc))
-        return RunOutcome(row.id, model.name, model.dataset, "failed", {}, str(exc), ready)
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded, never left 'running'
+        error = _run_error(exc)
+        ws.state.finish_run(row.id, status="failed", error=error)
+        return RunOutcome(row.id, model.name, model.dataset, "failed", {}, error, ready)
     ws.state.finish_run(row.id, status="completed", metrics=metrics)
     return RunOutcome(row.id, model.name, model.dataset, "completed", metrics, None, ready)
 
@@ -305,23 +313,28 @@ def run_streaming(
     staged: StagedDataset | None = None
     metrics: Metrics = {}
     error: str | None = None
-    stream = open_stream(
-        ws.cache,
-        ws.shared.source(artifact),
-        artifact.manifest,
-        workers=ws.settings.workers,
-        part_size=ws.settings.part_size,
-        priority=priority,
-    )
     try:
-        stream.wait_first()
-        metrics = run_entrypoint_streaming(model.entrypoint, stream, model.params)
-        staged = stream.wait()
-    except MlstageError as exc:
-        error = str(exc)
-    finally:
-        stream.close()  # collects the stall DataLoader workers reported
-    stats = stream.stats()
+        stream = open_stream(
+            ws.cache,
+            ws.shared.source(artifact),
+            artifact.manifest,
+            workers=ws.settings.workers,
+            part_size=ws.settings.part_size,
+            priority=priority,
+        )
+        try:
+            stream.wait_first()
+            metrics = run_entrypoint_streaming(model.entrypoint, stream, model.params)
+            staged = stream.wait()
+        except Exception as exc:  # noqa: BLE001 - any failure is recorded, never left 'running'
+            error = _run_error(exc)
+        finally:
+            stream.close()  # collects the stall DataLoader workers reported
+        stats = stream.stats()
+    except Exception as exc:  # noqa: BLE001 - opening or closing the stream failed: record it
+        error = error or _run_error(exc)
+        ws.state.finish_run(row.id, status="failed", metrics=metrics, error=error)
+        return RunOutcome(row.id, model.name, model.dataset, "failed", metrics, error, ready)
     if staged is not None:
         rec = ws.state.record_stage(
             artifact.artifact_id,

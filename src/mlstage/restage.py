@@ -22,6 +22,7 @@ from mlstage.specs import ModelSpec
 from mlstage.state import StateStore
 from mlstage.state.claims import Coordination
 from mlstage.state.models import BenchmarkRun, Consumption, Dataset, DatasetVersion
+from mlstage.state.redact import MASK
 from mlstage.watch import WatchEntry
 
 LOCAL = "local"
@@ -50,6 +51,7 @@ class RestageResult:
     warmed: list[str] = field(default_factory=list)
     stale: list[StaleRun] = field(default_factory=list)
     reran: list[pipeline.RunOutcome] = field(default_factory=list)
+    not_rerun: list[tuple[StaleRun, str]] = field(default_factory=list)
 
     def events(self) -> list[EventSpec]:
         """``mlstage.benchmark.stale`` per stale run, then ``mlstage.dataset.restaged``."""
@@ -67,6 +69,7 @@ class RestageResult:
                 stale_runs=[s.run_id for s in self.stale],
                 reran=[r.run_id for r in self.reran],
                 warmed=self.warmed,
+                not_rerun=[{"run_id": s.run_id, "reason": why} for s, why in self.not_rerun],
             )
         )
         return out
@@ -96,6 +99,19 @@ def stale_benchmarks(store: StateStore, dataset: str, current: str) -> list[Stal
         for run, fp in latest.values()
         if fp != current
     ]
+
+
+def masked_reason(run: StaleRun) -> str | None:
+    """Why ``run`` cannot be re-run from the state DB, or None.
+
+    The DB stores entrypoints and params with secrets masked; re-running with ``***`` in
+    place of a token would fail or, worse, run with a wrong value.
+    """
+    if MASK in run.entrypoint:
+        return "its stored entrypoint has masked secrets; re-run it with its real arguments"
+    if MASK in json.dumps(run.params, default=str):
+        return "its stored params have masked secrets; re-run it with its real params"
+    return None
 
 
 def warm(
@@ -148,8 +164,12 @@ def restage(
         result.warmed, ready = warm(ws, prepared, entry.warm_caches)
         result.stale = stale_benchmarks(ws.state, name, version)
         if result.stale and (entry.rerun_stale if rerun_stale is None else rerun_stale):
-            ready = ready or pipeline.stage(ws, prepared)
             for s in result.stale:
+                why = masked_reason(s)
+                if why is not None:
+                    result.not_rerun.append((s, why))
+                    continue
+                ready = ready or pipeline.stage(ws, prepared)
                 model = ModelSpec(
                     name=s.model, dataset=name, entrypoint=s.entrypoint, params=s.params
                 )

@@ -9,7 +9,9 @@ object of metrics.
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import string
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,15 +27,53 @@ if TYPE_CHECKING:
 Metrics = dict[str, Any]
 
 
-def check_entrypoint(entrypoint: str) -> None:
-    """Fail fast (ConfigError) when an entrypoint cannot start: import it, or check the command."""
+COMMAND_FIELDS = ("data_dir", "ready_list")
+
+
+def check_entrypoint(entrypoint: str, params: Mapping[str, Any] | None = None) -> None:
+    """Fail fast (ConfigError) when an entrypoint cannot start: import it, or check the command.
+
+    A command is formatted per argument with ``{data_dir}``, ``{ready_list}`` and the model's
+    parameters, so any other ``{...}`` would fail at run time: write literal braces as ``{{``/``}}``.
+    """
     if PY_ENTRYPOINT_RE.match(entrypoint):
         import_entrypoint(entrypoint)
-    elif "{data_dir}" not in entrypoint:
+        return
+    if "{data_dir}" not in entrypoint:
         raise ConfigError(
             f"command {entrypoint!r} does not mention {{data_dir}}",
             hint="write e.g. 'python train.py --data {data_dir}'",
         )
+    allowed = {*COMMAND_FIELDS, *(params or {})}
+    hint = "only {data_dir}, {ready_list} and the model's params; write literal braces as {{ }}"
+    try:
+        args = shlex.split(entrypoint)
+    except ValueError as exc:
+        raise ConfigError(f"command {entrypoint!r} cannot be split: {exc}") from exc
+    for arg in args:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(arg) if f is not None]
+        except ValueError as exc:
+            raise ConfigError(
+                f"command {entrypoint!r}: bad braces in {arg!r}: {exc}", hint=hint
+            ) from exc
+        for f in fields:
+            root = re.split(r"[.\[]", f, maxsplit=1)[0]
+            if root not in allowed:
+                raise ConfigError(
+                    f"command {entrypoint!r}: unknown placeholder {{{f}}} in {arg!r}", hint=hint
+                )
+
+
+def _format_command(entrypoint: str, **values: Any) -> list[str]:
+    """The command's argv with its placeholders filled; ConfigError when one cannot be."""
+    try:
+        return [arg.format(**values) for arg in shlex.split(entrypoint)]
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"command {entrypoint!r} cannot be formatted: {type(exc).__name__}: {exc}",
+            hint="only {data_dir}, {ready_list} and the model's params; literal braces as {{ }}",
+        ) from exc
 
 
 def _as_metrics(value: Any) -> Metrics:
@@ -65,7 +105,7 @@ def run_entrypoint(
             raise
         except Exception as exc:
             raise RunError(f"{entrypoint} failed: {type(exc).__name__}: {exc}") from exc
-    argv = [arg.format(data_dir=str(data_dir), **params) for arg in shlex.split(entrypoint)]
+    argv = _format_command(entrypoint, data_dir=str(data_dir), **params)
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError as exc:
@@ -125,10 +165,9 @@ def run_entrypoint_streaming(
             raise RunError(f"{entrypoint} failed: {type(exc).__name__}: {exc}") from exc
     if "{ready_list}" not in entrypoint:
         return run_entrypoint(entrypoint, stream.wait().path, params, timeout=timeout)
-    argv = [
-        arg.format(data_dir=str(stream.data_dir), ready_list=ready_list, **params)
-        for arg in shlex.split(entrypoint)
-    ]
+    argv = _format_command(
+        entrypoint, data_dir=str(stream.data_dir), ready_list=ready_list, **params
+    )
     env = {**os.environ, READY_LIST_ENV: ready_list}
     try:
         proc = subprocess.run(

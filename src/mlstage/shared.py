@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlstage.errors import ObjectNotFound, SharedTierError
+from mlstage.errors import ConfigError, ObjectNotFound, SharedTierError, UnsafePathError
 from mlstage.manifest import Entry, Manifest
 from mlstage.sources import scheme_of
 from mlstage.sources.base import Source
@@ -42,10 +44,53 @@ class Artifact:
         return self.manifest.total_bytes
 
 
+_ARTIFACT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def check_artifact_id(artifact_id: str) -> str:
+    """``artifact_id`` if it is a content address (32 lowercase hex), else ConfigError.
+
+    Ids arrive as flow parameters; anything else could name a path outside the shared tier.
+    """
+    if not isinstance(artifact_id, str) or not _ARTIFACT_ID.fullmatch(artifact_id):
+        raise ConfigError(
+            f"invalid artifact id {artifact_id!r}",
+            hint="an artifact id is 32 lowercase hex characters, as preprocess prints it",
+        )
+    return artifact_id
+
+
+def regular_files(root: Path) -> list[Path]:
+    """Every file under ``root`` (sorted), refusing links and special files (UnsafePathError).
+
+    Walks with lstat and never follows a link, so a recipe cannot publish what a link points to.
+    """
+    files: list[Path] = []
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        for path in folder.iterdir():
+            mode = path.lstat().st_mode
+            if stat.S_ISDIR(mode):
+                pending.append(path)
+            elif stat.S_ISREG(mode):
+                files.append(path)
+            else:
+                kind = "a link" if stat.S_ISLNK(mode) else "not a regular file"
+                raise UnsafePathError(
+                    f"refusing to publish {path}: it is {kind}",
+                    hint="a recipe's output must hold only regular files and folders",
+                )
+    return sorted(files)
+
+
 def manifest_of_dir(root: Path, *, source: str) -> Manifest:
-    """A manifest of every file under ``root`` with its sha256 (locators relative to root)."""
+    """A manifest of every file under ``root`` with its sha256 (locators relative to root).
+
+    Links and special files are refused (UnsafePathError), see ``regular_files``.
+    """
     entries = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in regular_files(root):
         rel = path.relative_to(root).as_posix()
         entries.append(
             Entry(
@@ -82,7 +127,7 @@ class FolderSharedTier:
         self.uri = str(self.root)
 
     def _dir(self, artifact_id: str) -> Path:
-        return self.root / "artifacts" / artifact_id
+        return self.root / "artifacts" / check_artifact_id(artifact_id)
 
     def get(self, artifact_id: str) -> Artifact | None:
         d = self._dir(artifact_id)
@@ -98,10 +143,11 @@ class FolderSharedTier:
         if existing is not None:
             return existing
         final = self._dir(artifact_id)
+        regular_files(data_dir)  # refuse links before anything is copied
         tmp = final.with_name(f".tmp-{artifact_id}-{os.getpid()}-{os.urandom(4).hex()}")
         try:
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(data_dir, tmp / "data")
+            shutil.copytree(data_dir, tmp / "data", symlinks=True)
             manifest = manifest_of_dir(tmp / "data", source=str(final / "data"))
             (tmp / "artifact.json").write_text(json.dumps(info, indent=2, sort_keys=True))
             (tmp / "manifest.json").write_text(manifest.to_json())
@@ -135,11 +181,12 @@ class S3SharedTier:
         self.client = client or make_client()
 
     def _key(self, artifact_id: str, name: str) -> str:
-        return f"{self.prefix}artifacts/{artifact_id}/{name}"
+        return f"{self.prefix}artifacts/{check_artifact_id(artifact_id)}/{name}"
 
     def get(self, artifact_id: str) -> Artifact | None:
         from mlstage.sources.s3 import map_client_error
 
+        check_artifact_id(artifact_id)
         try:
             manifest = Manifest.from_json(self._read(self._key(artifact_id, "manifest.json")))
             info = json.loads(self._read(self._key(artifact_id, "artifact.json")))

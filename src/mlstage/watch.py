@@ -28,6 +28,7 @@ from mlstage.manifest import Manifest
 from mlstage.specs import DatasetSpec
 from mlstage.state import StateStore
 from mlstage.state.claims import Coordination, Observation
+from mlstage.state.redact import scrub_text, scrub_uri
 
 WATCHLIST_ENV = "MLSTAGE_WATCHLIST"
 
@@ -227,7 +228,7 @@ class Watcher:
             entry.name,
             obs.previous,
             obs.fingerprint,
-            entry.dataset.uri,
+            scrub_uri(entry.dataset.uri),
             row.id,
             len(manifest),
             manifest.total_bytes,
@@ -246,7 +247,7 @@ class Watcher:
             try:
                 obs, manifest = self._observe(entry)
             except MlstageError as exc:
-                report.errors[entry.name] = str(exc)
+                report.errors[entry.name] = scrub_text(str(exc))
                 continue
             if obs.verdict == "pending":
                 waiting.append(entry)
@@ -263,7 +264,7 @@ class Watcher:
                 try:
                     obs, manifest = self._observe(entry)
                 except MlstageError as exc:
-                    report.errors[entry.name] = str(exc)
+                    report.errors[entry.name] = scrub_text(str(exc))
                     continue
                 change = self._settled(entry, obs, manifest)
                 if change:

@@ -12,7 +12,10 @@ import tarfile
 from collections import defaultdict
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mlstage.errors import UnsafePathError
+from mlstage.paths import join_inside, safe_relpath
 
 SHARD_VERSION = "1"
 
@@ -23,6 +26,24 @@ class ShardParams(BaseModel):
     target_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="Target shard size.")
     max_samples: int = Field(default=0, ge=0, description="Samples per shard at most; 0: no limit.")
     pattern: str = Field(default="shard-{index:06d}.tar", description="Shard file name pattern.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_names_each_shard(cls, pattern: str) -> str:
+        """Every shard gets its own name, inside the output folder."""
+        if "{index" not in pattern:
+            raise ValueError("must contain {index} (e.g. 'shard-{index:06d}.tar')")
+        try:
+            names = {pattern.format(index=i) for i in (0, 1)}
+            for name in names:
+                safe_relpath(name)
+        except UnsafePathError as exc:
+            raise ValueError(f"must give a relative name inside the output folder: {exc}") from exc
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"is not a valid pattern with only {{index}}: {exc!r}") from exc
+        if len(names) != 2:
+            raise ValueError("must give a different name to each shard")
+        return pattern
 
 
 def sample_key(relpath: str) -> str:
@@ -62,7 +83,8 @@ def write_shards(input_dir: Path, output_dir: Path, params: ShardParams) -> list
         if tar is None or full:
             if tar is not None:
                 tar.close()
-            path = output_dir / params.pattern.format(index=len(shards))
+            path = join_inside(output_dir, params.pattern.format(index=len(shards)))
+            path.parent.mkdir(parents=True, exist_ok=True)
             shards.append(path)
             tar = tarfile.open(path, "w", format=tarfile.GNU_FORMAT)  # noqa: SIM115 - closed on rollover
             size = count = 0

@@ -20,6 +20,7 @@ from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from mlstage.state.models import RestageClaim, WatchState, utcnow
+from mlstage.state.redact import scrub_text
 from mlstage.state.store import StateStore
 
 Verdict = Literal["baseline", "unchanged", "pending", "changed", "lost"]
@@ -178,7 +179,11 @@ class Coordination:
                     RestageClaim.dataset == dataset,  # type: ignore[arg-type]
                     RestageClaim.version == version,  # type: ignore[arg-type]
                 )
-                .values(status=status, finished_at=utcnow(), detail=detail)
+                .values(
+                    status=status,
+                    finished_at=utcnow(),
+                    detail=scrub_text(detail) if detail else detail,
+                )
             )
             s.commit()
 

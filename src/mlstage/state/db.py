@@ -13,6 +13,7 @@ import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -21,6 +22,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import create_engine
 
 from mlstage.errors import StateError
+from mlstage.state.redact import MASK, is_secret_name
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 FIRST_REVISION = "0001"
@@ -30,17 +32,28 @@ WRITE_OPTION = "mlstage_write"
 _URL_HINT = "e.g. sqlite:////path/state.db or postgresql+psycopg://user@host:5432/db"
 
 
+def _mask_query(url: str) -> str:
+    """``url`` with the values of secret-looking query keys (``?password=``) masked."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return f"{base}?" + urlencode(
+        [(k, MASK if is_secret_name(k) else v) for k, v in pairs], safe="*"
+    )
+
+
 def mask_url(url: str | URL) -> str:
     """``url`` with any password replaced by ***, for messages and logs."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return _mask_query(make_url(url).render_as_string(hide_password=True))
     except ArgumentError:
         text_url = str(url)
         if "@" not in text_url:
             return text_url
         scheme, sep, _ = text_url.partition("://")
         prefix = f"{scheme}{sep}" if sep else ""
-        return f"{prefix}***@{text_url.rsplit('@', 1)[-1]}"
+        return _mask_query(f"{prefix}***@{text_url.rsplit('@', 1)[-1]}")
     except Exception:  # noqa: BLE001 - a message helper must never fail
         return "<unparseable URL>"
 

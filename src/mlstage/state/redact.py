@@ -6,6 +6,7 @@ query lineage, so the store passes every URI, parameter set and error message th
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -44,6 +45,11 @@ _URL_WITH_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
 _SECRETISH = r"(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key)"
 # name=value and name: value, e.g. "password=abc" in a DSN or "--hf-token=abc" in a command
 _SECRET_ASSIGNMENT = re.compile(rf"(?i)([\w.-]*{_SECRETISH}[\w.-]*)(=|:[ \t]*)([^\s'\"&,;]+)")
+# presigned/SAS query keys: X-Amz-Signature=..., X-Amz-Credential=..., Signature=..., sig=...
+_SECRET_QUERY_ASSIGNMENT = re.compile(
+    r"(?i)(?<![\w-])(x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature"
+    r"|x-goog-credential|awsaccesskeyid|signature|credential|sig)(=)([^\s'\"&,;]+)"
+)
 # --name value
 _SECRET_FLAG = re.compile(rf"(?i)(--[\w-]*{_SECRETISH}[\w-]*[ \t]+)([^\s-]\S*)")
 
@@ -92,6 +98,7 @@ def scrub_text(text: str) -> str:
     """
     text = _URL_WITH_USERINFO.sub(r"\1", text)
     text = _SECRET_ASSIGNMENT.sub(rf"\1\2{MASK}", text)
+    text = _SECRET_QUERY_ASSIGNMENT.sub(rf"\1\2{MASK}", text)
     return _SECRET_FLAG.sub(rf"\1{MASK}", text)
 
 
@@ -112,3 +119,12 @@ def scrub_params(value: Any) -> Any:
     if isinstance(value, str) and "://" in value:
         return scrub_uri(value)
     return value
+
+
+def scrub_params_json(params_json: str) -> str:
+    """A recipe's ``params_json`` with secret-looking parameters masked (see ``scrub_params``)."""
+    try:
+        value = json.loads(params_json)
+    except ValueError:
+        return scrub_text(params_json)
+    return json.dumps(scrub_params(value), sort_keys=True, default=str)

@@ -33,7 +33,7 @@ from mlstage.state.models import (
     Sweep,
     utcnow,
 )
-from mlstage.state.redact import scrub_params, scrub_text, scrub_uri
+from mlstage.state.redact import scrub_params, scrub_params_json, scrub_text, scrub_uri
 
 _MIN_PREFIX = 6
 
@@ -197,7 +197,8 @@ class StateStore:
         nbytes: int,
     ) -> Artifact:
         """The artifact row (made once per content address) and its recipe row."""
-        name, version, params_json = recipe
+        name, version, raw_params_json = recipe
+        params_json = scrub_params_json(raw_params_json)
         with self.session() as s:  # the usual case, without taking the write lock
             a = s.get(Artifact, artifact_id)
             if a is not None:
