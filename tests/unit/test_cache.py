@@ -211,6 +211,28 @@ def test_verify_rebuilds_a_missing_tree(cache: LocalCache, tmp_path: Path) -> No
     assert (staged.path / "x/y").read_bytes() == b"1"
 
 
+def test_verify_repair_never_writes_through_a_linked_folder(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    staged = stage_folder(cache, make_dataset(tmp_path / "d", {"sub/a": b"1", "z": b"2"}))
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    os.chmod(staged.path, 0o755)
+    os.chmod(staged.path / "sub", 0o755)
+    import shutil
+
+    shutil.rmtree(staged.path / "sub")
+    os.symlink(victim, staged.path / "sub")  # a folder in the tree swapped for a link
+
+    found = cache.verify()
+    assert [p.kind for p in found.problems] == ["foreign_link"] and found.unrepaired
+    report = cache.verify(repair=True)
+    assert [p.kind for p in report.problems] == ["foreign_link"] and not report.unrepaired
+    assert list(victim.iterdir()) == [] and (victim.stat().st_mode & 0o777) == 0o700
+    assert not (staged.path / "sub").is_symlink()
+    assert (staged.path / "sub/a").read_bytes() == b"1" and (staged.path / "z").read_bytes() == b"2"
+
+
 def test_crash_leftovers_are_recovered(tmp_path: Path) -> None:
     cache = LocalCache(tmp_path / "cache")
     staged = stage_folder(cache, make_dataset(tmp_path / "d", {"f": b"data"}))

@@ -204,6 +204,14 @@ def _rmtree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _tree_has_links(root: Path) -> bool:
+    """True if any folder or file below ``root`` is a symlink (never followed)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        if any(os.path.islink(os.path.join(dirpath, n)) for n in (*dirnames, *filenames)):
+            return True
+    return False
+
+
 def _pid_start(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (guards pid reuse); None where /proc is absent."""
     try:
@@ -887,7 +895,20 @@ class LocalCache:
         pairs = list(zip(manifest.entries, digests, strict=True))
         problems: list[Problem] = []
         relink: dict[str, str] = {}  # tree path -> digest, to be linked afresh
-        if not tree.is_dir():
+        if tree.is_dir() and _tree_has_links(tree):
+            # mlstage never puts links in a tree; one that appeared could point anywhere, so the
+            # tree is set aside (links removed, never followed) and rebuilt from the objects
+            problems.append(
+                Problem(
+                    "foreign_link", fp, None, "the tree contains a link; it is rebuilt, not read"
+                )
+            )
+            if repair:
+                aside = self._trash(f"tree-{fp}")
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(tree, aside)
+                _rmtree(aside)
+        elif not tree.is_dir():
             problems.append(Problem("missing_tree", fp, None, "dataset folder is gone"))
         else:
             for e, d in pairs:
@@ -946,7 +967,7 @@ class LocalCache:
             return
         by_path = {e.path: d for e, d in pairs}
         for p in problems:
-            if p.kind == "missing_tree":
+            if p.kind in ("missing_tree", "foreign_link"):
                 p.repaired = tree.is_dir()
             elif p.path is not None and by_path.get(p.path) not in still_bad:
                 p.repaired = True
