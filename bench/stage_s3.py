@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mlstage.settings import Settings
 from mlstage.testing.faults import fault_proxy
 from mlstage.testing.s3 import CREDENTIALS, moto_server
 
@@ -86,6 +87,7 @@ MLSTAGE_LIBRARY = textwrap.dedent(
     from mlstage.sources import open_source
     workers, pairs = int(sys.argv[1]), sys.argv[2:]
     s = get_settings()
+    workers = workers or s.workers
     cache = LocalCache(s.resolved_cache_dir)
     def one(uri, dest):
         source = open_source(uri)
@@ -174,7 +176,7 @@ class Tools:
             if self.part_mb:
                 env["MLSTAGE_PART_SIZE"] = str(self.part_mb * MB)
             cmd = [str(self.bin / "mlstage"), "stage", uri, "--to", str(dest), "--json"]
-            return cmd + ["--workers", str(self.workers)], env
+            return cmd + (["--workers", str(self.workers)] if self.workers else []), env
         if tool == "serial_boto3":
             limit = str(self.serial_limit)
             return [sys.executable, "-c", SERIAL_BOTO3, BUCKET, prefix, str(dest), limit], env
@@ -306,7 +308,9 @@ def main() -> None:
         default="300,240,180,120,60",
         help="case c: object counts (of --small-kb) of the five datasets",
     )
-    p.add_argument("--workers", type=int, default=32, help="mlstage --workers")
+    p.add_argument(
+        "--workers", type=int, default=0, help="mlstage --workers (default: its own default)"
+    )
     p.add_argument(
         "--part-size-mb", type=int, default=0, help="mlstage part size (default: its own)"
     )
@@ -325,6 +329,7 @@ def main() -> None:
     if names[0] != "mlstage":
         names = ["mlstage", *[n for n in names if n != "mlstage"]]
     cases = set(args.cases.split(","))
+    defaults = Settings.model_construct()  # what a user gets (no environment, no .env)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -334,8 +339,11 @@ def main() -> None:
         "command": "python -m bench.stage_s3 " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "latency_per_request_s": args.latency,
-        "mlstage_workers": args.workers,
-        "mlstage_part_size_mb": args.part_size_mb or 16,
+        "mlstage_workers": args.workers or defaults.workers,
+        "mlstage_part_size_mb": args.part_size_mb or defaults.part_size // MB,
+        "mlstage_invocation": "case a, b: the `mlstage stage URI --to DIR --json` CLI, one "
+        "process per dataset; case c: the library (LocalCache.stage + materialize), five "
+        "datasets in one process as the sweep flow does (the CLI x5 row alongside)",
         "cases": {},
     }
     with (

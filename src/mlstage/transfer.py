@@ -26,6 +26,7 @@ from mlstage.sources.base import CorruptData, RemoteObject, Source
 
 BytesCallback = Callable[[int], None]
 _BUF = 1024 * 1024
+_WHOLE_PARTS = 8  # see Transfer._splitter
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,12 @@ class Transfer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         results: queue.Queue[list[Fetched] | BaseException] = queue.Queue()
         pending = 0
+        split = self._splitter(objects)
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mlstage-fetch")
         try:
             for obj in objects:
                 pending += 1
-                if self.source.supports_ranges and obj.size > self.part_size:
+                if split(obj):
                     self._submit_parts(pool, obj, results)
                 else:
                     pool.submit(self._guard, self._fetch_whole, obj, results)
@@ -195,6 +197,31 @@ class Transfer:
             pool.shutdown(wait=True, cancel_futures=True)
 
     # -- internals ----------------------------------------------------------------------
+    def _splitter(self, objects: Sequence[RemoteObject]) -> Callable[[RemoteObject], bool]:
+        """Which objects to fetch as parallel ranged parts.
+
+        Ranged parts pay off when a few large objects would leave most workers idle. When the
+        large objects alone already give a quarter of the workers a stream each, an object of
+        at most ``_WHOLE_PARTS`` parts is fetched in one stream: fewer requests, hashing
+        inline instead of a second pass over the file, and no server-side re-read per range
+        (moto, for one, reads the whole object for every ranged GET). A transfer resumed
+        from a parts journal keeps its parts.
+        """
+        if not self.source.supports_ranges:
+            return lambda _obj: False
+        part = self.part_size
+        large = sum(1 for o in objects if o.size > part)
+        whole_ok = large * 4 >= self.workers
+
+        def split(obj: RemoteObject) -> bool:
+            if obj.size <= part:
+                return False
+            if whole_ok and obj.size <= _WHOLE_PARTS * part:
+                return (self.workdir / f"{self._name(obj)}.parts").exists()
+            return True
+
+        return split
+
     def _guard(
         self, fn: Callable[..., list[Fetched] | None], obj: RemoteObject, results: queue.Queue
     ) -> None:
