@@ -169,6 +169,18 @@ class Transfer:
         The first failure stops the rest (queued objects are dropped, retries give up) and is
         raised here; completed parts stay journalled for the next attempt.
         """
+        for batch in self.fetch_batches(objects):
+            yield from batch
+
+    def fetch_batches(
+        self, objects: Sequence[RemoteObject], max_batch: int = 256
+    ) -> Iterator[list[Fetched]]:
+        """Like ``fetch``, but each step yields every file completed so far (at least one).
+
+        Lets a consumer with a per-step cost (one index transaction) pay it per batch; a
+        batch never waits for more work, so the first file arrives as early as with ``fetch``.
+        """
+        objects = list(objects)
         self._stop.clear()
         self.workdir.mkdir(parents=True, exist_ok=True)
         results: queue.Queue[list[Fetched] | BaseException] = queue.Queue()
@@ -182,16 +194,33 @@ class Transfer:
                     self._submit_parts(pool, obj, results)
                 else:
                     pool.submit(self._guard, self._fetch_whole, obj, results)
+            failed: BaseException | None = None
             while pending:
                 item = results.get()
-                if isinstance(item, BaseException):
-                    self._stop.set()  # queued work is dropped, retrying work gives up
-                    raise item
-                pending -= 1
-                with self._lock:
-                    self.stats.objects += 1
-                    self.stats.note_first()
-                yield from item
+                batch: list[Fetched] = []
+                done = 0
+                while True:
+                    if isinstance(item, BaseException):
+                        self._stop.set()  # queued work is dropped, retrying work gives up
+                        failed = item
+                        break
+                    pending -= 1
+                    done += 1
+                    batch.extend(item)
+                    if not pending or len(batch) >= max_batch:
+                        break
+                    try:
+                        item = results.get_nowait()
+                    except queue.Empty:
+                        break
+                if done:
+                    with self._lock:
+                        self.stats.objects += done
+                        self.stats.note_first()
+                if batch:
+                    yield batch
+                if failed is not None:
+                    raise failed
         finally:
             self._stop.set()
             pool.shutdown(wait=True, cancel_futures=True)

@@ -258,6 +258,7 @@ class LocalCache:
             ) from exc
         self.index = CacheIndex(self.root / "index.sqlite")
         self._objects = str(self.root / "objects")
+        self._made_dirs: set[str] = set()  # objects/<xx> folders known to exist
         with _flock(self._lock("evict"), fcntl.LOCK_EX | fcntl.LOCK_NB) as got:
             if got:
                 self._recover_trash()
@@ -455,11 +456,12 @@ class LocalCache:
             source, workdir, workers=workers, part_size=part_size, retry=retry, on_bytes=on_bytes
         )
         if missing:
-            for fetched in transfer.fetch(source.objects(missing)):
-                self._ingest(source.uri, fetched, fp)
-                digests[fetched.entry.path] = fetched.digest
-                if on_object:
-                    on_object(fetched)
+            for batch in transfer.fetch_batches(source.objects(missing)):
+                self._ingest(source.uri, batch, fp)
+                for fetched in batch:
+                    digests[fetched.entry.path] = fetched.digest
+                    if on_object:
+                        on_object(fetched)
         absent = [e.path for e in manifest.entries if e.path not in digests]
         if absent:
             raise CacheError(
@@ -485,18 +487,33 @@ class LocalCache:
             retries=st.retries,
         )
 
-    def _ingest(self, source_uri: str, fetched: Fetched, fingerprint: str | None) -> None:
-        """Move a verified file into objects/ and record it, as one step under the write lock."""
-        target = self.object_path(fetched.digest)
-        target.parent.mkdir(exist_ok=True)
-        key = None if _known_digest(fetched.entry) else _source_key(source_uri, fetched.entry)
+    def _ingest(self, source_uri: str, batch: list[Fetched], fingerprint: str | None) -> None:
+        """Move verified files into objects/ and record them, under one write transaction.
+
+        Placing and recording share the transaction (an evictor cannot remove a same-digest
+        object between the existence check and the row); one commit per batch, not per file.
+        """
+        objects = self._objects
+        for fetched in batch:
+            parent = f"{objects}/{fetched.digest[:2]}"
+            if parent not in self._made_dirs:
+                os.makedirs(parent, exist_ok=True)
+                self._made_dirs.add(parent)
         with self.index.tx() as db:
-            if target.exists():
-                fetched.path.unlink(missing_ok=True)
-            else:
-                os.chmod(fetched.path, 0o444)
-                os.replace(fetched.path, target)
-            self.index.insert_object(db, fetched.digest, fetched.entry.size, key, fingerprint)
+            for fetched in batch:
+                target = f"{objects}/{fetched.digest[:2]}/{fetched.digest}"
+                entry = fetched.entry
+                key = None if _known_digest(entry) else _source_key(source_uri, entry)
+                if os.path.exists(target):
+                    os.unlink(fetched.path)
+                else:
+                    os.chmod(fetched.path, 0o444)
+                    try:
+                        os.replace(fetched.path, target)
+                    except FileNotFoundError:  # its folder was removed behind our back
+                        os.makedirs(os.path.dirname(target), exist_ok=True)
+                        os.replace(fetched.path, target)
+                self.index.insert_object(db, fetched.digest, entry.size, key, fingerprint)
 
     def _link(self, digest: str, dest: Path | str) -> None:
         src = f"{self._objects}/{digest[:2]}/{digest}"
