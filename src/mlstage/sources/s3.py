@@ -169,6 +169,7 @@ class S3Source(FileObjectSource):
         self.retry = retry or RetryPolicy()
         self._client = client
         self._pool: Any = _UNSET
+        self._host_pools: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
     @property
@@ -205,6 +206,17 @@ class S3Source(FileObjectSource):
                         ca_certs=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True),
                     )
             return self._pool
+
+    def _host_pool(self, pool: Any, scheme: str, netloc: str) -> Any:
+        """The connection pool of ``pool`` for one endpoint host (looked up once)."""
+        key = (scheme, netloc)
+        hp = self._host_pools.get(key)
+        if hp is None:
+            from urllib3.util import parse_url
+
+            u = parse_url(f"{scheme}://{netloc}")
+            hp = self._host_pools[key] = pool.connection_from_host(u.host, u.port, u.scheme)
+        return hp
 
     def resolve(self) -> Manifest:
         """One paginated listing (retried when throttled); no object is read."""
@@ -275,7 +287,19 @@ class S3Source(FileObjectSource):
         except (ClientError, BotoCoreError) as exc:
             raise map_client_error(exc, uri, "GET") from exc
         try:
-            resp = pool.request("GET", url, headers=headers, preload_content=False)
+            # straight to the host's connection pool: PoolManager would parse the URL again
+            scheme, _, rest = url.partition("://")
+            netloc, _, path = rest.partition("/")
+            resp = self._host_pool(pool, scheme, netloc).urlopen(
+                "GET",
+                "/" + path,
+                headers=headers,
+                preload_content=False,
+                release_conn=False,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+            )
         except Urllib3Error as exc:  # never str(exc): it may carry the signed URL
             raise TransientError(f"{uri}: GET: {type(exc).__name__}") from exc
         try:
