@@ -64,7 +64,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -505,7 +505,8 @@ class LocalCache:
                 entry = fetched.entry
                 key = None if _known_digest(entry) else _source_key(source_uri, entry)
                 if os.path.exists(target):
-                    os.unlink(fetched.path)
+                    with suppress(FileNotFoundError):
+                        os.unlink(fetched.path)
                 else:
                     os.chmod(fetched.path, 0o444)
                     try:
