@@ -27,6 +27,7 @@ from mlstage.sources import check_uri, open_source
 from mlstage.sources.base import Source
 from mlstage.specs import DatasetSpec, ModelSpec, SweepSpec
 from mlstage.state import StateStore
+from mlstage.state.models import BenchmarkRun
 from mlstage.state.redact import scrub_params_json, scrub_text, scrub_uri
 
 
@@ -246,6 +247,20 @@ def _run_error(exc: BaseException) -> str:
     return scrub_text(text)
 
 
+def _start_run(
+    ws: Workspace, model: ModelSpec, sweep_id: str | None, flow_run_id: str | None
+) -> BenchmarkRun:
+    """Record that ``model`` starts now (status running), whatever launches it."""
+    return ws.state.start_run(
+        model=model.name,
+        dataset=model.dataset,
+        entrypoint=model.entrypoint,
+        params=model.params,
+        sweep_id=sweep_id,
+        flow_run_id=flow_run_id,
+    )
+
+
 def run(
     ws: Workspace,
     model: ModelSpec,
@@ -259,14 +274,7 @@ def run(
     The data is leased for the whole run; if eviction took it after ``stage`` (a small
     cache limit and other stagings in between), it is staged again first.
     """
-    row = ws.state.start_run(
-        model=model.name,
-        dataset=model.dataset,
-        entrypoint=model.entrypoint,
-        params=model.params,
-        sweep_id=sweep_id,
-        flow_run_id=flow_run_id,
-    )
+    row = _start_run(ws, model, sweep_id, flow_run_id)
     ws.state.record_consumption(row.id, ready.artifact_id, ready.stage_record_id)
     try:
         artifact = ready.prepared.artifact
@@ -300,14 +308,7 @@ def run_streaming(
     from mlstage.runner import run_entrypoint_streaming
     from mlstage.stream import open_stream
 
-    row = ws.state.start_run(
-        model=model.name,
-        dataset=model.dataset,
-        entrypoint=model.entrypoint,
-        params=model.params,
-        sweep_id=sweep_id,
-        flow_run_id=flow_run_id,
-    )
+    row = _start_run(ws, model, sweep_id, flow_run_id)
     artifact = prepared.artifact
     ready: Ready | None = None
     staged: StagedDataset | None = None

@@ -106,8 +106,17 @@ def run_entrypoint(
         except Exception as exc:
             raise RunError(f"{entrypoint} failed: {type(exc).__name__}: {exc}") from exc
     argv = _format_command(entrypoint, data_dir=str(data_dir), **params)
+    return _run_command(argv, timeout=timeout)
+
+
+def _run_command(
+    argv: list[str], *, timeout: float | None, env: dict[str, str] | None = None
+) -> Metrics:
+    """Run a command line; its last stdout line, if a JSON object, is its metrics."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
     except FileNotFoundError as exc:
         raise RunError(
             f"command not found: {argv[0]!r}", hint="is it installed on this node?"
@@ -168,24 +177,4 @@ def run_entrypoint_streaming(
     argv = _format_command(
         entrypoint, data_dir=str(stream.data_dir), ready_list=ready_list, **params
     )
-    env = {**os.environ, READY_LIST_ENV: ready_list}
-    try:
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
-        )
-    except FileNotFoundError as exc:
-        raise RunError(
-            f"command not found: {argv[0]!r}", hint="is it installed on this node?"
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise RunError(f"{argv[0]} timed out after {timeout} s") from exc
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RunError(f"{argv[0]} exited with {proc.returncode}: {' | '.join(tail)}")
-    lines = proc.stdout.strip().splitlines()
-    if lines:
-        try:
-            return _as_metrics(json.loads(lines[-1]))
-        except (json.JSONDecodeError, RunError):
-            pass
-    return {}
+    return _run_command(argv, timeout=timeout, env={**os.environ, READY_LIST_ENV: ready_list})
