@@ -25,6 +25,16 @@ def ws(home: Path) -> pipeline.Workspace:
     return pipeline.Workspace.from_settings(get_settings())
 
 
+def fit(name: str, estimator: str = "logistic") -> ModelSpec:
+    """A real model on the toy dataset."""
+    return ModelSpec(
+        name=name,
+        dataset="toy",
+        entrypoint="mlstage.examples:fit_and_score",
+        params={"estimator": estimator},
+    )
+
+
 def spec(remote: Path) -> DatasetSpec:
     return DatasetSpec(
         name="toy", uri=str(remote), recipe=RecipeSpec(params={"target_bytes": 1024})
@@ -47,12 +57,7 @@ def test_resolve_preprocess_stage_run_record(ws: pipeline.Workspace, tmp_path: P
     assert len(samples) == 40  # every sample exactly once
     assert len({s["__key__"] for s in samples}) == 40
 
-    model = ModelSpec(
-        name="m",
-        dataset="toy",
-        entrypoint="mlstage.examples:fit_and_score",
-        params={"estimator": "logistic"},
-    )
+    model = fit("m")
     outcome = pipeline.run(ws, model, ready)
     assert outcome.status == "completed" and outcome.metrics["samples"] == 40
 
@@ -83,12 +88,7 @@ def test_changed_source_is_a_new_version(ws: pipeline.Workspace, tmp_path: Path)
 def test_failing_model_is_recorded_not_raised(ws: pipeline.Workspace, tmp_path: Path) -> None:
     remote = write_remote(tmp_path / "remote")
     ready = pipeline.stage(ws, pipeline.preprocess(ws, pipeline.resolve(ws, spec(remote))))
-    bad = ModelSpec(
-        name="bad",
-        dataset="toy",
-        entrypoint="mlstage.examples:fit_and_score",
-        params={"estimator": "nope"},
-    )
+    bad = fit("bad", "nope")
     outcome = pipeline.run(ws, bad, ready)
     assert outcome.status == "failed" and "nope" in (outcome.error or "")
     assert ws.state.run(outcome.run_id).status == "failed"  # type: ignore[union-attr]
@@ -119,12 +119,7 @@ def test_run_restages_data_evicted_after_staging(ws: pipeline.Workspace, tmp_pat
     ready = pipeline.stage(ws, pipeline.preprocess(ws, pipeline.resolve(ws, spec(remote))))
     assert ws.cache.drop(ready.staged.fingerprint)  # eviction between the stage and run tasks
     assert ws.cache.lookup(ready.staged.fingerprint) is None
-    model = ModelSpec(
-        name="m",
-        dataset="toy",
-        entrypoint="mlstage.examples:fit_and_score",
-        params={"estimator": "logistic"},
-    )
+    model = fit("m")
     outcome = pipeline.run(ws, model, ready)
     assert outcome.status == "completed", outcome.error
     assert ws.cache.lookup(ready.staged.fingerprint) is not None
