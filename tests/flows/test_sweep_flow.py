@@ -10,18 +10,11 @@ from mlstage.errors import ConfigError
 from mlstage.settings import get_settings
 from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec, SweepSpec
 from mlstage.state import StateStore
+from mlstage.testing.workloads import make_dataset
 
 pytestmark = [pytest.mark.prefect, pytest.mark.integration]
 
 COUNT = "mlstage.testing.workloads:count_files"
-
-
-def make_dataset(root: Path, name: str, files: int) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True)
-    for i in range(files):
-        (folder / f"s{i:04d}.txt").write_text(f"{name} {i}\n" * 20)
-    return folder
 
 
 def shard(target: int = 4096) -> RecipeSpec:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlstage.specs import DatasetSpec, RecipeSpec
+from mlstage.testing.workloads import make_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]
 
@@ -22,14 +23,6 @@ def fresh_workspace() -> Iterator[None]:
     reset_workspace()
 
 
-def make_dataset(root: Path, name: str, files: int) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True)
-    for i in range(files):
-        (folder / f"s{i:04d}.txt").write_text(f"{name} {i}\n" * 10)
-    return folder
-
-
 def test_preprocess_runs_on_dask_worker_processes(home: Path, prefect_api, tmp_path: Path) -> None:
     from distributed import Client, LocalCluster
 
@@ -38,7 +31,7 @@ def test_preprocess_runs_on_dask_worker_processes(home: Path, prefect_api, tmp_p
     specs = [
         DatasetSpec(
             name=n,
-            uri=str(make_dataset(tmp_path, n, 6)),
+            uri=str(make_dataset(tmp_path, n, 6, lines=10)),
             recipe=RecipeSpec(name="mlstage.testing.workloads:pid_recipe", params={"tag": n}),
         )
         for n in ("a", "b", "c")

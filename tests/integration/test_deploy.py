@@ -16,6 +16,7 @@ import yaml
 
 from mlstage.state import StateStore
 from mlstage.testing.prefect_server import PrefectServer, process_worker
+from mlstage.testing.workloads import make_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect, pytest.mark.slow]
 
@@ -23,14 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 POOL = "mlstage-flows-test"  # its own pool: other tests' scheduled runs never land on this worker
 MINE = ("benchmark-sweep", "run-benchmark", "preprocess-dataset", "stage-datasets")
 COUNT = "mlstage.testing.workloads:count_files"
-
-
-def make_dataset(root: Path, name: str, files: int) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True)
-    for i in range(files):
-        (folder / f"s{i:04d}.txt").write_text(f"{name} {i}\n" * 20)
-    return folder
 
 
 def own_pool(folder: Path) -> Path:

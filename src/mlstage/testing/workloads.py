@@ -42,3 +42,12 @@ def slow_copy(input_dir: Path, output_dir: Path, seconds: float = 0.0) -> None:
 
     shutil.copytree(input_dir, output_dir, dirs_exist_ok=True)
     time.sleep(seconds)
+
+
+def make_dataset(root: Path, name: str, files: int, *, lines: int = 20) -> Path:
+    """A folder ``root/name`` of ``files`` small text files: a dataset for flow tests."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    for i in range(files):
+        (folder / f"s{i:04d}.txt").write_text(f"{name} {i}\n" * lines)
+    return folder
