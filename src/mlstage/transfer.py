@@ -14,15 +14,17 @@ import os
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from mlstage.errors import IntegrityError, MlstageError, SourceError, TransientError
 from mlstage.manifest import Entry
 from mlstage.retry import RetryPolicy
-from mlstage.sources.base import CorruptData, RemoteObject, Source
+from mlstage.sources.base import WHOLE_CHECKSUM, CorruptData, RemoteObject, Source
 
 BytesCallback = Callable[[int], None]
 _BUF = 1024 * 1024
@@ -55,14 +57,41 @@ class _Mismatch(CorruptData):
     """Bytes that do not match: retried like a transient error, reported as IntegrityError."""
 
 
-def _hashers(checksum: str | None) -> dict[str, hashlib._Hash]:
-    hs = {"sha256": hashlib.sha256()}
-    if checksum and checksum.startswith("md5:"):
-        hs["md5"] = hashlib.md5()
+class _Crc32:
+    """zlib's CRC32 behind hashlib's interface (S3's default checksum; ~7x faster than MD5)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def hexdigest(self) -> str:
+        return f"{self.value:08x}"
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+_CHECKERS: dict[str, Callable[[], _Hasher]] = {
+    "md5": hashlib.md5,
+    "sha1": hashlib.sha1,
+    "crc32": _Crc32,
+}
+
+
+def _hashers(checksum: str | None) -> dict[str, _Hasher]:
+    """sha256 (the cache's content address) plus whatever ``checksum`` needs."""
+    hs: dict[str, _Hasher] = {"sha256": hashlib.sha256()}
+    algo = checksum.partition(":")[0] if checksum else ""
+    if algo in _CHECKERS:
+        hs[algo] = _CHECKERS[algo]()
     return hs
 
 
-def _check(label: str, checksum: str | None, hs: dict[str, hashlib._Hash], uri: str) -> None:
+def _check(label: str, checksum: str | None, hs: dict[str, _Hasher], uri: str) -> None:
     if not checksum:
         return
     algo, _, want = checksum.partition(":")
@@ -76,6 +105,11 @@ def _expected(obj: RemoteObject) -> str | None:
     if obj.checksum and obj.checksum.startswith("md5:") and obj.meta.get("etag_is_not_md5"):
         return None
     return obj.checksum
+
+
+def _whole_expected(obj: RemoteObject) -> str | None:
+    """For a whole read: the checksum its response carried, else the listed one."""
+    return obj.meta.get(WHOLE_CHECKSUM) or _expected(obj)
 
 
 def file_sha256(path: Path) -> str:
@@ -131,7 +165,7 @@ class _InOrderHash:
         finally:
             self._hashing.release()
 
-    def finish(self) -> dict[str, hashlib._Hash]:
+    def finish(self) -> dict[str, _Hasher]:
         """The hashes over the whole file, once every part is complete."""
         self.advance(block=True)
         if self.next != self.nparts:
@@ -313,11 +347,14 @@ class Transfer:
         def attempt() -> str:
             # unique per thread and process: two stagings may share a source and an object
             tmp = self.workdir / f"{self._name(obj)}.{os.getpid()}.{threading.get_ident()}.tmp"
-            hs = _hashers(obj.checksum)
+            obj.meta.pop(WHOLE_CHECKSUM, None)
+            hs: dict[str, _Hasher] | None = None  # chosen once the response headers are in
             got = 0
             try:
                 with open(tmp, "wb") as f:
                     for chunk in self.source.read(obj, 0, obj.size):
+                        if hs is None:
+                            hs = _hashers(_whole_expected(obj))
                         got += len(chunk)
                         if got > obj.size:
                             raise _Mismatch(
@@ -331,7 +368,9 @@ class Transfer:
                     raise TransientError(
                         f"{self.source.uri}: {obj.key} truncated at {got} of {obj.size} bytes"
                     )
-                _check(obj.key, _expected(obj), hs, self.source.uri)
+                if hs is None:
+                    hs = _hashers(_whole_expected(obj))
+                _check(obj.key, _whole_expected(obj), hs, self.source.uri)
                 os.replace(tmp, final)
             except BaseException:
                 tmp.unlink(missing_ok=True)

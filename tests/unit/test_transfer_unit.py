@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from mlstage.errors import IntegrityError, SourceError, TransientError
 from mlstage.manifest import Entry, Manifest
 from mlstage.retry import RetryPolicy
-from mlstage.sources.base import FileObjectSource, RemoteObject
+from mlstage.sources.base import WHOLE_CHECKSUM, FileObjectSource, RemoteObject
 from mlstage.transfer import Transfer
 
 FAST = RetryPolicy(attempts=4, base_seconds=0.0, max_seconds=0.0)
@@ -162,3 +163,40 @@ def test_a_failure_stops_the_rest_quickly(tmp_path: Path) -> None:
         list(t.fetch(src.objects(src.resolve().entries)))
     # 50 objects x 50 attempts would be 2,500 reads; stopping early leaves far fewer
     assert sum(src.reads.values()) < 500
+
+
+class CrcSource(MemorySource):
+    """S3 with checksum mode: every whole GET carries the object's CRC32 (as sent, or wrong)."""
+
+    def __init__(self, files: dict[str, bytes], crc: dict[str, int] | None = None) -> None:
+        super().__init__(files, md5=False)
+        self.crc = crc or {}
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        value = self.crc.get(obj.key, zlib.crc32(self.files[obj.key]))
+        obj.meta[WHOLE_CHECKSUM] = f"crc32:{value:08x}"
+        return super().read(obj, start, end)
+
+
+def test_the_checksum_a_whole_read_carries_is_verified(tmp_path: Path) -> None:
+    data = {"a": b"a" * 1000, "b": b"b" * 1000}
+    src = CrcSource(data)
+    got = {
+        f.entry.path: f.path.read_bytes()
+        for f in Transfer(src, tmp_path, retry=FAST).fetch(src.objects(src.resolve().entries))
+    }
+    assert got == data
+    bad = CrcSource(data, crc={"b": 12345})  # the bytes do not match what the response says
+    with pytest.raises(IntegrityError, match="crc32"):
+        list(Transfer(bad, tmp_path / "2", retry=FAST).fetch(bad.objects(bad.resolve().entries)))
+
+
+def test_a_response_checksum_replaces_the_md5_and_a_bad_body_is_refetched(tmp_path: Path) -> None:
+    src = CrcSource({"a": b"x" * 5000})
+    src.corrupt["a"] = 1  # first body has a flipped byte: the CRC catches it, the retry is clean
+    entry = src.resolve().entries[0].model_copy(update={"checksum": "md5:" + "0" * 32})
+    t = Transfer(src, tmp_path, retry=FAST)
+    [fetched] = list(t.fetch(src.objects([entry])))
+    assert fetched.path.read_bytes() == b"x" * 5000
+    assert fetched.digest == hashlib.sha256(b"x" * 5000).hexdigest()
+    assert t.stats.retries == 1

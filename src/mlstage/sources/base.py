@@ -21,6 +21,12 @@ class CorruptData(TransientError):
     """Bytes that failed a checksum in flight: retried, then reported as an IntegrityError."""
 
 
+# obj.meta key: the checksum of the whole object as its source sent it with the bytes of a whole
+# (unranged) read, '<algo>:<hex>' with algo one of crc32, sha1, sha256. The transfer verifies
+# that read against it instead of ``checksum`` (cheaper: S3's CRC32 instead of MD5).
+WHOLE_CHECKSUM = "whole_checksum"
+
+
 @dataclass(frozen=True)
 class RemoteObject:
     """One thing to download: a file, or an archive whose members are ``entries``.

@@ -6,6 +6,7 @@ instance roles, ...); a client may also be injected (the S3 shared-tier block bu
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import threading
@@ -13,11 +14,19 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-from mlstage.errors import AccessDenied, ConfigError, ObjectNotFound, SourceError, TransientError
+from mlstage.errors import (
+    AccessDenied,
+    ConfigError,
+    MlstageError,
+    ObjectNotFound,
+    SourceError,
+    TransientError,
+)
 from mlstage.manifest import Entry, Manifest
 from mlstage.paths import safe_relpath
 from mlstage.retry import RetryPolicy
-from mlstage.sources.base import CorruptData, FileObjectSource, RemoteObject
+from mlstage.sources.base import WHOLE_CHECKSUM, CorruptData, FileObjectSource, RemoteObject
+from mlstage.sources.s3_get import FastGets, response_checksum
 
 _TRANSIENT_CODES = {
     "SlowDown",
@@ -39,9 +48,9 @@ _DENIED_CODES = {
     "SignatureDoesNotMatch",
     "403",
     "ExpiredToken",
+    "InvalidToken",
 }
 _CHUNK = 1024 * 1024
-_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 _ERROR_CODE = re.compile(rb"<Code>([^<]+)</Code>")
 _UNSET: Any = object()
 
@@ -77,6 +86,30 @@ def make_client(*, pool: int = 64, **kwargs: Any) -> Any:
     return boto3.session.Session().client("s3", config=config, **kwargs)
 
 
+def map_status(
+    code: str, status: int | str | None, uri: str, what: str, *, detail: str = ""
+) -> Exception:
+    """An S3 error response (its ``<Code>`` and HTTP status) -> the mlstage error, with a hint."""
+    status = str(status or "")
+    if code in _MISSING_CODES or status == "404":
+        return ObjectNotFound(
+            f"{uri}: {what} not found ({code or status})", hint="check the bucket and prefix"
+        )
+    if code == "PreconditionFailed" or status == "412":
+        return SourceError(
+            f"{uri}: the object changed since the dataset was resolved",
+            hint="re-resolve the dataset and stage the new version",
+        )
+    if code in _DENIED_CODES or status == "403":
+        return AccessDenied(
+            f"{uri}: access denied ({code})",
+            hint="check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, or the block)",
+        )
+    if code in _TRANSIENT_CODES or status.startswith("5"):
+        return TransientError(f"{uri}: {what}: {code or status}")
+    return SourceError(f"{uri}: {what} failed: {code or status} {detail}".rstrip())
+
+
 def map_client_error(
     exc: Exception, uri: str, what: str, *, transient_connect: bool = False
 ) -> Exception:
@@ -100,24 +133,8 @@ def map_client_error(
 
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        if code in _MISSING_CODES or status == "404":
-            return ObjectNotFound(
-                f"{uri}: {what} not found ({code or status})", hint="check the bucket and prefix"
-            )
-        if code == "PreconditionFailed" or status == "412":
-            return SourceError(
-                f"{uri}: the object changed since the dataset was resolved",
-                hint="re-resolve the dataset and stage the new version",
-            )
-        if code in _DENIED_CODES or status == "403":
-            return AccessDenied(
-                f"{uri}: access denied ({code})",
-                hint="check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, or the block)",
-            )
-        if code in _TRANSIENT_CODES or status.startswith("5"):
-            return TransientError(f"{uri}: {what}: {code or status}")
-        return SourceError(f"{uri}: {what} failed: {code} {exc}")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return map_status(code, status, uri, what, detail=str(exc))
     if isinstance(exc, FlexibleChecksumError):
         return CorruptData(f"{uri}: {what}: the body failed its checksum ({exc})")
     if isinstance(exc, ConnectTimeoutError | EndpointConnectionError) and transient_connect:
@@ -168,8 +185,7 @@ class S3Source(FileObjectSource):
         self.uri = f"s3://{bucket}/{self.prefix}"
         self.retry = retry or RetryPolicy()
         self._client = client
-        self._pool: Any = _UNSET
-        self._host_pools: dict[tuple[str, str], Any] = {}
+        self._fast_gets: Any = _UNSET
         self._lock = threading.Lock()
 
     @property
@@ -180,43 +196,19 @@ class S3Source(FileObjectSource):
             return self._client
 
     @property
-    def _http(self) -> Any | None:
-        """A urllib3 pool for presigned GETs (a third of boto3's CPU per object), or None.
+    def _fast(self) -> FastGets | None:
+        """Signed GETs without botocore's per-call CPU (see ``s3_get``), or None: read via boto3.
 
-        None (read through boto3) when a proxy is configured, MLSTAGE_S3_BOTO3_READS is set,
-        or the client cannot presign (an injected fake).
+        None when MLSTAGE_S3_BOTO3_READS is set, or the client's requests are not plain SigV4
+        (an injected fake, anonymous access, a proxy, extra headers).
         """
         client = self.client
         with self._lock:
-            if self._pool is _UNSET:
-                self._pool = None
-                if (
-                    hasattr(client, "generate_presigned_url")
-                    and not any(os.environ.get(v) for v in _PROXY_VARS)
-                    and not os.environ.get("MLSTAGE_S3_BOTO3_READS")
-                ):
-                    import urllib3
-                    from botocore.httpsession import get_cert_path
-
-                    self._pool = urllib3.PoolManager(
-                        maxsize=128,
-                        block=False,
-                        retries=False,
-                        timeout=urllib3.Timeout(connect=10.0, read=60.0),
-                        ca_certs=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True),
-                    )
-            return self._pool
-
-    def _host_pool(self, pool: Any, scheme: str, netloc: str) -> Any:
-        """The connection pool of ``pool`` for one endpoint host (looked up once)."""
-        key = (scheme, netloc)
-        hp = self._host_pools.get(key)
-        if hp is None:
-            from urllib3.util import parse_url
-
-            u = parse_url(f"{scheme}://{netloc}")
-            hp = self._host_pools[key] = pool.connection_from_host(u.host, u.port, u.scheme)
-        return hp
+            if self._fast_gets is _UNSET:
+                self._fast_gets = None
+                if not os.environ.get("MLSTAGE_S3_BOTO3_READS") and hasattr(client, "meta"):
+                    self._fast_gets = FastGets.for_bucket(client, self.bucket)
+            return self._fast_gets
 
     def resolve(self) -> Manifest:
         """One paginated listing (retried when throttled); no object is read."""
@@ -262,17 +254,14 @@ class S3Source(FileObjectSource):
         if end <= start:
             return iter(())
         key = self.prefix + obj.key
-        pool = self._http
-        if pool is not None:
-            return self._read_presigned(pool, key, obj, start, end)
+        fast = self._fast
+        if fast is not None:
+            return self._read_fast(fast, key, obj, start, end)
         return self._read_boto3(key, obj, start, end)
 
-    def _read_presigned(
-        self, pool: Any, key: str, obj: RemoteObject, start: int, end: int
+    def _read_fast(
+        self, fast: FastGets, key: str, obj: RemoteObject, start: int, end: int
     ) -> Iterator[bytes]:
-        from botocore.exceptions import BotoCoreError, ClientError
-        from urllib3.exceptions import HTTPError as Urllib3Error
-
         uri = f"s3://{self.bucket}/{key}"
         headers = {}
         if obj.etag:
@@ -281,49 +270,33 @@ class S3Source(FileObjectSource):
         if ranged:
             headers["Range"] = f"bytes={start}-{end - 1}"
         try:
-            url = self.client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=3600
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise map_client_error(exc, uri, "GET") from exc
-        try:
-            # straight to the host's connection pool: PoolManager would parse the URL again
-            scheme, _, rest = url.partition("://")
-            netloc, _, path = rest.partition("/")
-            resp = self._host_pool(pool, scheme, netloc).urlopen(
-                "GET",
-                "/" + path,
-                headers=headers,
-                preload_content=False,
-                release_conn=False,
-                retries=False,
-                redirect=False,
-                assert_same_host=False,
-            )
-        except Urllib3Error as exc:  # never str(exc): it may carry the signed URL
+            resp = fast.get(key, headers)
+        except (OSError, http.client.HTTPException) as exc:
             raise TransientError(f"{uri}: GET: {type(exc).__name__}") from exc
+        done = False
         try:
             if resp.status not in (200, 206) or (ranged and resp.status != 206):
                 body = resp.read()
                 m = _ERROR_CODE.search(body or b"")
                 code = m.group(1).decode() if m else str(resp.status)
-                err = ClientError(
-                    {
-                        "Error": {"Code": code, "Message": ""},
-                        "ResponseMetadata": {"HTTPStatusCode": resp.status},
-                    },
-                    "GetObject",
-                )
-                raise map_client_error(err, uri, "GET")
-            if resp.headers.get("x-amz-server-side-encryption", "").startswith("aws:kms") or (
-                resp.headers.get("x-amz-server-side-encryption-customer-algorithm")
-            ):
+                raise map_status(code, resp.status, uri, "GET")
+            if resp.getheader("x-amz-server-side-encryption", "").startswith(
+                "aws:kms"
+            ) or resp.getheader("x-amz-server-side-encryption-customer-algorithm"):
                 obj.meta["etag_is_not_md5"] = "1"
-            yield from resp.stream(_CHUNK)
-        except Urllib3Error as exc:
+            if not ranged:
+                checksum = response_checksum(resp.getheader)
+                if checksum:
+                    obj.meta[WHOLE_CHECKSUM] = checksum
+            while chunk := resp.read(_CHUNK):
+                yield chunk
+            done = True
+        except MlstageError:
+            raise  # AccessDenied and ObjectNotFound are OSErrors too
+        except (OSError, http.client.HTTPException) as exc:
             raise TransientError(f"{uri}: GET: {type(exc).__name__}") from exc
         finally:
-            resp.release_conn()
+            fast.release(resp, reusable=done)
 
     def _read_boto3(self, key: str, obj: RemoteObject, start: int, end: int) -> Iterator[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
