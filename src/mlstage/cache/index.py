@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,20 +320,25 @@ class CacheIndex:
         ).fetchone()
         return row[0] if row else None
 
-    def insert_object(
+    def insert_objects(
         self,
         db: sqlite3.Connection,
-        digest: str,
-        size: int,
-        source_key: str | None,
+        rows: Sequence[tuple[str, int, str | None]],
         fingerprint: str | None,
     ) -> None:
-        """Inside ``tx()``: record an object (and who it came from and who uses it)."""
-        db.execute("INSERT OR IGNORE INTO objects VALUES (?,?,?)", (digest, size, time.time()))
-        if source_key:
-            db.execute("INSERT OR REPLACE INTO source_objects VALUES (?,?)", (source_key, digest))
+        """Inside ``tx()``: record objects (digest, size, source key) and who uses them."""
+        now = time.time()
+        db.executemany(
+            "INSERT OR IGNORE INTO objects VALUES (?,?,?)", [(d, n, now) for d, n, _ in rows]
+        )
+        keyed = [(k, d) for d, _n, k in rows if k]
+        if keyed:
+            db.executemany("INSERT OR REPLACE INTO source_objects VALUES (?,?)", keyed)
         if fingerprint:
-            db.execute("INSERT OR IGNORE INTO dataset_objects VALUES (?,?)", (fingerprint, digest))
+            db.executemany(
+                "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
+                [(fingerprint, d) for d, _n, _k in rows],
+            )
 
     def add_objects_bulk(self, rows: Iterable[tuple[str, int, str | None]]) -> None:
         """Record many objects at once (digest, size, source key); for imports and benchmarks."""

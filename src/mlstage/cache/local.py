@@ -499,6 +499,7 @@ class LocalCache:
             if parent not in self._made_dirs:
                 os.makedirs(parent, exist_ok=True)
                 self._made_dirs.add(parent)
+        rows = []
         with self.index.tx() as db:
             for fetched in batch:
                 target = f"{objects}/{fetched.digest[:2]}/{fetched.digest}"
@@ -514,7 +515,8 @@ class LocalCache:
                     except FileNotFoundError:  # its folder was removed behind our back
                         os.makedirs(os.path.dirname(target), exist_ok=True)
                         os.replace(fetched.path, target)
-                self.index.insert_object(db, fetched.digest, entry.size, key, fingerprint)
+                rows.append((fetched.digest, entry.size, key))
+            self.index.insert_objects(db, rows, fingerprint)
 
     def _link(self, digest: str, dest: Path | str) -> None:
         src = f"{self._objects}/{digest[:2]}/{digest}"
@@ -1038,7 +1040,7 @@ class LocalCache:
         with self.index.tx() as db:
             os.chmod(fetched.path, 0o444)
             os.replace(fetched.path, target)
-            self.index.insert_object(db, fetched.digest, fetched.entry.size, key, fp)
+            self.index.insert_objects(db, [(fetched.digest, fetched.entry.size, key)], fp)
 
     def _relink(self, digests: set[str]) -> None:
         """Point every tree file holding one of ``digests`` at its (repaired) object."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import typer
@@ -40,11 +41,11 @@ def _copy(s: str, d: str) -> None:
     os.chmod(d, 0o644)
 
 
-def materialize(src: Path, dest: Path, *, link: bool = False) -> None:
+def materialize(src: Path, dest: Path, *, link: bool = False, workers: int = 8) -> None:
     """Put the staged tree at ``dest`` atomically: private copies, or hard links if ``link``.
 
     Hard links share the cache's read-only files: writing through them would corrupt the cache,
-    so they are opt-in.
+    so they are opt-in. Copies run on ``workers`` threads (the kernel copies; the GIL is free).
     """
     check_destination(dest)
     tmp = dest.with_name(f".{dest.name}.mlstage-tmp-{os.getpid()}")
@@ -55,11 +56,17 @@ def materialize(src: Path, dest: Path, *, link: bool = False) -> None:
         except OSError:
             _copy(s, d)
 
+    place = link_or_copy if link else _copy
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, tmp, copy_function=link_or_copy if link else _copy)
-        for dirpath, _dirs, _files in os.walk(tmp):
-            os.chmod(dirpath, 0o755)
+        pairs: list[tuple[str, str]] = []
+        for dirpath, _dirs, files in os.walk(src):
+            rel = os.path.relpath(dirpath, src)
+            target = str(tmp) if rel == "." else os.path.join(tmp, rel)
+            os.mkdir(target, 0o755)
+            pairs += [(os.path.join(dirpath, f), os.path.join(target, f)) for f in files]
+        with ThreadPoolExecutor(max(1, min(workers, len(pairs)))) as pool:
+            list(pool.map(lambda pair: place(*pair), pairs))  # re-raises the first error
         if dest.exists():
             dest.rmdir()
         os.rename(tmp, dest)
