@@ -99,6 +99,39 @@ MLSTAGE_LIBRARY = textwrap.dedent(
 )
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc); 0 if unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class EndpointMeter:
+    """CPU used by the S3 endpoint (moto) and the latency proxy during one measurement.
+
+    moto is one Python process: near one core of CPU for the whole run means the endpoint,
+    not the client, set the pace (``moto_busy`` close to 1.0).
+    """
+
+    def __init__(self, moto_pid: int | None, proxy_pid: int | None) -> None:
+        self.pids = {"moto": moto_pid, "proxy": proxy_pid}
+
+    def start(self) -> dict[str, float]:
+        return {k: cpu_seconds(p) for k, p in self.pids.items()}
+
+    def since(self, started: dict[str, float], seconds: float) -> dict[str, float]:
+        used = {k: cpu_seconds(p) - started[k] for k, p in self.pids.items()}
+        return {
+            "moto_cpu_s": round(used["moto"], 2),
+            "proxy_cpu_s": round(used["proxy"], 2),
+            "moto_busy": round(used["moto"] / seconds, 2) if seconds else 0.0,
+        }
+
+
 def _tree_stats(root: Path) -> tuple[int, int]:
     files = [p for p in root.rglob("*") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files)
@@ -130,9 +163,16 @@ class Tools:
     """How to run each tool against ``s3://BUCKET/prefix`` into an empty folder."""
 
     def __init__(
-        self, endpoint: str, work: Path, workers: int, serial_limit: int, part_mb: int = 0
+        self,
+        endpoint: str,
+        work: Path,
+        workers: int,
+        serial_limit: int,
+        part_mb: int = 0,
+        meter: EndpointMeter | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.meter = meter or EndpointMeter(None, None)
         self.part_mb = part_mb
         self.serial_limit = serial_limit
         self.work = work
@@ -215,9 +255,11 @@ class Tools:
             x for p, d in zip(prefixes, dests, strict=True) for x in (f"s3://{BUCKET}/{p}", str(d))
         ]
         cmd = [sys.executable, "-c", MLSTAGE_LIBRARY, str(self.workers), *pairs]
+        cpu = self.meter.start()
         started = time.monotonic()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        result: dict[str, Any] = {"seconds": round(time.monotonic() - started, 3)}
+        seconds = time.monotonic() - started
+        result: dict[str, Any] = {"seconds": round(seconds, 3), **self.meter.since(cpu, seconds)}
         if proc.returncode != 0:
             result["error"] = proc.stderr.strip().splitlines()[-1:]
         else:
@@ -244,6 +286,7 @@ class Tools:
             expect = [(self.serial_limit, nbytes * self.serial_limit // n)]
         dests = [self.work / f"{tool}-{i}-{time.monotonic_ns()}" for i in range(len(prefixes))]
         cmds = [self.command(tool, p, d) for p, d in zip(prefixes, dests, strict=True)]
+        cpu = self.meter.start()
         started = time.monotonic()
         procs = [
             subprocess.Popen(c, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -252,6 +295,7 @@ class Tools:
         outs = [p.communicate() for p in procs]
         seconds = time.monotonic() - started
         result: dict[str, Any] = {"seconds": round(seconds * scale, 3)}
+        result.update(self.meter.since(cpu, seconds))
         if scale != 1.0:
             result["extrapolated_from_objects"] = self.serial_limit
             result["measured_seconds"] = round(seconds, 3)
@@ -353,7 +397,14 @@ def main() -> None:
     ):
         client = s3.client()
         client.create_bucket(Bucket=BUCKET)
-        tools = Tools(proxy.url, Path(tmp), args.workers, args.serial_limit, args.part_size_mb)
+        tools = Tools(
+            proxy.url,
+            Path(tmp),
+            args.workers,
+            args.serial_limit,
+            args.part_size_mb,
+            EndpointMeter(s3.pid, proxy.pid),
+        )
         skipped = tools.available()
         result["skipped"] = {k: v for k, v in skipped.items() if v}
         small = args.small_kb * 1024

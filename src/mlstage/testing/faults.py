@@ -304,8 +304,9 @@ class _ProxyServer(ThreadingHTTPServer):
 class FaultProxy:
     """A handle on a running proxy (in this process or another): its URL and its controls."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pid: int | None = None) -> None:
         self.url = url
+        self.pid = pid  # the proxy's process when it runs in its own (benchmarks read its CPU)
         parts = urlsplit(url)
         self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
 
@@ -389,7 +390,7 @@ def fault_proxy(
     )
     try:
         wait_until(lambda: port_open(port), timeout=30, what=f"fault proxy on port {port}")
-        yield FaultProxy(f"http://127.0.0.1:{port}")
+        yield FaultProxy(f"http://127.0.0.1:{port}", pid=proc.pid)
     finally:
         proc.terminate()
         try:

@@ -23,6 +23,7 @@ CREDENTIALS = {
 class S3Endpoint:
     url: str
     port: int
+    pid: int | None = None  # moto's process (benchmarks read its CPU time)
 
     def env(self) -> dict[str, str]:
         """Environment that points boto3 (and mlstage) at this endpoint."""
@@ -60,7 +61,7 @@ def moto_server(port: int | None = None, *, check_signatures: bool = False) -> I
     )
     try:
         wait_until(lambda: port_open(port), timeout=60, what=f"moto server on port {port}")
-        yield S3Endpoint(f"http://127.0.0.1:{port}", port)
+        yield S3Endpoint(f"http://127.0.0.1:{port}", port, proc.pid)
     finally:
         proc.terminate()
         try:
