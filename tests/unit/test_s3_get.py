@@ -98,3 +98,31 @@ def test_no_template_for_clients_it_cannot_reproduce() -> None:
         "eu-west-1",
         "s3",
     )
+
+
+def test_one_fast_path_per_client_and_bucket_with_the_clients_tls_settings() -> None:
+    import ssl
+
+    import boto3
+
+    from mlstage.sources.s3_get import FastGets
+
+    def client(**kw: object) -> object:
+        return boto3.client(
+            "s3",
+            region_name="us-east-1",
+            endpoint_url="https://127.0.0.1:9",
+            aws_access_key_id="a",
+            aws_secret_access_key="b",
+            **kw,
+        )
+
+    c = client()
+    first = FastGets.for_bucket(c, "bucket")
+    assert first is not None and FastGets.for_bucket(c, "bucket") is first
+    assert FastGets.for_bucket(c, "other") is not first
+    assert FastGets.for_bucket(client(), "bucket") is not first  # another client
+    insecure = FastGets.for_bucket(client(verify=False), "bucket")
+    assert insecure is not None and insecure._pool._ssl is not None
+    assert insecure._pool._ssl.verify_mode == ssl.CERT_NONE  # as boto3 was told
+    assert first._pool._ssl is not None and first._pool._ssl.verify_mode == ssl.CERT_REQUIRED

@@ -27,6 +27,7 @@ import ssl
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,8 @@ _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 # x-amz-* headers of botocore's GetObject that this module reproduces itself
 _KNOWN_AMZ = {"x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "x-amz-checksum-mode"}
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_shared: weakref.WeakKeyDictionary[Any, dict[str, FastGets | None]] = weakref.WeakKeyDictionary()
+_shared_lock = threading.Lock()
 
 
 def response_checksum(header: Callable[[str], str | None]) -> str | None:
@@ -218,11 +221,32 @@ class _EmptyRaw:
         pass
 
 
+def tls_context(verify: bool | str) -> ssl.SSLContext:
+    """TLS settings as the boto3 client has them: ``verify`` False, True, or a CA bundle path."""
+    if verify is False:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    from botocore.httpsession import get_cert_path
+
+    cafile = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
+    return ssl.create_default_context(cafile=cafile if isinstance(cafile, str) else None)
+
+
 class ConnectionPool:
     """Keep-alive ``http.client`` connections to one host, shared by the fetch threads."""
 
     def __init__(
-        self, scheme: str, netloc: str, *, connect_timeout: float = 10.0, read_timeout: float = 60.0
+        self,
+        scheme: str,
+        netloc: str,
+        *,
+        verify: bool | str = True,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
     ) -> None:
         self.scheme = scheme
         self.netloc = netloc
@@ -230,12 +254,7 @@ class ConnectionPool:
         self.read_timeout = read_timeout
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
-        self._ssl: ssl.SSLContext | None = None
-        if scheme == "https":
-            from botocore.httpsession import get_cert_path
-
-            cafile = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
-            self._ssl = ssl.create_default_context(cafile=cafile if cafile else None)
+        self._ssl = tls_context(verify) if scheme == "https" else None
 
     def take(self) -> tuple[http.client.HTTPConnection, bool]:
         """A connection and whether it was used before (it may have been closed by the server)."""
@@ -267,23 +286,41 @@ class ConnectionPool:
 class FastGets:
     """Signed GETs of one bucket's objects (see the module docstring)."""
 
-    def __init__(self, template: GetTemplate, credentials: Any) -> None:
+    def __init__(
+        self, template: GetTemplate, credentials: Any, *, verify: bool | str = True
+    ) -> None:
         self.template = template
         self._credentials = credentials  # botocore Credentials (refreshable or not)
         self._signer = SigV4Signer(template.region, template.service)
-        self._pool = ConnectionPool(template.scheme, template.netloc)
+        self._pool = ConnectionPool(template.scheme, template.netloc, verify=verify)
 
     @classmethod
     def for_bucket(cls, client: Any, bucket: str) -> FastGets | None:
-        """The fast path for ``bucket`` through ``client``'s endpoint and credentials, or None."""
+        """The fast path for ``bucket`` through ``client``'s endpoint and credentials, or None.
+
+        One per client and bucket, shared by every source reading that bucket through that
+        client (one probe, one connection pool), for as long as the client lives.
+        """
+        with _shared_lock:
+            per_client = _shared.setdefault(client, {})
+            if bucket not in per_client:
+                per_client[bucket] = cls._build(client, bucket)
+            return per_client[bucket]
+
+    @classmethod
+    def _build(cls, client: Any, bucket: str) -> FastGets | None:
         if any(os.environ.get(v) for v in _PROXY_VARS):
             return None
         signer = getattr(client, "_request_signer", None)
         credentials = getattr(signer, "_credentials", None)
         if credentials is None or not hasattr(credentials, "get_frozen_credentials"):
             return None
+        session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        verify = getattr(session, "_verify", True)
+        if not isinstance(verify, bool | str):
+            return None
         template = learn_template(client, bucket)
-        return None if template is None else cls(template, credentials)
+        return None if template is None else cls(template, credentials, verify=verify)
 
     def _frozen(self) -> FrozenCredentials:
         c = self._credentials.get_frozen_credentials()  # refreshes expiring credentials
