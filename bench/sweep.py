@@ -18,7 +18,6 @@ Prints one JSON object. Models "train" by sleeping (a GPU stand-in), so 2 cores 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
@@ -27,72 +26,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec, SweepSpec
-from mlstage.testing.net import free_port, port_open, wait_until
+from mlstage.testing.faults import fault_proxy
 from mlstage.testing.s3 import S3Endpoint, moto_server
 
-HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 MODEL = "mlstage.testing.workloads:count_files"
-
-
-def serve_latency_proxy(port: int, upstream_port: int, latency_s: float) -> None:
-    """Serve forever on 127.0.0.1:``port``: forward to ``upstream_port`` after ``latency_s``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _forward(self) -> None:
-            time.sleep(latency_s)
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else None
-            conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
-            conn.request(self.command, self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            self.send_response(resp.status)
-            for k, v in resp.getheaders():
-                if k.lower() not in HOP:
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            conn.close()
-
-        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    server.serve_forever()
-
-
-@contextmanager
-def latency_proxy(upstream: S3Endpoint, latency_s: float) -> Iterator[str]:
-    """An HTTP proxy in its own process that adds ``latency_s`` to every request to ``upstream``.
-
-    Its own process, so its threads never compete for the GIL with the clients it measures.
-    """
-    import multiprocessing
-
-    port = free_port()
-    proc = multiprocessing.get_context("spawn").Process(
-        target=serve_latency_proxy, args=(port, upstream.port, latency_s), daemon=True
-    )
-    proc.start()
-    try:
-        wait_until(lambda: port_open(port), timeout=60, what="latency proxy")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.join(10)
 
 
 def upload_datasets(endpoint: S3Endpoint, bucket: str, n: int, files: int, size: int) -> list[str]:
@@ -261,8 +202,10 @@ def overhead(root: Path, files: int, train_s: float) -> dict[str, Any]:
 
 def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Every measurement, each in its own fresh MLSTAGE_HOME, against one S3 endpoint."""
-    with moto_server() as s3, latency_proxy(s3, args.latency_ms / 1000) as proxy:
-        for k, v in {**s3.env(), "AWS_ENDPOINT_URL": proxy}.items():
+    # the pooled proxy of bench.stage_s3, in its own process (off this process's GIL)
+    with moto_server() as s3, fault_proxy(s3.url, in_process=False) as proxy:
+        proxy.configure(latency=args.latency_ms / 1000)
+        for k, v in {**s3.env(), "AWS_ENDPOINT_URL": proxy.url}.items():
             os.environ[k] = v
         uris = upload_datasets(s3, "mlstage-bench", args.datasets, args.files, args.size)
         sweep = make_sweep(uris, args.models, args.train_s)
