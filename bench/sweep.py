@@ -164,8 +164,9 @@ def overhead(root: Path, files: int, train_s: float, repeats: int = 3) -> dict[s
     A one-model sweep, so the whole flow overhead (flow run, 3 task runs, artifacts) is charged
     to that one model: an upper bound. The dataset is a local folder (moto's ~200 objects/s
     would make a 10k-object S3 dataset take minutes); ``stage_s`` is all the data movement.
-    The two ways alternate ``repeats`` times, each in a fresh MLSTAGE_HOME, and the fastest of
-    each counts: on a shared machine one pair differs by seconds either way.
+    The two ways alternate ``repeats`` times, each in a fresh MLSTAGE_HOME after an ``os.sync``
+    (else one run's writeback lands in the next), and the fastest of each counts: on a shared
+    machine one pair differs by seconds either way.
     """
     from mlstage import pipeline
 
@@ -182,6 +183,7 @@ def overhead(root: Path, files: int, train_s: float, repeats: int = 3) -> dict[s
     )
     lib, stage, flow = [], [], []
     for i in range(repeats):
+        os.sync()  # the previous run's ~3 files per file reach the disk before this one starts
         with fresh_home(root, f"overhead-lib-{i}"):
             t0 = time.time()
             ws = pipeline.Workspace.from_settings()
@@ -190,6 +192,7 @@ def overhead(root: Path, files: int, train_s: float, repeats: int = 3) -> dict[s
             stage.append(time.time() - t0)  # all that moves data: fetch, preprocess, publish, stage
             pipeline.run(ws, spec.models[0], ready)
             lib.append(time.time() - t0)
+        os.sync()
         with fresh_home(root, f"overhead-flow-{i}"):
             flow.append(run_flow(spec, serial=False)["last_result_s"])
     lib_s, stage_s, flow_s = min(lib), min(stage), min(flow)
