@@ -132,7 +132,8 @@ def test_prefect_does_no_work_per_file(
     calls = seen[large].calls - seen[small].calls
     sent = seen[large].api_bytes - seen[small].api_bytes
     assert seen[small].calls > 1000, seen[small]  # the counter saw the flow and its tasks
-    # a handful of calls may differ (retries of a poll, a lock); one per file may not
-    assert calls < added // 4, f"Prefect made {calls} more calls for {added} more files"
+    # a few dozen calls may differ with timing (polls, log and event batches); walking a
+    # manifest costs ~75 calls a file, so even one call a file is a regression
+    assert calls < added, f"Prefect made {calls} more calls for {added} more files"
     # ids, timings and byte counts differ a little; a manifest would add ~100 bytes a file
     assert sent < added * 4, f"Prefect sent {sent} more bytes to its API for {added} more files"
