@@ -57,6 +57,17 @@ def summarize(ws: Workspace, outcomes: list[RunOutcome], started_at: float) -> l
     return rows
 
 
+def child_blocks(
+    shared_block: str | None, cache_block: str | None, clearml_block: str | None
+) -> dict[str, str | None]:
+    """The block names a model launched as its own ``run-benchmark`` run gets (its parameters)."""
+    return {
+        "shared_block": shared_block,
+        "cache_block": cache_block,
+        "clearml_block": clearml_block,
+    }
+
+
 def artifact_key(sweep: SweepSpec, what: str) -> str:
     """A Prefect artifact key (lowercase letters, digits, dashes) for this sweep."""
     name = "".join(c if c.isalnum() else "-" for c in sweep.name.lower())
@@ -81,7 +92,7 @@ def benchmark_sweep(
             f"the sweep {sweep.name!r} is malformed ({len(problems)} problems; nothing was "
             "moved):\n- " + "\n- ".join(problems)
         )
-    blocks = {"shared_block": shared_block, "cache_block": cache_block}
+    blocks = child_blocks(shared_block, cache_block, clearml_block)
     with using_blocks(shared_block, cache_block), preprocess_runner(dask_address) as cpu:
         ws = workspace()
         started_at = time.time()

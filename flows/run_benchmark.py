@@ -22,8 +22,12 @@ def run_benchmark(
     sweep_id: str | None = None,
     shared_block: str | None = None,
     cache_block: str | None = None,
+    clearml_block: str | None = None,
 ) -> dict[str, Any]:
-    """One model on one artifact: by id (as benchmark-sweep launches it) or from a DatasetSpec."""
+    """One model on one artifact: by id (as benchmark-sweep launches it) or from a DatasetSpec.
+
+    ``clearml_block`` configures the ClearML SDK where a ``clearml://`` dataset is resolved.
+    """
     problems = validate_models([model])
     if (artifact_id is None) == (dataset is None):
         problems.append("give exactly one of artifact_id or dataset")
@@ -33,7 +37,7 @@ def run_benchmark(
         prepared = (
             find_task(artifact_id)
             if artifact_id
-            else preprocess_task(dataset, shared_block, cache_block=cache_block)
+            else preprocess_task(dataset, shared_block, clearml_block, cache_block)
         )
         if model.start == "first-shard":  # starts on the first staged object
             outcome = run_streaming_task(model, prepared, sweep_id)
