@@ -30,12 +30,15 @@ from mlstage.pipeline import RunOutcome, Workspace, validate_sweep
 from mlstage.specs import ModelSpec, SweepSpec
 from mlstage.state.redact import scrub_text
 
+PROGRESS_EVERY_S = 0.5
+
 
 def summarize(ws: Workspace, outcomes: list[RunOutcome], started_at: float) -> list[dict[str, Any]]:
     """One row per model: what it consumed (from the state DB), when its data was ready, its score."""
     rows = []
+    recorded = ws.state.runs_by_id([o.run_id for o in outcomes if o.run_id != "-"])
     for o in outcomes:
-        lineage = ws.state.run(o.run_id) if o.run_id != "-" else None
+        lineage = recorded.get(o.run_id)
         r = o.ready
         rows.append(
             {
@@ -121,8 +124,11 @@ def benchmark_sweep(
             return run_task.submit(m, opaque(ready[m.dataset]), record.id)
 
         runs = {m.name: launch(m) for m in sweep.models}
+        shown = 0.0  # the progress bar moves at most twice a second (each move is an API call)
         for done, _ in enumerate(as_completed(list(runs.values())), start=1):
-            update_progress_artifact(progress, 100.0 * done / len(runs))
+            if done == len(runs) or time.monotonic() - shown >= PROGRESS_EVERY_S:
+                update_progress_artifact(progress, 100.0 * done / len(runs))
+                shown = time.monotonic()
 
     outcomes = [outcome_of(m, runs[m.name]) for m in sweep.models]
     rows = summarize(ws, outcomes, started_at)

@@ -126,6 +126,8 @@ def test_every_run_with_what_it_consumed(store: StateStore) -> None:
     assert store.run(r1[:12]) == a  # the prefix the table shows
     assert store.run("no-such-run") is None
     assert store.consumed(r1) == [a]
+    assert store.runs_by_id([r1, r2, "no-such-run"]) == {r1: a, r2: b}  # one query, exact ids
+    assert store.runs_by_id([]) == {}
 
 
 def test_runs_consuming_a_version_or_an_artifact(store: StateStore) -> None:

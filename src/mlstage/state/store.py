@@ -7,7 +7,7 @@ messages) passes through ``mlstage.state.redact`` before it is stored.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -438,6 +438,17 @@ class StateStore:
                 )
             rows = self._lineage(s, col(BenchmarkRun.id) == ids.pop()) if ids else []
             return rows[0] if rows else None
+
+    def runs_by_id(self, run_ids: Sequence[str]) -> dict[str, LineageRow]:
+        """Runs by exact mlstage run id, one query for all (the first artifact of each)."""
+        if not run_ids:
+            return {}
+        with self.session() as s:
+            rows = self._lineage(s, col(BenchmarkRun.id).in_(list(run_ids)))
+        out: dict[str, LineageRow] = {}
+        for row in rows:
+            out.setdefault(row.run_id, row)
+        return out
 
     def consumed(self, run_id: str) -> list[LineageRow]:
         """Everything run ``run_id`` (exact mlstage run id) consumed, one row per artifact."""
