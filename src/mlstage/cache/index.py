@@ -342,12 +342,8 @@ class CacheIndex:
 
     def add_objects_bulk(self, rows: Iterable[tuple[str, int, str | None]]) -> None:
         """Record many objects at once (digest, size, source key); for imports and benchmarks."""
-        now = time.time()
         with self.tx() as db:
-            for digest, size, key in rows:
-                db.execute("INSERT OR IGNORE INTO objects VALUES (?,?,?)", (digest, size, now))
-                if key:
-                    db.execute("INSERT OR REPLACE INTO source_objects VALUES (?,?)", (key, digest))
+            self.insert_objects(db, list(rows), None)
 
     def unreferenced(self, db: sqlite3.Connection, digests: Iterable[str]) -> list[str]:
         """Inside ``tx()``: which of ``digests`` no dataset (ready or staging) references."""

@@ -276,12 +276,6 @@ class ConnectionPool:
         with self._lock:
             self._idle.append(conn)
 
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
 
 class FastGets:
     """Signed GETs of one bucket's objects (see the module docstring)."""
@@ -362,6 +356,3 @@ class FastGets:
         else:
             resp.close()
             conn.close()
-
-    def close(self) -> None:
-        self._pool.close()
