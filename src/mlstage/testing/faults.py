@@ -52,7 +52,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from mlstage.testing.net import free_port, port_open, wait_until
+from mlstage.testing.net import free_port, port_open, stop_process, wait_until
 
 KINDS = ("slowdown", "error500", "truncate", "corrupt", "reset", "deny")
 _CONTROL = "/_faults/"
@@ -392,11 +392,7 @@ def fault_proxy(
         wait_until(lambda: port_open(port), timeout=30, what=f"fault proxy on port {port}")
         yield FaultProxy(f"http://127.0.0.1:{port}", pid=proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def main() -> None:

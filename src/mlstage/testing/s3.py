@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from mlstage.testing.net import free_port, port_open, wait_until
+from mlstage.testing.net import free_port, port_open, stop_process, wait_until
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -63,11 +63,7 @@ def moto_server(port: int | None = None, *, check_signatures: bool = False) -> I
         wait_until(lambda: port_open(port), timeout=60, what=f"moto server on port {port}")
         yield S3Endpoint(f"http://127.0.0.1:{port}", port, proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def signing_user(endpoint: S3Endpoint) -> dict[str, str]:
