@@ -100,6 +100,33 @@ def test_self_signed_gets_are_accepted_for_every_key(
     assert got == {k: hashlib.sha256(v).hexdigest() for k, v in FILES.items()}
 
 
+def test_self_signed_listing_pages_like_botocore(
+    signed_s3: tuple[S3Endpoint, dict[str, str]],
+) -> None:
+    from mlstage.sources.s3_get import FastGets, parse_list_page
+
+    endpoint, env = signed_s3
+    client = _client(endpoint, env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+    fast = FastGets.for_bucket(client, BUCKET)
+    assert fast is not None
+    got, token, pages = [], None, 0
+    while True:  # two keys a page: every page after the first carries a continuation token
+        status, body = fast.list_page("ds/", token, max_keys=2)
+        assert status == 200, body
+        objects, token = parse_list_page(body)
+        got += [(o.key, o.size, o.etag) for o in objects]
+        pages += 1
+        if token is None:
+            break
+    reference = [
+        (o["Key"], o["Size"], o["ETag"])
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="ds/")
+        for o in page["Contents"]
+    ]
+    assert got == reference and pages == 3
+    assert {k[len("ds/") :] for k, _s, _e in got} == set(FILES)
+
+
 def test_session_tokens_are_signed_and_a_wrong_secret_is_refused(
     signed_s3: tuple[S3Endpoint, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -117,6 +144,8 @@ def test_session_tokens_are_signed_and_a_wrong_secret_is_refused(
     ):
         cache = LocalCache(tmp_path / "bad")
         source = S3Source(BUCKET, "ds", client=bad, retry=FAST_RETRY)
+        with pytest.raises(AccessDenied, match=r"s3://signed-bucket/ds/.*access denied"):
+            source.resolve()  # the listing is refused too
         with pytest.raises(AccessDenied, match=r"s3://signed-bucket/ds/.*access denied"):
             cache.stage(source, listed)
         assert cache.lookup(listed.fingerprint) is None

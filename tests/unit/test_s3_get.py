@@ -12,15 +12,23 @@ from botocore.credentials import Credentials
 
 from mlstage.sources.s3_get import (
     FrozenCredentials,
+    ListedObject,
     SigV4Signer,
+    canonical_query,
     encode_key,
     learn_template,
+    parse_list_page,
     response_checksum,
 )
 
 
 def botocore_signature(
-    creds: FrozenCredentials, region: str, host: str, path: str, headers: dict[str, str]
+    creds: FrozenCredentials,
+    region: str,
+    host: str,
+    path: str,
+    headers: dict[str, str],
+    params: dict[str, str] | None = None,
 ) -> str:
     """What botocore's own SigV4 signer (the reference) computes for this request."""
     auth = S3SigV4Auth(Credentials(creds.access_key, creds.secret_key, creds.token), "s3", region)
@@ -28,6 +36,7 @@ def botocore_signature(
     request = AWSRequest(
         method="GET",
         url=f"https://{host}{path}",
+        params=params or {},
         headers={"host": host, **{k: v for k, v in headers.items() if k in names}},
     )
     request.context["timestamp"] = headers["x-amz-date"]
@@ -56,6 +65,73 @@ def test_signatures_equal_botocores(key: str, token: str | None) -> None:
     assert next_day["Authorization"].rpartition("Signature=")[2] == botocore_signature(
         creds, "eu-west-1", host, path, next_day
     )
+
+
+@pytest.mark.parametrize(
+    "prefix", ["", "plain/", "with space/a+b=c&d/", "ünïcödé/~x (1)/", "a%2Fb/"]
+)
+def test_listing_signatures_equal_botocores(prefix: str) -> None:
+    creds = FrozenCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "tok+/=")
+    signer = SigV4Signer("us-east-1", "s3")
+    params = {"list-type": "2", "encoding-type": "url", "prefix": prefix}
+    params["continuation-token"] = "1+ab/cd=="  # tokens are opaque base64: '+', '/', '='
+    host, path = "127.0.0.1:9000", "/bucket"
+    query = canonical_query(params)
+    headers = signer.headers(
+        host, path, creds, "20261121T101500Z", query=query, checksum_mode=False
+    )
+    assert "x-amz-checksum-mode" not in headers
+    signature = headers["Authorization"].rpartition("Signature=")[2]
+    assert signature == botocore_signature(creds, "us-east-1", host, path, headers, params)
+    # what is sent is what is signed: the same parameters, decoded
+    from urllib.parse import parse_qsl
+
+    assert dict(parse_qsl(query, keep_blank_values=True)) == params
+
+
+NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
+
+
+def _page(contents: str, truncated: str = "false", token: str = "", ns: str = NS) -> bytes:
+    more = f"<NextContinuationToken>{token}</NextContinuationToken>" if token else ""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult {ns}><Name>b</Name>'
+        f"<Prefix>p/</Prefix><KeyCount>2</KeyCount><IsTruncated>{truncated}</IsTruncated>"
+        f"{more}{contents}<EncodingType>url</EncodingType></ListBucketResult>"
+    ).encode()
+
+
+ENTRY = (
+    "<Contents><Key>{key}</Key><LastModified>2026-11-21T10:00:00.000Z</LastModified>"
+    "<ETag>&quot;{etag}&quot;</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass>"
+    "</Contents>"
+)
+
+
+@pytest.mark.parametrize("ns", [NS, ""])  # S3-compatible stores do not all send the namespace
+def test_list_pages_parse_keys_sizes_etags_and_tokens(ns: str) -> None:
+    contents = ENTRY.format(key="p/with+space%20and%2Bplus/%C3%BC.bin", etag="ab" * 16, size=5)
+    contents += ENTRY.format(key="p/evil/../x", etag="cd" * 16 + "-2", size=12345678901)
+    objects, token = parse_list_page(_page(contents, "true", "tok/+=", ns=ns))
+    assert objects == [
+        ListedObject("p/with space and+plus/ü.bin", 5, f'"{"ab" * 16}"'),
+        ListedObject("p/evil/../x", 12345678901, f'"{"cd" * 16}-2"'),  # S3Source refuses it
+    ]
+    assert token == "tok/+="
+    assert parse_list_page(_page("", ns=ns)) == ([], None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>a proxy's error page</html>",
+        b"not xml at all",
+        _page("", "true"),  # truncated, but no token to go on with
+    ],
+)
+def test_unreadable_list_pages_are_refused(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_list_page(body)
 
 
 def test_response_checksum_takes_full_object_values_only() -> None:

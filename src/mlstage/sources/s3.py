@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +27,7 @@ from mlstage.manifest import Entry, Manifest
 from mlstage.paths import safe_relpath
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import WHOLE_CHECKSUM, CorruptData, FileObjectSource, RemoteObject
-from mlstage.sources.s3_get import FastGets, response_checksum
+from mlstage.sources.s3_get import FastGets, parse_list_page, response_checksum
 
 _TRANSIENT_CODES = {
     "SlowDown",
@@ -221,32 +222,63 @@ class S3Source(FileObjectSource):
         return Manifest(source=self.uri, entries=entries)
 
     def _list(self) -> list[Entry]:
+        fast = self._fast
+        listed = self._list_fast(fast) if fast is not None else self._list_boto3()
+        entries: list[Entry] = []
+        for key, size, etag in listed:
+            rel = key[len(self.prefix) :]
+            if not rel or rel.endswith("/"):
+                continue  # folder markers
+            etag = etag.strip('"')
+            md5 = f"md5:{etag}" if len(etag) == 32 and "-" not in etag else None
+            entries.append(
+                Entry(
+                    path=safe_relpath(rel, origin=self.uri),
+                    size=size,
+                    checksum=md5,
+                    etag=etag or None,
+                    locator=rel,
+                )
+            )
+        return entries
+
+    def _list_fast(self, fast: FastGets) -> Iterator[tuple[str, int, str]]:
+        token: str | None = None
+        while True:
+            try:
+                status, body = fast.list_page(self.prefix, token)
+            except (ConnectionRefusedError, socket.gaierror) as exc:
+                raise SourceError(
+                    f"{self.uri}: cannot reach the S3 endpoint ({exc.strerror or exc})",
+                    hint="check AWS_ENDPOINT_URL and the network",
+                ) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise TransientError(f"{self.uri}: listing: {type(exc).__name__}") from exc
+            if status != 200:
+                m = _ERROR_CODE.search(body)
+                code = m.group(1).decode() if m else str(status)
+                raise map_status(code, status, self.uri, "listing")
+            try:
+                objects, token = parse_list_page(body)
+            except ValueError as exc:
+                raise TransientError(f"{self.uri}: listing: unreadable page ({exc})") from exc
+            for o in objects:
+                yield o.key, o.size, o.etag
+            if token is None:
+                return
+
+    def _list_boto3(self) -> Iterator[tuple[str, int, str]]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        entries: list[Entry] = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self.prefix
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    rel = obj["Key"][len(self.prefix) :]
-                    if not rel or rel.endswith("/"):
-                        continue  # folder markers
-                    etag = obj.get("ETag", "").strip('"')
-                    md5 = f"md5:{etag}" if len(etag) == 32 and "-" not in etag else None
-                    entries.append(
-                        Entry(
-                            path=safe_relpath(rel, origin=self.uri),
-                            size=obj["Size"],
-                            checksum=md5,
-                            etag=etag or None,
-                            locator=rel,
-                        )
-                    )
+                    yield obj["Key"], obj["Size"], obj.get("ETag", "")
         except (ClientError, BotoCoreError) as exc:
             raise map_client_error(exc, self.uri, "listing") from exc
-        return entries
 
     def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Bytes [start, end) of one object, conditional on its listed ETag."""
