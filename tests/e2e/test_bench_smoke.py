@@ -1,0 +1,98 @@
+"""The README's benchmark figures come from bench/: each one still runs and prints its JSON.
+
+Tiny parameters, no timing asserted (timings are never pass/fail): a benchmark that breaks
+fails here instead of on the next person who tries to reproduce a figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(module: str, args: list[str], tmp_path: Path) -> dict[str, Any]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLSTAGE_", "AWS_"))},
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def test_stage_s3_benchmark_runs_every_case(tmp_path: Path) -> None:
+    doc = _bench(
+        "bench.stage_s3",
+        [
+            "--small-count",
+            "12",
+            "--small-kb",
+            "4",
+            "--big-count",
+            "1",
+            "--big-mb",
+            "3",
+            "--multi",
+            "5,4,3,2,1",
+            "--tools",
+            "mlstage,serial_boto3",
+            "--serial-limit",
+            "6",
+        ],  # fmt: skip
+        tmp_path,
+    )
+    cases = doc["cases"]
+    assert set(cases) == {"a_small_objects", "b_large_objects", "c_five_datasets_at_once"}
+    for case in cases.values():
+        assert case["mlstage"]["verified"] is True, case
+    assert cases["a_small_objects"]["serial_boto3"]["extrapolated_from_objects"] == 6
+    assert cases["a_small_objects"]["serial_boto3"]["ratio_vs_mlstage"] > 0
+    assert cases["c_five_datasets_at_once"]["mlstage"]["together_vs_largest_alone"] > 0
+
+
+def test_sweep_benchmark_runs_every_way(tmp_path: Path) -> None:
+    doc = _bench(
+        "bench.sweep",
+        [
+            "--datasets",
+            "2",
+            "--models",
+            "2",
+            "--files",
+            "6",
+            "--train-s",
+            "0",
+            "--overhead-files",
+            "40",
+            "--overhead-repeats",
+            "1",
+            "--repeats",
+            "1",
+        ],  # fmt: skip
+        tmp_path,
+    )
+    assert set(doc["time_to_last_result_s"]) == {"mlstage", "serial", "clearml_style"}
+    assert doc["ratio_mlstage_vs_single_alone"] > 0
+    assert len(doc["details"]["mlstage"]["first_step_s"]) == 4  # 2 models x 2 datasets
+    ovh = doc["overhead"]
+    assert ovh["staging_s"] > 0 and ovh["prefect_tasks_per_model"] == 3
+    # orchestration is what a run spends outside the library's verbs: never negative
+    assert 0 <= ovh["overhead_to_completed_s"] <= ovh["overhead_to_return_s"]
