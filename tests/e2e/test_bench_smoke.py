@@ -20,14 +20,15 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _bench(module: str, args: list[str], tmp_path: Path) -> dict[str, Any]:
+def _bench(module: str, args: str, tmp_path: Path) -> dict[str, Any]:
+    """Run ``python -m module`` with ``args`` (space-separated) in a clean environment."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MLSTAGE_", "AWS_"))},
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     out = subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, "-m", module, *args.split()],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -41,22 +42,8 @@ def _bench(module: str, args: list[str], tmp_path: Path) -> dict[str, Any]:
 def test_stage_s3_benchmark_runs_every_case(tmp_path: Path) -> None:
     doc = _bench(
         "bench.stage_s3",
-        [
-            "--small-count",
-            "12",
-            "--small-kb",
-            "4",
-            "--big-count",
-            "1",
-            "--big-mb",
-            "3",
-            "--multi",
-            "5,4,3,2,1",
-            "--tools",
-            "mlstage,serial_boto3",
-            "--serial-limit",
-            "6",
-        ],  # fmt: skip
+        "--small-count 12 --small-kb 4 --big-count 1 --big-mb 3 --multi 5,4,3,2,1 "
+        "--tools mlstage,serial_boto3 --serial-limit 6",
         tmp_path,
     )
     cases = doc["cases"]
@@ -71,22 +58,8 @@ def test_stage_s3_benchmark_runs_every_case(tmp_path: Path) -> None:
 def test_sweep_benchmark_runs_every_way(tmp_path: Path) -> None:
     doc = _bench(
         "bench.sweep",
-        [
-            "--datasets",
-            "2",
-            "--models",
-            "2",
-            "--files",
-            "6",
-            "--train-s",
-            "0",
-            "--overhead-files",
-            "40",
-            "--overhead-repeats",
-            "1",
-            "--repeats",
-            "1",
-        ],  # fmt: skip
+        "--datasets 2 --models 2 --files 6 --train-s 0 --overhead-files 40 "
+        "--overhead-repeats 1 --repeats 1",
         tmp_path,
     )
     assert set(doc["time_to_last_result_s"]) == {"mlstage", "serial", "clearml_style"}
