@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from mlstage.cache import LocalCache
-from mlstage.errors import IntegrityError, ObjectNotFound, SourceError, UnsafePathError
+from mlstage.errors import (
+    IntegrityError,
+    ObjectNotFound,
+    SourceError,
+    TransientError,
+    UnsafePathError,
+)
 from mlstage.retry import RetryPolicy
 from mlstage.sources.s3 import S3Source, make_client
 from mlstage.testing.faults import Fault, FaultProxy, fault_proxy
@@ -69,9 +75,10 @@ def test_stage_survives_throttling_errors_resets_and_cut_bodies(
     _upload(s3_env, bucket, "ds/", files)
     faulty.configure(
         faults=[
-            Fault("slowdown", times=4),
-            Fault("error500", times=3),
-            Fault("reset", times=2),
+            # object GETs only ("/ds/"): the listing's faults have their own test below
+            Fault("slowdown", key="/ds/", times=4),
+            Fault("error500", key="/ds/", times=3),
+            Fault("reset", key="/ds/", times=2),
             Fault("truncate", key="small/", times=3),
             Fault("truncate", key="big/", times=2),
         ]
@@ -84,9 +91,36 @@ def test_stage_survives_throttling_errors_resets_and_cut_bodies(
     assert _tree(staged.path) == _digests(files)
     fired = faulty.fired()
     assert fired.get("slowdown") == 4 and fired.get("truncate") == 5 and fired.get("reset") == 2
-    assert staged.retries >= 5  # the cut bodies at least (other faults may hit the listing)
+    # every fault but a reset cost one attempt (a reset of a pooled connection is retried at
+    # once on a fresh one, uncounted)
+    assert staged.retries >= 12
     # the big object came as parallel ranged GETs
     assert faulty.count("GET", f"/{bucket}/ds/big/blob.bin") >= 4
+
+
+def test_listing_survives_throttling_errors_resets_and_cut_pages(
+    faulty: FaultProxy, s3_env: S3Endpoint, bucket: str
+) -> None:
+    files = {f"{i:04d}.bin": b"x" * i for i in range(1, 1200)}  # two listing pages
+    client = s3_env.client()
+    for rel, data in files.items():
+        client.put_object(Bucket=bucket, Key=f"many/{rel}", Body=data)
+    kinds = ("slowdown", "error500", "reset", "truncate")
+    faulty.configure(faults=[Fault(kind, times=1) for kind in kinds])
+    source = S3Source(bucket, "many", client=make_client(), retry=FAST_RETRY)
+    manifest = source.resolve()  # only listing requests: every fault hits a page
+    assert {e.path: e.size for e in manifest.entries} == {k: len(v) for k, v in files.items()}
+    assert all(faulty.fired().get(kind) == 1 for kind in kinds), faulty.fired()
+    assert faulty.count("GET", f"/{bucket}") == 2 + len(kinds)  # 2 pages + 4 failed attempts
+
+    faulty.configure(faults=[Fault("slowdown")])  # throttled for good: gives up, naming the URI
+    with pytest.raises(SourceError) as failed:
+        S3Source(bucket, "many", client=make_client(), retry=FAST_RETRY).resolve()
+    assert not isinstance(failed.value, TransientError)  # final: nothing above retries it
+    assert str(failed.value) == (
+        f"s3://{bucket}/many/: listing: SlowDown (gave up after 8 attempts) "
+        "(hint: the endpoint keeps failing; retry later)"
+    )
 
 
 def test_corrupted_bytes_are_never_published(

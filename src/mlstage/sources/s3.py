@@ -213,7 +213,13 @@ class S3Source(FileObjectSource):
 
     def resolve(self) -> Manifest:
         """One paginated listing (retried when throttled); no object is read."""
-        entries = self.retry.call(self._list)
+        try:
+            entries = self.retry.call(self._list)
+        except TransientError as exc:
+            raise SourceError(
+                f"{exc.message} (gave up after {self.retry.attempts} attempts)",
+                hint="the endpoint keeps failing; retry later",
+            ) from exc
         if not entries:
             raise ObjectNotFound(
                 f"{self.uri}: no objects under this prefix",
