@@ -82,7 +82,7 @@ MLSTAGE_LIBRARY = textwrap.dedent(
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
     from mlstage.cache import LocalCache
-    from mlstage.cli.stage_cmd import materialize
+    from mlstage.materialize import materialize
     from mlstage.settings import get_settings
     from mlstage.sources import open_source
     workers, pairs = int(sys.argv[1]), sys.argv[2:]

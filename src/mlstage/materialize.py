@@ -1,0 +1,151 @@
+"""Put a staged dataset at a user's folder: private copies (or hard links), all or nothing.
+
+``Materializer`` can start before staging ends: the cache calls ``add`` for every verified
+object as it lands, so the copies overlap the transfer (which mostly waits on the network);
+``finish`` copies whatever was not added (cache hits, or an early copy that failed) from the
+staged tree and renames the folder into place. Until then everything lives in a hidden
+sibling folder that ``abort`` (or an exception in the ``with`` block) removes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import suppress
+from pathlib import Path
+from types import TracebackType
+
+from mlstage.errors import ConfigError
+
+_TO_HINT = "choose an empty or new folder on a writable filesystem for --to"
+
+
+def check_destination(dest: Path) -> None:
+    """Refuse a --to folder that is not empty or cannot be written, before any byte moves."""
+    try:
+        if dest.is_symlink():
+            raise ConfigError(f"{dest} is a link", hint=_TO_HINT)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise ConfigError(f"{dest} exists and is not an empty folder", hint=_TO_HINT)
+        parent = dest.absolute().parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        pseudo = parent.resolve().parts[1:2] in (("proc",), ("sys",), ("dev",))
+    except OSError as exc:
+        raise ConfigError(
+            f"{dest}: cannot inspect it ({exc.strerror or exc})", hint=_TO_HINT
+        ) from exc
+    if pseudo or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{dest}: cannot create it in {parent}", hint=_TO_HINT)
+
+
+def _copy(src: str, dst: str) -> None:
+    # copyfile uses copy_file_range/sendfile where the kernel has them (reflinks on btrfs/xfs)
+    shutil.copyfile(src, dst)
+    os.chmod(dst, 0o644)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        _copy(src, dst)
+
+
+class Materializer:
+    """Builds ``dest`` from staged files on ``workers`` threads (the kernel copies; GIL free).
+
+    Hard links (``link``) share the cache's read-only files: writing through them would
+    corrupt the cache, so they are opt-in.
+    """
+
+    def __init__(self, dest: Path, *, link: bool = False, workers: int = 8) -> None:
+        check_destination(dest)
+        self.dest = dest
+        self._place = _link_or_copy if link else _copy
+        self._tmp = dest.with_name(f".{dest.name}.mlstage-tmp-{os.getpid()}")
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="mlstage-copy")
+        self._early: dict[str, Future[None]] = {}
+        self._dirs: set[str] = set()
+        self._lock = threading.Lock()
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(self._tmp, 0o755)
+        except OSError as exc:
+            self._pool.shutdown()
+            raise self._error(exc) from exc
+
+    def __enter__(self) -> Materializer:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if kind is not None:
+            self.abort()
+
+    def add(self, rel: str, src: str | Path) -> None:
+        """Start placing the verified file ``src`` at ``rel`` (a dataset path) now."""
+        self._early[rel] = self._pool.submit(self._place_at, rel, str(src))
+
+    def finish(self, tree: Path) -> None:
+        """Complete the folder from the staged ``tree`` and move it to ``dest``."""
+        try:
+            wait(list(self._early.values()))
+            placed = {rel for rel, f in self._early.items() if f.exception() is None}
+            folders, todo = [], []
+            for dirpath, _dirs, files in os.walk(tree):
+                base = os.path.relpath(dirpath, tree)
+                if base != ".":
+                    folders.append(base)  # empty folders of the tree too
+                for name in files:
+                    rel = name if base == "." else f"{base}/{name}"
+                    if rel not in placed:  # a cache hit, or an early copy that failed
+                        todo.append((rel, os.path.join(dirpath, name)))
+            for base in folders:
+                os.makedirs(os.path.join(self._tmp, base), 0o755, exist_ok=True)
+            with self._lock:
+                self._dirs.update(folders)
+            for rel, _src in todo:
+                if rel in self._early:  # its early copy failed: start over
+                    with suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self._tmp, rel))
+            rest = [self._pool.submit(self._place_at, rel, src) for rel, src in todo]
+            for f in rest:
+                f.result()  # re-raises the first error
+            self._pool.shutdown()
+            if self.dest.exists():
+                self.dest.rmdir()
+            os.rename(self._tmp, self.dest)
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc) from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Stop and remove everything placed so far; ``dest`` is left as it was."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _place_at(self, rel: str, src: str) -> None:
+        parent, _, _name = rel.rpartition("/")
+        if parent and parent not in self._dirs:
+            os.makedirs(os.path.join(self._tmp, parent), 0o755, exist_ok=True)
+            with self._lock:
+                self._dirs.add(parent)
+        self._place(src, os.path.join(self._tmp, rel))
+
+    def _error(self, exc: OSError) -> ConfigError:
+        return ConfigError(
+            f"{self.dest}: cannot materialise the dataset there ({exc.strerror or exc})",
+            hint=_TO_HINT,
+        )
+
+
+def materialize(src: Path, dest: Path, *, link: bool = False, workers: int = 8) -> None:
+    """Put the staged tree ``src`` at ``dest`` atomically: private copies, or hard links."""
+    Materializer(dest, link=link, workers=workers).finish(src)

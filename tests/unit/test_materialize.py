@@ -1,0 +1,83 @@
+"""--to folders: early copies overlap staging, the rest come from the tree, all or nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mlstage.cache import LocalCache
+from mlstage.errors import ConfigError
+from mlstage.materialize import Materializer, materialize
+from mlstage.sources import open_source
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def staged(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A staged tree (read-only hard links into objects/) and what it holds."""
+    src = tmp_path / "src"
+    files = {"a.bin": b"a" * 100, "sub/b.bin": b"b" * 50, "sub/deeper/c.txt": b"c", "e": b""}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    source = open_source(str(src))
+    result = LocalCache(tmp_path / "cache").stage(source, source.resolve())
+    return result.path, files
+
+
+def test_early_copies_and_the_rest_from_the_tree(
+    staged: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    tree, files = staged
+    dest = tmp_path / "out" / "data"
+    with Materializer(dest) as placing:
+        placing.add("a.bin", tree / "a.bin")  # as the cache's per-object callback does
+        placing.add("sub/deeper/c.txt", tree / "sub/deeper/c.txt")
+        placing.add("sub/b.bin", tmp_path / "vanished")  # an early copy that fails: redone
+        assert not dest.exists()  # nothing visible before finish
+        placing.finish(tree)
+    assert _files(dest) == files
+    assert not list(dest.parent.glob(".data.mlstage-tmp-*"))
+    (dest / "a.bin").write_bytes(b"mine")  # private copies: the cache is untouched
+    assert (tree / "a.bin").read_bytes() == b"a" * 100
+
+
+def test_links_share_the_cache_files(staged: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    tree, files = staged
+    materialize(tree, tmp_path / "linked", link=True)
+    assert _files(tmp_path / "linked") == files
+    assert os.stat(tmp_path / "linked" / "a.bin").st_ino == os.stat(tree / "a.bin").st_ino
+
+
+def test_a_failure_leaves_nothing(staged: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+    tree, _files_ = staged
+    dest = tmp_path / "out"
+    with pytest.raises(RuntimeError), Materializer(dest) as placing:
+        placing.add("a.bin", tree / "a.bin")
+        raise RuntimeError("staging failed")
+    assert list(tmp_path.glob("*out*")) == []
+    broken = tmp_path / "broken-tree"
+    broken.mkdir()
+    (broken / "ok.bin").write_bytes(b"ok")
+    (broken / "gone.bin").symlink_to(tmp_path / "nowhere")  # cannot be copied
+    with pytest.raises(ConfigError, match=r"out: cannot materialise the dataset there"):
+        materialize(broken, dest)
+    assert list(tmp_path.glob("*out*")) == []
+
+
+def test_a_non_empty_destination_is_refused_before_anything(
+    staged: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    tree, _files_ = staged
+    dest = tmp_path / "full"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not an empty folder"):
+        Materializer(dest)
+    assert _files(dest) == {"keep.txt": b"mine"}
+    assert list(tmp_path.glob(".full.*")) == []
