@@ -82,7 +82,7 @@ MLSTAGE_LIBRARY = textwrap.dedent(
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
     from mlstage.cache import LocalCache
-    from mlstage.materialize import materialize
+    from mlstage.materialize import Materializer
     from mlstage.settings import get_settings
     from mlstage.sources import open_source
     workers, pairs = int(sys.argv[1]), sys.argv[2:]
@@ -91,8 +91,12 @@ MLSTAGE_LIBRARY = textwrap.dedent(
     cache = LocalCache(s.resolved_cache_dir)
     def one(uri, dest):
         source = open_source(uri)
-        staged = cache.stage(source, source.resolve(), workers=workers, part_size=s.part_size)
-        materialize(staged.path, Path(dest))
+        with Materializer(Path(dest)) as placing:  # copies overlap the transfer, as `--to` does
+            staged = cache.stage(
+                source, source.resolve(), workers=workers, part_size=s.part_size,
+                on_object=lambda f: placing.add(f.entry.path, cache.object_path(f.digest)),
+            )
+            placing.finish(staged.path)
     with ThreadPoolExecutor(len(pairs) // 2) as pool:
         list(pool.map(one, pairs[0::2], pairs[1::2]))
     """
