@@ -99,7 +99,8 @@ class VerbClock:
     """Seconds spent inside the library's verbs while the ``with`` block runs (instrumentation).
 
     Wraps ``mlstage.pipeline``'s resolve, preprocess, stage and run, which the flows' tasks
-    call through the module; what a flow run spends outside them is orchestration.
+    call through the module; what a flow run spends outside them is orchestration. The sums
+    add up every thread's time, so they are wall time only for a one-model run (``overhead``).
     """
 
     VERBS = ("resolve", "preprocess", "stage", "run")

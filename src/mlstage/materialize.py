@@ -1,10 +1,11 @@
 """Put a staged dataset at a user's folder: private copies (or hard links), all or nothing.
 
-``Materializer`` can start before staging ends: the cache calls ``add`` for every verified
-object as it lands, so the copies overlap the transfer (which mostly waits on the network);
-``finish`` copies whatever was not added (cache hits, or an early copy that failed) from the
-staged tree and renames the folder into place. Until then everything lives in a hidden
-sibling folder that ``abort`` (or an exception in the ``with`` block) removes.
+``Materializer`` can start before staging ends: a caller hands it each verified object once the
+cache holds it (``add``, from ``LocalCache.stage``'s per-object callback), so the copies
+overlap the rest of the transfer (which mostly waits on the network); ``finish`` copies
+whatever was not added (cache hits, or an early copy that failed) from the staged tree and
+renames the folder into place. Until then everything lives in a hidden sibling folder, made on
+the first file, that ``abort`` (or an exception or SIGTERM in the ``with`` block) removes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from pathlib import Path
@@ -63,19 +65,23 @@ class Materializer:
 
     def __init__(self, dest: Path, *, link: bool = False, workers: int = 8) -> None:
         check_destination(dest)
-        self.dest = dest
+        self.dest = Path(os.path.abspath(dest))  # "." and ".." have no name to put beside
         self._place = _link_or_copy if link else _copy
-        self._tmp = dest.with_name(f".{dest.name}.mlstage-tmp-{os.getpid()}")
+        self._tmp = self.dest.with_name(
+            f".{self.dest.name}.mlstage-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        self._made = False
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="mlstage-copy")
         self._early: dict[str, Future[None]] = {}
         self._dirs: set[str] = set()
         self._lock = threading.Lock()
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def _make_tmp(self) -> None:
+        """The hidden folder, on the first file: a failed staging leaves no folder behind."""
+        if not self._made:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
             os.mkdir(self._tmp, 0o755)
-        except OSError as exc:
-            self._pool.shutdown()
-            raise self._error(exc) from exc
+            self._made = True
 
     def __enter__(self) -> Materializer:
         return self
@@ -87,12 +93,21 @@ class Materializer:
             self.abort()
 
     def add(self, rel: str, src: str | Path) -> None:
-        """Start placing the verified file ``src`` at ``rel`` (a dataset path) now."""
+        """Start placing the verified file ``src`` at ``rel`` (a dataset path) now.
+
+        Called from one thread (the consumer of the cache's callbacks); the copy runs on the
+        pool. ``finish`` keeps what an early copy placed and redoes one that failed.
+        """
+        try:
+            self._make_tmp()
+        except OSError:
+            return  # finish() tries again and reports it
         self._early[rel] = self._pool.submit(self._place_at, rel, str(src))
 
     def finish(self, tree: Path) -> None:
         """Complete the folder from the staged ``tree`` and move it to ``dest``."""
         try:
+            self._make_tmp()
             wait(list(self._early.values()))
             placed = {rel for rel, f in self._early.items() if f.exception() is None}
             folders, todo = [], []
@@ -129,7 +144,8 @@ class Materializer:
     def abort(self) -> None:
         """Stop and remove everything placed so far; ``dest`` is left as it was."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._made:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _place_at(self, rel: str, src: str) -> None:
         parent, _, _name = rel.rpartition("/")

@@ -123,6 +123,60 @@ def test_listing_survives_throttling_errors_resets_and_cut_pages(
     )
 
 
+class _ListingStub:
+    """A fast path whose listing answers with canned pages (and never reads)."""
+
+    def __init__(self, *answers: tuple[int, bytes] | Exception) -> None:
+        self.answers = list(answers)
+
+    def list_page(self, prefix: str, token: str | None = None) -> tuple[int, bytes]:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _redirect(code: str) -> bytes:
+    return f"<Error><Code>{code}</Code><Region>eu-west-1</Region></Error>".encode()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [(301, _redirect("PermanentRedirect")), (400, _redirect("AuthorizationHeaderMalformed"))],
+)
+def test_a_bucket_in_another_region_is_listed_and_read_through_boto3(
+    faulty: FaultProxy, s3_env: S3Endpoint, bucket: str, tmp_path: Path, answer: tuple[int, bytes]
+) -> None:
+    files = {"a.bin": b"a" * 10, "b/c.bin": b"c" * 20}
+    _upload(s3_env, bucket, "region/", files)
+    source = S3Source(bucket, "region", client=make_client(), retry=FAST_RETRY)
+    source._fast_gets = _ListingStub(answer)  # signed for the client's region: refused
+    manifest = source.resolve()  # botocore follows the redirect
+    assert {e.path for e in manifest.entries} == set(files)
+    assert source._fast is None  # the fast path's region is wrong for this bucket: boto3 reads
+    staged = LocalCache(tmp_path / "cache").stage(source, manifest, retry=FAST_RETRY)
+    assert _tree(staged.path) == _digests(files)
+
+
+def test_listing_errors_name_the_cause() -> None:
+    import ssl
+
+    from mlstage.sources.s3_get import ConnectFailed
+
+    page = (
+        b"<ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>t1"
+        b"</NextContinuationToken><EncodingType>url</EncodingType></ListBucketResult>"
+    )
+    source = S3Source("b", "p", client=object(), retry=FAST_RETRY)
+    source._fast_gets = _ListingStub((200, page))  # the same token, page after page
+    with pytest.raises(SourceError, match="the same continuation token twice"):
+        source.resolve()
+    bad_cert = ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed")
+    source._fast_gets = _ListingStub(ConnectFailed(bad_cert))
+    with pytest.raises(SourceError, match=r"cannot reach the S3 endpoint \(SSLCert.*self-signed"):
+        source.resolve()
+
+
 def test_corrupted_bytes_are_never_published(
     faulty: FaultProxy, s3_env: S3Endpoint, bucket: str, tmp_path: Path
 ) -> None:

@@ -177,6 +177,29 @@ def test_kill_9_then_resume_fetches_only_what_was_missing(
     assert doc["bytes_fetched"] < sum(len(v) for v in files.values())
 
 
+def test_sigterm_mid_transfer_leaves_no_to_folder_behind(
+    s3_env: S3Endpoint, bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    proxy.reset()
+    client = s3_env.client()
+    for i in range(40):
+        client.put_object(Bucket=bucket, Key=f"term/{i:03d}.bin", Body=os.urandom(2000))
+    proxy.configure(latency=0.1)  # slow enough to be stopped mid-way
+    out = tmp_path / "deep" / "out"
+    cmd = [MLSTAGE, "stage", f"s3://{bucket}/term", "--to", str(out), "--workers", "2"]
+    proc = subprocess.Popen(
+        cmd, env=_env(tmp_path / "home", proxy.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((tmp_path / "deep").glob(".out.mlstage-tmp-*")):
+        time.sleep(0.02)  # until the early copies have started
+    assert list((tmp_path / "deep").glob(".out.mlstage-tmp-*")), "no early copy was seen"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    proxy.reset()
+    assert list((tmp_path / "deep").iterdir()) == []  # neither the folder nor its hidden copy
+
+
 def _folder_dataset(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)

@@ -47,6 +47,30 @@ def test_early_copies_and_the_rest_from_the_tree(
     assert (tree / "a.bin").read_bytes() == b"a" * 100
 
 
+def test_what_an_early_copy_placed_is_kept(
+    staged: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    tree, files = staged
+    marked = tmp_path / "marked"
+    marked.write_bytes(b"from the early copy")  # distinguishable from the tree's a.bin
+    with Materializer(tmp_path / "out") as placing:
+        placing.add("a.bin", marked)
+        placing.finish(tree)
+    got = _files(tmp_path / "out")
+    assert got.pop("a.bin") == b"from the early copy"  # not copied a second time
+    assert got == {k: v for k, v in files.items() if k != "a.bin"}
+
+
+def test_dot_is_a_destination_like_any_other(
+    staged: tuple[Path, dict[str, bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree, files = staged
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    materialize(tree, Path("."))
+    assert _files(tmp_path / "here") == files
+
+
 def test_links_share_the_cache_files(staged: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
     tree, files = staged
     materialize(tree, tmp_path / "linked", link=True)

@@ -92,12 +92,15 @@ def test_listing_signatures_equal_botocores(prefix: str) -> None:
 NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
 
 
-def _page(contents: str, truncated: str = "false", token: str = "", ns: str = NS) -> bytes:
+def _page(
+    contents: str, truncated: str = "false", token: str = "", ns: str = NS, encoded: bool = True
+) -> bytes:
     more = f"<NextContinuationToken>{token}</NextContinuationToken>" if token else ""
+    encoding = "<EncodingType>url</EncodingType>" if encoded else ""
     return (
         f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult {ns}><Name>b</Name>'
         f"<Prefix>p/</Prefix><KeyCount>2</KeyCount><IsTruncated>{truncated}</IsTruncated>"
-        f"{more}{contents}<EncodingType>url</EncodingType></ListBucketResult>"
+        f"{more}{contents}{encoding}</ListBucketResult>"
     ).encode()
 
 
@@ -121,12 +124,22 @@ def test_list_pages_parse_keys_sizes_etags_and_tokens(ns: str) -> None:
     assert parse_list_page(_page("", ns=ns)) == ([], None)
 
 
+def test_keys_are_decoded_only_when_the_page_says_they_were_encoded() -> None:
+    contents = ENTRY.format(key="p/a+b%41.bin", etag="ab" * 16, size=1)
+    (plain,), _ = parse_list_page(_page(contents, encoded=False))  # a store ignoring the ask
+    assert plain.key == "p/a+b%41.bin"
+    (decoded,), _ = parse_list_page(_page(contents))
+    assert decoded.key == "p/a bA.bin"
+
+
 @pytest.mark.parametrize(
     "body",
     [
         b"<html>a proxy's error page</html>",
         b"not xml at all",
         _page("", "true"),  # truncated, but no token to go on with
+        _page("<Contents><Key>p/x</Key></Contents>"),  # no Size
+        _page("<Contents><Key>p/x</Key><Size>many</Size></Contents>"),
     ],
 )
 def test_unreadable_list_pages_are_refused(body: bytes) -> None:

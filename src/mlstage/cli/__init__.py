@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -19,10 +20,16 @@ app.add_typer(cache_cmd.app, name="cache")
 app.command("notify")(notify_cmd.notify)
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    # SIGTERM (a pod eviction, `kill`) unwinds like an error: half-made --to folders go away
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Entry point of the ``mlstage`` console script."""
     from mlstage.errors import ConfigError, MlstageError
 
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         rc = app(standalone_mode=False)  # typer.Exit(code) comes back as a return value here
     except MlstageError as exc:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -27,7 +26,7 @@ from mlstage.manifest import Entry, Manifest
 from mlstage.paths import safe_relpath
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import WHOLE_CHECKSUM, CorruptData, FileObjectSource, RemoteObject
-from mlstage.sources.s3_get import FastGets, parse_list_page, response_checksum
+from mlstage.sources.s3_get import ConnectFailed, FastGets, parse_list_page, response_checksum
 
 _TRANSIENT_CODES = {
     "SlowDown",
@@ -53,6 +52,8 @@ _DENIED_CODES = {
 }
 _CHUNK = 1024 * 1024
 _ERROR_CODE = re.compile(rb"<Code>([^<]+)</Code>")
+# the bucket lives in another region than the client's: botocore's redirector handles these
+_REGION_CODES = {"PermanentRedirect", "TemporaryRedirect", "AuthorizationHeaderMalformed"}
 _UNSET: Any = object()
 
 
@@ -164,6 +165,10 @@ def map_client_error(
     return SourceError(f"{uri}: {what} failed: {exc}")
 
 
+class _WrongRegion(Exception):
+    """The fast path signed for another region than the bucket's."""
+
+
 class S3Source(FileObjectSource):
     """Every object under ``s3://bucket/prefix``; keys become paths relative to the prefix.
 
@@ -198,10 +203,11 @@ class S3Source(FileObjectSource):
 
     @property
     def _fast(self) -> FastGets | None:
-        """Signed GETs without botocore's per-call CPU (see ``s3_get``), or None: read via boto3.
+        """Signed listings and GETs without botocore's per-call CPU (``s3_get``), or None: boto3.
 
-        None when MLSTAGE_S3_BOTO3_READS is set, or the client's requests are not plain SigV4
-        (an injected fake, anonymous access, a proxy, extra headers).
+        None when MLSTAGE_S3_BOTO3_READS is set, the client's requests are not plain SigV4 (an
+        injected fake, anonymous access, a proxy, extra headers), or the bucket turned out to
+        be in another region than the client's.
         """
         client = self.client
         with self._lock:
@@ -229,7 +235,17 @@ class S3Source(FileObjectSource):
 
     def _list(self) -> list[Entry]:
         fast = self._fast
-        listed = self._list_fast(fast) if fast is not None else self._list_boto3()
+        if fast is None:
+            listed: Iterable[tuple[str, int, str]] = self._list_boto3()
+        else:
+            try:
+                listed = list(self._list_fast(fast))
+            except _WrongRegion:
+                # botocore follows S3's redirect to the bucket's region and remembers it;
+                # this source then reads through boto3 too (its fast path has the old region)
+                with self._lock:
+                    self._fast_gets = None
+                listed = self._list_boto3()
         entries: list[Entry] = []
         for key, size, etag in listed:
             rel = key[len(self.prefix) :]
@@ -250,19 +266,22 @@ class S3Source(FileObjectSource):
 
     def _list_fast(self, fast: FastGets) -> Iterator[tuple[str, int, str]]:
         token: str | None = None
+        seen: set[str] = set()
         while True:
             try:
                 status, body = fast.list_page(self.prefix, token)
-            except (ConnectionRefusedError, socket.gaierror) as exc:
+            except ConnectFailed as exc:
                 raise SourceError(
-                    f"{self.uri}: cannot reach the S3 endpoint ({exc.strerror or exc})",
-                    hint="check AWS_ENDPOINT_URL and the network",
+                    f"{self.uri}: cannot reach the S3 endpoint ({exc.strerror})",
+                    hint="check AWS_ENDPOINT_URL, the network and, for https, AWS_CA_BUNDLE",
                 ) from exc
             except (OSError, http.client.HTTPException) as exc:
-                raise TransientError(f"{self.uri}: listing: {type(exc).__name__}") from exc
+                raise TransientError(f"{self.uri}: listing: {type(exc).__name__} {exc}") from exc
             if status != 200:
                 m = _ERROR_CODE.search(body)
                 code = m.group(1).decode() if m else str(status)
+                if status in (301, 307) or code in _REGION_CODES:
+                    raise _WrongRegion(code)
                 raise map_status(code, status, self.uri, "listing")
             try:
                 objects, token = parse_list_page(body)
@@ -272,6 +291,13 @@ class S3Source(FileObjectSource):
                 yield o.key, o.size, o.etag
             if token is None:
                 return
+            if token in seen:
+                raise SourceError(
+                    f"{self.uri}: the endpoint sent the same continuation token twice",
+                    hint="the S3-compatible store pages its listings wrongly; set "
+                    "MLSTAGE_S3_BOTO3_READS=1 to list through boto3",
+                )
+            seen.add(token)
 
     def _list_boto3(self) -> Iterator[tuple[str, int, str]]:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -84,9 +84,11 @@ class ListedObject:
 
 
 def parse_list_page(body: bytes) -> tuple[list[ListedObject], str | None]:
-    """One ListObjectsV2 page (``encoding-type=url``): its objects and the continuation token.
+    """One ListObjectsV2 page: its objects and the continuation token (None on the last page).
 
-    Raises ValueError on a body that is not such a page.
+    Keys are URL-decoded only when the page says it encoded them (``<EncodingType>url``), as
+    botocore does: a store that ignores ``encoding-type`` sends them as they are. Raises
+    ValueError on a body that is not such a page.
     """
     try:
         root = ElementTree.fromstring(body)
@@ -94,23 +96,26 @@ def parse_list_page(body: bytes) -> tuple[list[ListedObject], str | None]:
         raise ValueError(f"not XML: {exc}") from None
     if _local(root.tag) != "ListBucketResult":
         raise ValueError(f"expected ListBucketResult, got {_local(root.tag)}")
-    objects: list[ListedObject] = []
-    truncated, token = False, None
+    raw: list[tuple[str, int, str]] = []
+    truncated, token, encoding = False, None, ""
     for child in root:
         tag = _local(child.tag)
         if tag == "Contents":
             fields = {_local(f.tag): f.text or "" for f in child}
-            objects.append(
-                ListedObject(
-                    unquote_plus(fields["Key"]), int(fields["Size"]), fields.get("ETag", "")
-                )
-            )
+            try:
+                raw.append((fields["Key"], int(fields["Size"]), fields.get("ETag", "")))
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"an entry without a usable Key and Size ({exc})") from None
         elif tag == "IsTruncated":
             truncated = (child.text or "").strip().lower() == "true"
         elif tag == "NextContinuationToken":
             token = child.text
+        elif tag == "EncodingType":
+            encoding = (child.text or "").strip().lower()
     if truncated and not token:
         raise ValueError("a truncated page without NextContinuationToken")
+    decode = unquote_plus if encoding == "url" else str
+    objects = [ListedObject(decode(key), size, etag) for key, size, etag in raw]
     return objects, token if truncated else None
 
 
@@ -300,6 +305,14 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile if isinstance(cafile, str) else None)
 
 
+class ConnectFailed(OSError):
+    """No connection to the endpoint could be made (``reason`` says why)."""
+
+    def __init__(self, reason: OSError) -> None:
+        super().__init__(reason.errno, f"{type(reason).__name__}: {reason.strerror or reason}")
+        self.reason = reason
+
+
 class ConnectionPool:
     """Keep-alive ``http.client`` connections to one host, shared by the fetch threads."""
 
@@ -331,7 +344,11 @@ class ConnectionPool:
             )
         else:
             conn = http.client.HTTPConnection(self.netloc, timeout=self.connect_timeout)
-        conn.connect()
+        try:
+            conn.connect()
+        except OSError as exc:  # refused, unreachable, DNS, connect timeout, TLS verification
+            conn.close()
+            raise ConnectFailed(exc) from exc
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.sock.settimeout(self.read_timeout)
         return conn, False
