@@ -35,7 +35,7 @@ def main() -> None:
     except MlstageError as exc:
         typer.echo(f"mlstage: error: {exc}", err=True)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
-    except typer.Abort:
+    except typer.Abort:  # Ctrl-C (typer turns KeyboardInterrupt into Abort)
         sys.exit(130)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
