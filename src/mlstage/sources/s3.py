@@ -88,6 +88,12 @@ def make_client(*, pool: int = 64, **kwargs: Any) -> Any:
     return boto3.session.Session().client("s3", config=config, **kwargs)
 
 
+def error_code(body: bytes | None, status: int) -> str:
+    """The ``<Code>`` of an S3 error response body, else the HTTP status as text."""
+    m = _ERROR_CODE.search(body or b"")
+    return m.group(1).decode() if m else str(status)
+
+
 def map_status(
     code: str, status: int | str | None, uri: str, what: str, *, detail: str = ""
 ) -> Exception:
@@ -278,8 +284,7 @@ class S3Source(FileObjectSource):
             except (OSError, http.client.HTTPException) as exc:
                 raise TransientError(f"{self.uri}: listing: {type(exc).__name__} {exc}") from exc
             if status != 200:
-                m = _ERROR_CODE.search(body)
-                code = m.group(1).decode() if m else str(status)
+                code = error_code(body, status)
                 if status in (301, 307) or code in _REGION_CODES:
                     raise _WrongRegion(code)
                 raise map_status(code, status, self.uri, "listing")
@@ -340,9 +345,7 @@ class S3Source(FileObjectSource):
         done = False
         try:
             if resp.status not in (200, 206) or (ranged and resp.status != 206):
-                body = resp.read()
-                m = _ERROR_CODE.search(body or b"")
-                code = m.group(1).decode() if m else str(resp.status)
+                code = error_code(resp.read(), resp.status)
                 raise map_status(code, resp.status, uri, "GET")
             if resp.getheader("x-amz-server-side-encryption", "").startswith(
                 "aws:kms"
