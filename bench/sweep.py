@@ -15,8 +15,9 @@ verbs called as plain functions, fastest of n) is reported beside it.
 
 Time to last result is when the last model's result was recorded (its run's finished_at in the
 state DB); when the flow call returned (summary table, artifacts, Prefect's flow-run teardown,
-which waits for its heartbeat thread: up to the next whole second of the run) is reported beside it. The sweep and the alone run
-alternate --repeats times, each in a fresh home; the median counts.
+which waits for its heartbeat thread: up to the next whole second of the run) is reported
+beside it. The sweep and the alone run alternate --repeats times, each in a fresh home; the
+median counts.
 
     .venv/bin/python -m bench.sweep [--files 150] [--latency-ms 20] [--train-s 2]
 
@@ -287,7 +288,7 @@ def overhead(root: Path, files: int, train_s: float, repeats: int = 3) -> dict[s
         # orchestration inside the run: flow-run creation, 3 task runs, artifacts, summary
         "overhead_to_completed_s": completed,
         "overhead_vs_staging": round(completed / staging, 3),
-        # + Prefect's teardown after Completed (the heartbeat thread's join: up to the next whole second)
+        # + Prefect's teardown after Completed (the heartbeat join: to the next whole second)
         "overhead_to_return_s": returned,
         "overhead_to_return_vs_staging": round(returned / staging, 3),
         "runs": runs,
