@@ -206,6 +206,7 @@ class Tools:
         """Tool name -> None if runnable, else why it is skipped."""
         return {
             "mlstage": None,
+            "mlstage_link": None,
             "serial_boto3": None,
             "clearml_storagemanager": None,
             "aws_s3_sync": None if self.aws else "aws CLI not found (apt-get install awscli)",
@@ -215,11 +216,12 @@ class Tools:
     def command(self, tool: str, prefix: str, dest: Path) -> tuple[list[str], dict[str, str]]:
         env = dict(self.env)
         uri = f"s3://{BUCKET}/{prefix}"
-        if tool == "mlstage":
+        if tool in ("mlstage", "mlstage_link"):
             env["MLSTAGE_HOME"] = str(dest.parent / f"{dest.name}.home")
             if self.part_mb:
                 env["MLSTAGE_PART_SIZE"] = str(self.part_mb * MB)
             cmd = [str(self.bin / "mlstage"), "stage", uri, "--to", str(dest), "--json"]
+            cmd += ["--link"] if tool == "mlstage_link" else []  # read-only links, no copies
             return cmd + (["--workers", str(self.workers)] if self.workers else []), env
         if tool == "serial_boto3":
             limit = str(self.serial_limit)
@@ -311,7 +313,7 @@ class Tools:
             if got != (files, nbytes):
                 result["error"] = f"{dest.name}: got {got}, expected {(files, nbytes)}"
                 break
-            if tool == "mlstage":
+            if tool.startswith("mlstage"):
                 result.setdefault("verified", True)
         for d in dests:
             shutil.rmtree(d, ignore_errors=True)
@@ -370,7 +372,8 @@ def main() -> None:
     )
     p.add_argument("--cases", default="a,b,c")
     p.add_argument(
-        "--tools", default="mlstage,s5cmd,aws_s3_sync,serial_boto3,clearml_storagemanager"
+        "--tools",
+        default="mlstage,mlstage_link,s5cmd,aws_s3_sync,serial_boto3,clearml_storagemanager",
     )
     args = p.parse_args()
     names = args.tools.split(",")
@@ -390,7 +393,8 @@ def main() -> None:
         "mlstage_workers": args.workers or defaults.workers,
         "mlstage_part_size_mb": args.part_size_mb or defaults.part_size // MB,
         "mlstage_invocation": "case a, b: the `mlstage stage URI --to DIR --json` CLI, one "
-        "process per dataset; case c: the library (LocalCache.stage + materialize), five "
+        "process per dataset (mlstage_link: the same with --link, read-only hard links instead "
+        "of private copies); case c: the library (LocalCache.stage + a Materializer), five "
         "datasets in one process as the sweep flow does (the CLI x5 row alongside)",
         "cases": {},
     }
@@ -444,6 +448,7 @@ def main() -> None:
             largest = max(range(len(counts)), key=lambda i: counts[i])
             serial_skip = "serial tools: one object after another, see case a"
             c_skipped = {**skipped, **{t: skipped.get(t) or serial_skip for t in SERIAL}}
+            c_skipped["mlstage_link"] = "case c stages through the library (see mlstage)"
             together = _case(tools, names, c_skipped, prefixes, expect, log)
             # the mlstage row is the library in one process (the sweep flow's way); the CLI
             # started five times is kept alongside for transparency
