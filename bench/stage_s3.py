@@ -322,22 +322,49 @@ class Tools:
         return result
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median time, plus every run's time; a failed run is reported instead."""
+    failed = next((r for r in runs if "error" in r), None)
+    if failed is not None:
+        return failed
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    if len(runs) > 1:
+        median["runs_seconds"] = [r["seconds"] for r in runs]
+    return median
+
+
 def _case(
-    tools: Tools,
+    run: Callable[[str], dict[str, Any]],
     names: list[str],
     skipped: dict[str, str | None],
-    prefixes: list[str],
-    expect: list[tuple[int, int]],
     log: Callable[[str], None],
+    *,
+    rounds: int,
+    warmup: bool,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for tool in names:
-        if skipped.get(tool):
-            out[tool] = {"skipped": skipped[tool]}
-            continue
-        log(f"  {tool} ...")
-        out[tool] = tools.run(tool, prefixes, expect)
-        log(f"  {tool}: {out[tool]}")
+    """Every tool ``rounds`` times, the order rotating each round; the median run of each.
+
+    The warm-up round (untimed) and the rotation keep one tool from always paying for what
+    the machine does first (on a VM: faulting in fresh memory, filling moto's caches).
+    Serial tools run once: their ratios are an order of magnitude, far above the noise.
+    """
+    active = [t for t in names if not skipped.get(t)]
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in active}
+    if warmup:
+        for tool in active:
+            if tool not in SERIAL:
+                log(f"  {tool} (warm-up) ...")
+                run(tool)
+    for r in range(rounds):
+        for tool in active[r % len(active) :] + active[: r % len(active)]:
+            if tool in SERIAL and runs[tool]:
+                continue
+            log(f"  {tool} ...")
+            runs[tool].append(run(tool))
+            log(f"  {tool}: {runs[tool][-1]}")
+    out: dict[str, Any] = {t: {"skipped": why} for t, why in skipped.items() if why and t in names}
+    out.update({t: _median_run(rs) for t, rs in runs.items()})
     base = out["mlstage"].get("seconds")
     if base:
         for tool, r in out.items():
@@ -372,10 +399,15 @@ def main() -> None:
     )
     p.add_argument("--cases", default="a,b,c")
     p.add_argument(
+        "--rounds", type=int, default=3, help="timed runs of each tool per case (the median)"
+    )
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up round")
+    p.add_argument(
         "--tools",
         default="mlstage,mlstage_link,s5cmd,aws_s3_sync,serial_boto3,clearml_storagemanager",
     )
     args = p.parse_args()
+    rounds = {"rounds": args.rounds, "warmup": not args.no_warmup}
     names = args.tools.split(",")
     if names[0] != "mlstage":
         names = ["mlstage", *[n for n in names if n != "mlstage"]]
@@ -396,6 +428,8 @@ def main() -> None:
         "process per dataset (mlstage_link: the same with --link, read-only hard links instead "
         "of private copies); case c: the library (LocalCache.stage + a Materializer), five "
         "datasets in one process as the sweep flow does (the CLI x5 row alongside)",
+        "rounds": args.rounds,
+        "warmup": not args.no_warmup,
         "cases": {},
     }
     with (
@@ -420,9 +454,8 @@ def main() -> None:
         if "a" in cases:
             log(f"case a: {args.small_count} x {args.small_kb} KB")
             _upload(client, "a/", args.small_count, small)
-            r = _case(
-                tools, names, skipped, ["a/"], [(args.small_count, args.small_count * small)], log
-            )
+            expect = [(args.small_count, args.small_count * small)]
+            r = _case(lambda t: tools.run(t, ["a/"], expect), names, skipped, log, **rounds)
             result["cases"]["a_small_objects"] = {
                 "objects": args.small_count,
                 "object_bytes": small,
@@ -432,7 +465,7 @@ def main() -> None:
             log(f"case b: {args.big_count} x {args.big_mb} MB")
             _upload(client, "b/", args.big_count, args.big_mb * MB)
             expect = [(args.big_count, args.big_count * args.big_mb * MB)]
-            r = _case(tools, names, skipped, ["b/"], expect, log)
+            r = _case(lambda t: tools.run(t, ["b/"], expect), names, skipped, log, **rounds)
             result["cases"]["b_large_objects"] = {
                 "objects": args.big_count,
                 "object_bytes": args.big_mb * MB,
@@ -449,25 +482,22 @@ def main() -> None:
             serial_skip = "serial tools: one object after another, see case a"
             c_skipped = {**skipped, **{t: skipped.get(t) or serial_skip for t in SERIAL}}
             c_skipped["mlstage_link"] = "case c stages through the library (see mlstage)"
-            together = _case(tools, names, c_skipped, prefixes, expect, log)
             # the mlstage row is the library in one process (the sweep flow's way); the CLI
-            # started five times is kept alongside for transparency
-            together["mlstage_cli_x5"] = together["mlstage"]
-            log("  mlstage library, five datasets in one process ...")
-            together["mlstage"] = tools.run_library(prefixes, expect)
-            log(f"  mlstage: {together['mlstage']}")
-            for r in together.values():
-                if "ratio_vs_mlstage" in r and together["mlstage"].get("seconds"):
-                    r["ratio_vs_mlstage"] = round(r["seconds"] / together["mlstage"]["seconds"], 2)
-            alone = {}
-            for tool in names:
-                if c_skipped.get(tool):
-                    continue
-                log(f"  {tool} largest alone ...")
-                alone[tool] = tools.run(tool, [prefixes[largest]], [expect[largest]])
-            alone["mlstage_cli_x5"] = alone["mlstage"]
-            log("  mlstage library largest alone ...")
-            alone["mlstage"] = tools.run_library([prefixes[largest]], [expect[largest]])
+            # started once per dataset is kept alongside for transparency
+            c_names = [*names, "mlstage_cli_x5"]
+
+            def runner(pres: list[str], exp: list[tuple[int, int]]) -> Callable[[str], Any]:
+                def run(tool: str) -> dict[str, Any]:
+                    if tool == "mlstage":
+                        return tools.run_library(pres, exp)
+                    return tools.run("mlstage" if tool == "mlstage_cli_x5" else tool, pres, exp)
+
+                return run
+
+            together = _case(runner(prefixes, expect), c_names, c_skipped, log, **rounds)
+            log("  the largest dataset alone:")
+            alone_run = runner([prefixes[largest]], [expect[largest]])
+            alone = _case(alone_run, c_names, c_skipped, log, **rounds)
             for tool, r in together.items():
                 if tool in alone and "seconds" in r and "seconds" in alone[tool]:
                     r["largest_alone_seconds"] = alone[tool]["seconds"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from mlstage.errors import ConfigError
+from mlstage.fileio import copy_file
 
 _TO_HINT = "choose an empty or new folder on a writable filesystem for --to"
 
@@ -44,8 +45,7 @@ def check_destination(dest: Path) -> None:
 
 
 def _copy(src: str, dst: str) -> None:
-    # copyfile uses copy_file_range/sendfile where the kernel has them (reflinks on btrfs/xfs)
-    shutil.copyfile(src, dst)
+    copy_file(src, dst)  # a reflink where the filesystem can
     os.chmod(dst, 0o644)
 
 

@@ -43,7 +43,7 @@ def test_stage_s3_benchmark_runs_every_case(tmp_path: Path) -> None:
     doc = _bench(
         "bench.stage_s3",
         "--small-count 12 --small-kb 4 --big-count 1 --big-mb 3 --multi 5,4,3,2,1 "
-        "--tools mlstage,serial_boto3 --serial-limit 6",
+        "--tools mlstage,serial_boto3 --serial-limit 6 --rounds 2",
         tmp_path,
     )
     cases = doc["cases"]
@@ -53,6 +53,9 @@ def test_stage_s3_benchmark_runs_every_case(tmp_path: Path) -> None:
     assert cases["a_small_objects"]["serial_boto3"]["extrapolated_from_objects"] == 6
     assert cases["a_small_objects"]["serial_boto3"]["ratio_vs_mlstage"] > 0
     assert cases["c_five_datasets_at_once"]["mlstage"]["together_vs_largest_alone"] > 0
+    # two timed rounds: the median of each tool's runs (serial tools run once)
+    assert len(cases["b_large_objects"]["mlstage"]["runs_seconds"]) == 2
+    assert "runs_seconds" not in cases["b_large_objects"]["serial_boto3"]
 
 
 def test_sweep_benchmark_runs_every_way(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import zlib
 from collections import Counter
@@ -200,3 +201,14 @@ def test_a_response_checksum_replaces_the_md5_and_a_bad_body_is_refetched(tmp_pa
     assert fetched.path.read_bytes() == b"x" * 5000
     assert fetched.digest == hashlib.sha256(b"x" * 5000).hexdigest()
     assert t.stats.retries == 1
+
+
+def test_crc32_checker_matches_zlib_across_chunks() -> None:
+    """The CRC32 checker (ISA-L's where installed) gives zlib's value, chunk by chunk."""
+    from mlstage.transfer import _CHECKERS
+
+    data = os.urandom(300_000)
+    h = _CHECKERS["crc32"]()
+    for i in range(0, len(data), 70_000):
+        h.update(data[i : i + 70_000])
+    assert h.hexdigest() == f"{zlib.crc32(data):08x}"

@@ -70,6 +70,7 @@ from pathlib import Path
 
 from mlstage.cache.index import CacheIndex, LeaseRow
 from mlstage.errors import CacheError, ConfigError, MlstageError
+from mlstage.fileio import copy_file
 from mlstage.manifest import Entry, Manifest
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import Source
@@ -525,7 +526,7 @@ class LocalCache:
         except OSError as exc:
             if exc.errno != errno.EMLINK:  # too many links to one inode (e.g. empty files)
                 raise
-            shutil.copyfile(src, dest)
+            copy_file(src, str(dest))
             os.chmod(dest, 0o444)
 
     def _build_tree(

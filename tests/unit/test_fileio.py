@@ -1,0 +1,77 @@
+"""Page-cache-friendly writes and copies (mlstage.fileio)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from mlstage import fileio
+
+
+def test_pwrite_all_writes_every_byte_at_its_offset(tmp_path: Path) -> None:
+    data = os.urandom(3 * fileio.WRITE_PIECE + 123)  # not a multiple of the piece
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.ftruncate(fd, 10 + len(data))
+        fileio.pwrite_all(fd, data, 10)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"\0" * 10 + data
+
+
+def test_pwrite_all_splits_into_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    real = os.pwrite
+
+    def pwrite(fd: int, data: memoryview, pos: int) -> int:
+        sizes.append(len(data))
+        return real(fd, data[:1000], pos)  # a short write: the rest must follow
+
+    monkeypatch.setattr(fileio.os, "pwrite", pwrite)
+    data = os.urandom(fileio.WRITE_PIECE * 2 + 1)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        fileio.pwrite_all(fd, data, 0)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == data
+    assert max(sizes) <= fileio.WRITE_PIECE
+
+
+@pytest.mark.parametrize("size", [0, 1, fileio.WRITE_PIECE, 3 * 1024 * 1024 + 7])
+def test_copy_file_copies_content(tmp_path: Path, size: int) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(os.urandom(size))
+    dst.write_bytes(b"old content, longer than some sources")
+    fileio.copy_file(str(src), str(dst))
+    assert dst.read_bytes() == src.read_bytes()
+    assert not os.path.samefile(src, dst)
+
+
+def test_copy_file_falls_back_when_reflinks_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_reflink(*_args: object) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(fileio.fcntl, "ioctl", no_reflink)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(os.urandom(100_000))
+    fileio.copy_file(str(src), str(dst))
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_copy_file_reports_real_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.fcntl, "ioctl", full)
+    src = tmp_path / "src"
+    src.write_bytes(b"x")
+    with pytest.raises(OSError) as info:
+        fileio.copy_file(str(src), str(tmp_path / "dst"))
+    assert info.value.errno == errno.ENOSPC
