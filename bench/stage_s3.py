@@ -91,10 +91,13 @@ MLSTAGE_LIBRARY = textwrap.dedent(
     cache = LocalCache(s.resolved_cache_dir)
     def one(uri, dest):
         source = open_source(uri)
-        with Materializer(Path(dest)) as placing:  # copies overlap the transfer, as `--to` does
+        with Materializer(Path(dest)) as placing:  # copies made while fetching, as `--to` does
             staged = cache.stage(
                 source, source.resolve(), workers=workers, part_size=s.part_size,
-                on_object=lambda f: placing.add(f.entry.path, cache.object_path(f.digest)),
+                mirror=placing.mirror,
+                on_object=lambda f: placing.add(
+                    f.entry.path, cache.object_path(f.digest), mirrored=f.mirrored
+                ),
             )
             placing.finish(staged.path)
     with ThreadPoolExecutor(len(pairs) // 2) as pool:

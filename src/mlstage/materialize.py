@@ -1,10 +1,12 @@
 """Put a staged dataset at a user's folder: private copies (or hard links), all or nothing.
 
-``Materializer`` can start before staging ends: a caller hands it each verified object once the
-cache holds it (``add``, from ``LocalCache.stage``'s per-object callback), so the copies
-overlap the rest of the transfer (which mostly waits on the network); ``finish`` copies
-whatever was not added (cache hits, or an early copy that failed) from the staged tree and
-renames the folder into place. Until then everything lives in a hidden sibling folder, made on
+``Materializer`` can start before staging ends. The fetch engine writes a second copy of each
+object straight into its folder as it downloads it (``mirror``, passed as
+``LocalCache.stage(mirror=)``), so a private copy costs no second pass over the cache's file;
+objects it could not mirror are copied as soon as the cache holds them (``add``, from the
+per-object callback), overlapping the rest of the transfer. ``finish`` copies whatever was not
+added (cache hits, or a copy that failed) from the staged tree and renames the folder into
+place. Until then everything lives in a hidden sibling folder, made on
 the first file, that ``abort`` (or an exception or SIGTERM in the ``with`` block) removes.
 """
 
@@ -18,10 +20,16 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from mlstage.errors import ConfigError
 from mlstage.fileio import copy_file
 
+if TYPE_CHECKING:
+    from mlstage.manifest import Entry
+
+_DONE: Future[None] = Future()
+_DONE.set_result(None)
 _TO_HINT = "choose an empty or new folder on a writable filesystem for --to"
 
 
@@ -66,6 +74,7 @@ class Materializer:
     def __init__(self, dest: Path, *, link: bool = False, workers: int = 8) -> None:
         check_destination(dest)
         self.dest = Path(os.path.abspath(dest))  # "." and ".." have no name to put beside
+        self._link = link
         self._place = _link_or_copy if link else _copy
         self._tmp = self.dest.with_name(
             f".{self.dest.name}.mlstage-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -78,10 +87,11 @@ class Materializer:
 
     def _make_tmp(self) -> None:
         """The hidden folder, on the first file: a failed staging leaves no folder behind."""
-        if not self._made:
-            self.dest.parent.mkdir(parents=True, exist_ok=True)
-            os.mkdir(self._tmp, 0o755)
-            self._made = True
+        with self._lock:
+            if not self._made:
+                self.dest.parent.mkdir(parents=True, exist_ok=True)
+                os.mkdir(self._tmp, 0o755)
+                self._made = True
 
     def __enter__(self) -> Materializer:
         return self
@@ -92,12 +102,36 @@ class Materializer:
         if kind is not None:
             self.abort()
 
-    def add(self, rel: str, src: str | Path) -> None:
-        """Start placing the verified file ``src`` at ``rel`` (a dataset path) now.
+    def mirror(self, entry: Entry) -> str | None:
+        """Where the fetch engine may write its second copy of ``entry`` (``Transfer(mirror=)``).
 
+        Private copies then cost no second pass over the cache's file. None with ``link``
+        (links are made from the cache) or when the folder cannot be made (``finish`` says
+        why). Thread-safe: the fetch threads call it.
+        """
+        if self._link:
+            return None
+        try:
+            self._make_tmp()
+            self._make_parent(entry.path)
+        except OSError:
+            return None
+        return os.path.join(self._tmp, entry.path)
+
+    def add(self, rel: str, src: str | Path, *, mirrored: bool = False) -> None:
+        """Place the verified file ``src`` at ``rel`` (a dataset path) now.
+
+        ``mirrored``: the fetch engine already wrote the same bytes there (``mirror``).
         Called from one thread (the consumer of the cache's callbacks); the copy runs on the
         pool. ``finish`` keeps what an early copy placed and redoes one that failed.
         """
+        if mirrored:
+            try:
+                os.chmod(os.path.join(self._tmp, rel), 0o644)  # as a copy's, whatever the umask
+                self._early[rel] = _DONE
+                return
+            except OSError:
+                pass  # copy it after all
         try:
             self._make_tmp()
         except OSError:
@@ -148,12 +182,15 @@ class Materializer:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _place_at(self, rel: str, src: str) -> None:
+        self._make_parent(rel)
+        self._place(src, os.path.join(self._tmp, rel))
+
+    def _make_parent(self, rel: str) -> None:
         parent, _, _name = rel.rpartition("/")
         if parent and parent not in self._dirs:
             os.makedirs(os.path.join(self._tmp, parent), 0o755, exist_ok=True)
             with self._lock:
                 self._dirs.add(parent)
-        self._place(src, os.path.join(self._tmp, rel))
 
     def _error(self, exc: OSError) -> ConfigError:
         return ConfigError(

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,9 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the s
     from zlib import crc32 as _crc32
 
 BytesCallback = Callable[[int], None]
+# Where to write a second copy of an entry while it is fetched (None: no copy). The copy is
+# best effort: Fetched.mirrored says whether it completed.
+Mirror = Callable[[Entry], "str | None"]
 _BUF = 1024 * 1024
 _WHOLE_PARTS = 8  # see Transfer._splitter
 
@@ -43,6 +47,7 @@ class Fetched:
     entry: Entry
     path: Path
     digest: str  # sha256 hex of the content
+    mirrored: bool = False  # the Mirror's file holds the same verified bytes
 
 
 @dataclass
@@ -181,6 +186,47 @@ class _InOrderHash:
         return self.hs
 
 
+class _MirrorFile:
+    """The second copy of one object, written beside the fetch at the same offsets.
+
+    Best effort: the first OSError (a full disk, a removed folder) ends the copy and removes
+    its file, and the fetch goes on; the consumer then copies the file from the cache. The
+    descriptor stays open until ``close`` so that concurrent part writers never write to a
+    reused descriptor number.
+    """
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.ok = True
+        self.fd: int | None = None
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.ftruncate(self.fd, size)
+        except OSError:
+            self.fail()
+
+    def write(self, data: bytes, pos: int) -> None:
+        if self.ok and self.fd is not None:
+            try:
+                pwrite_all(self.fd, data, pos)
+            except OSError:
+                self.fail()
+
+    def fail(self) -> None:
+        self.ok = False
+
+    def close(self) -> bool:
+        """Close it; True if every byte was written."""
+        if self.fd is not None:
+            with suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+        if not self.ok:
+            with suppress(OSError):
+                os.unlink(self.path)
+        return self.ok
+
+
 class Transfer:
     """Fetch many objects from one source into ``workdir`` concurrently."""
 
@@ -193,6 +239,7 @@ class Transfer:
         part_size: int = 16 * 1024 * 1024,
         retry: RetryPolicy | None = None,
         on_bytes: BytesCallback | None = None,
+        mirror: Mirror | None = None,
     ) -> None:
         self.source = source
         self.workdir = workdir
@@ -200,6 +247,8 @@ class Transfer:
         self.part_size = part_size
         self.retry = retry or RetryPolicy()
         self.on_bytes = on_bytes
+        self.mirror = mirror
+        self._mirrors: list[_MirrorFile] = []
         self.stats = TransferStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -266,6 +315,9 @@ class Transfer:
         finally:
             self._stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
+            for copy in self._mirrors:
+                copy.close()
+            self._mirrors.clear()
 
     # -- internals ----------------------------------------------------------------------
     def _splitter(self, objects: Sequence[RemoteObject]) -> Callable[[RemoteObject], bool]:
@@ -352,6 +404,8 @@ class Transfer:
             except _Mismatch:
                 final.unlink()
 
+        copy = self._mirror_for(obj)
+
         def attempt() -> str:
             # unique per thread and process: two stagings may share a source and an object
             tmp = self.workdir / f"{self._name(obj)}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -370,6 +424,8 @@ class Transfer:
                                 f"{self.source.uri}: {obj.key} is longer than its {obj.size} bytes"
                             )
                         pwrite_all(fd, chunk, got - len(chunk))
+                        if copy is not None:
+                            copy.write(chunk, got - len(chunk))
                         for h in hs.values():
                             h.update(chunk)
                         self._count(len(chunk))
@@ -389,8 +445,23 @@ class Transfer:
                 raise
             return hs["sha256"].hexdigest()
 
-        digest = self.retry.call(attempt, on_retry=self._on_retry)
-        return self._deliver(obj, final, digest)
+        try:
+            digest = self.retry.call(attempt, on_retry=self._on_retry)
+        finally:
+            mirrored = copy is not None and copy.close()
+        return self._deliver(obj, final, digest, mirrored=mirrored)
+
+    def _mirror_for(self, obj: RemoteObject) -> _MirrorFile | None:
+        """The second copy of ``obj`` if the consumer asked for one (never for archives)."""
+        if self.mirror is None or obj.archive:
+            return None
+        path = self.mirror(obj.entries[0])
+        if path is None:
+            return None
+        copy = _MirrorFile(path, obj.size)
+        with self._lock:
+            self._mirrors.append(copy)  # closed when the transfer ends, whatever happens
+        return copy
 
     def _submit_parts(
         self, pool: ThreadPoolExecutor, obj: RemoteObject, results: queue.Queue
@@ -408,6 +479,7 @@ class Transfer:
                 f.truncate(obj.size)
             journal.write_text("")
         todo = [i for i in range(nparts) if i not in done]
+        copy = None if done else self._mirror_for(obj)  # parts of an earlier run: copy later
         remaining = [len(todo)]
         lock = threading.Lock()
         hashing = _InOrderHash(data, self.part_size, nparts, obj.checksum, done)
@@ -426,6 +498,8 @@ class Transfer:
                                 f"{self.source.uri}: {obj.key} part {i} is longer than asked"
                             )
                         pwrite_all(fd, chunk, pos)
+                        if copy is not None:
+                            copy.write(chunk, pos)
                         pos += len(chunk)
                         self._count(len(chunk))
                     if pos != end:
@@ -446,7 +520,7 @@ class Transfer:
                 last = remaining[0] == 0
             hashing.completed(i)
             if last:
-                return self._finish_parts(obj, data, journal, hashing)
+                return self._finish_parts(obj, data, journal, hashing, copy)
             hashing.advance(block=False)  # hash while later parts are still in flight
             return None
 
@@ -458,9 +532,15 @@ class Transfer:
             pool.submit(self._guard, lambda _o, i=i: part(i), obj, results)
 
     def _finish_parts(
-        self, obj: RemoteObject, data: Path, journal: Path, hashing: _InOrderHash
+        self,
+        obj: RemoteObject,
+        data: Path,
+        journal: Path,
+        hashing: _InOrderHash,
+        copy: _MirrorFile | None = None,
     ) -> list[Fetched]:
         hs = hashing.finish()
+        mirrored = copy is not None and copy.close()
         try:
             _check(obj.key, _expected(obj), hs, self.source.uri)
         except _Mismatch:
@@ -474,11 +554,13 @@ class Transfer:
         final = self.workdir / f"{self._name(obj)}.obj"
         os.replace(data, final)
         journal.unlink(missing_ok=True)
-        return self._deliver(obj, final, hs["sha256"].hexdigest())
+        return self._deliver(obj, final, hs["sha256"].hexdigest(), mirrored=mirrored)
 
-    def _deliver(self, obj: RemoteObject, path: Path, digest: str) -> list[Fetched]:
+    def _deliver(
+        self, obj: RemoteObject, path: Path, digest: str, *, mirrored: bool = False
+    ) -> list[Fetched]:
         if not obj.archive:
-            return [Fetched(obj.entries[0], path, digest)]
+            return [Fetched(obj.entries[0], path, digest, mirrored)]
         out_dir = self.workdir / f"{self._name(obj)}.members"
         out: list[Fetched] = []
         try:

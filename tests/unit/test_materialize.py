@@ -105,3 +105,50 @@ def test_a_non_empty_destination_is_refused_before_anything(
         Materializer(dest)
     assert _files(dest) == {"keep.txt": b"mine"}
     assert list(tmp_path.glob(".full.*")) == []
+
+
+def test_staging_with_a_mirror_copies_nothing_a_second_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fetch writes each private copy (``mirror``); only cache hits are copied after."""
+    import mlstage.materialize as mat
+
+    src = tmp_path / "src"
+    files = {"a.bin": os.urandom(5000), "sub/b.bin": os.urandom(70_000), "c": b""}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    copied: list[str] = []
+    real_copy = mat.copy_file
+    monkeypatch.setattr(mat, "copy_file", lambda s, d: (copied.append(d), real_copy(s, d)))
+    cache = LocalCache(tmp_path / "cache")
+    source = open_source(str(src))
+
+    def stage_to(dest: Path) -> None:
+        with Materializer(dest) as placing:
+            staged = cache.stage(
+                source,
+                source.resolve(),
+                mirror=placing.mirror,
+                on_object=lambda f: placing.add(
+                    f.entry.path, cache.object_path(f.digest), mirrored=f.mirrored
+                ),
+            )
+            placing.finish(staged.path)
+
+    stage_to(tmp_path / "first")
+    assert _files(tmp_path / "first") == files
+    assert copied == []  # every file was written by the fetch itself
+    assert all((tmp_path / "first" / rel).stat().st_mode & 0o777 == 0o644 for rel in files)
+    assert all((tmp_path / "first" / rel).stat().st_nlink == 1 for rel in files)
+    stage_to(tmp_path / "again")  # a cache hit: nothing fetched, so everything is copied
+    assert _files(tmp_path / "again") == files
+    assert len(copied) == len(files)
+
+
+def test_links_are_never_mirrored(tmp_path: Path) -> None:
+    from mlstage.manifest import Entry
+
+    with Materializer(tmp_path / "out", link=True) as placing:
+        assert placing.mirror(Entry(path="a", size=1, locator="a")) is None
+        placing.abort()

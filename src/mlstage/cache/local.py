@@ -74,7 +74,7 @@ from mlstage.fileio import copy_file
 from mlstage.manifest import Entry, Manifest
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import Source
-from mlstage.transfer import BytesCallback, Fetched, Transfer, file_sha256
+from mlstage.transfer import BytesCallback, Fetched, Mirror, Transfer, file_sha256
 
 ObjectCallback = Callable[[Fetched], None]
 SourceOpener = Callable[[str], Source]
@@ -373,8 +373,12 @@ class LocalCache:
         retry: RetryPolicy | None = None,
         on_bytes: BytesCallback | None = None,
         on_object: ObjectCallback | None = None,
+        mirror: Mirror | None = None,
     ) -> StagedDataset:
         """Make ``manifest`` complete on this node, fetching only what is missing.
+
+        ``mirror``: where the fetch may also write each fetched object (a private copy made
+        in the same pass); ``on_object`` then gets ``Fetched.mirrored`` set when it completed.
 
         Concurrent callers for the same fingerprint (threads, processes, pods sharing the
         folder) cause one download; the others wait and get the same tree. The result is not
@@ -391,7 +395,16 @@ class LocalCache:
                 return hit
             try:
                 staged = self._stage_locked(
-                    fp, source, manifest, workers, part_size, retry, on_bytes, on_object, started
+                    fp,
+                    source,
+                    manifest,
+                    workers,
+                    part_size,
+                    retry,
+                    on_bytes,
+                    on_object,
+                    started,
+                    mirror,
                 )
             except BaseException:
                 self._abandon(fp)
@@ -430,6 +443,7 @@ class LocalCache:
         on_bytes: BytesCallback | None,
         on_object: ObjectCallback | None,
         started: float,
+        mirror: Mirror | None = None,
     ) -> StagedDataset:
         candidates: dict[str, str] = {}
         for e in manifest.entries:
@@ -454,7 +468,13 @@ class LocalCache:
 
         workdir = self.root / "tmp" / f"xfer-{fp}"
         transfer = Transfer(
-            source, workdir, workers=workers, part_size=part_size, retry=retry, on_bytes=on_bytes
+            source,
+            workdir,
+            workers=workers,
+            part_size=part_size,
+            retry=retry,
+            on_bytes=on_bytes,
+            mirror=mirror,
         )
         if missing:
             for batch in transfer.fetch_batches(source.objects(missing)):

@@ -42,7 +42,7 @@ def stage(
 
     settings = get_settings()
     started = time.monotonic()
-    # --to: the copies start as objects land, overlapping the transfer; all or nothing
+    # --to: copies written as objects are fetched (cache hits copied after); all or nothing
     placing = Materializer(to, link=link) if to is not None else None
     with placing or nullcontext():
         source = open_source(uri)
@@ -53,7 +53,8 @@ def stage(
         def on_object(fetched: Fetched) -> None:
             delivered[0] += 1
             if placing is not None:
-                placing.add(fetched.entry.path, cache.object_path(fetched.digest))
+                src = cache.object_path(fetched.digest)
+                placing.add(fetched.entry.path, src, mirrored=fetched.mirrored)
 
         with ByteProgress(manifest.total_bytes, f"staging {uri}", enabled=not as_json) as progress:
             staged = cache.stage(
@@ -63,6 +64,7 @@ def stage(
                 part_size=settings.part_size,
                 on_bytes=progress.advance,
                 on_object=on_object,
+                mirror=placing.mirror if placing is not None else None,
             )
         path = staged.path
         if placing is not None and to is not None:
