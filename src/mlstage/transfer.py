@@ -248,7 +248,7 @@ class Transfer:
         self.retry = retry or RetryPolicy()
         self.on_bytes = on_bytes
         self.mirror = mirror
-        self._mirrors: list[_MirrorFile] = []
+        self._mirrors: set[_MirrorFile] = set()  # open ones, closed however the transfer ends
         self.stats = TransferStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -315,9 +315,8 @@ class Transfer:
         finally:
             self._stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
-            for copy in self._mirrors:
-                copy.close()
-            self._mirrors.clear()
+            for copy in list(self._mirrors):
+                self._close_mirror(copy)
 
     # -- internals ----------------------------------------------------------------------
     def _splitter(self, objects: Sequence[RemoteObject]) -> Callable[[RemoteObject], bool]:
@@ -448,7 +447,7 @@ class Transfer:
         try:
             digest = self.retry.call(attempt, on_retry=self._on_retry)
         finally:
-            mirrored = copy is not None and copy.close()
+            mirrored = self._close_mirror(copy)
         return self._deliver(obj, final, digest, mirrored=mirrored)
 
     def _mirror_for(self, obj: RemoteObject) -> _MirrorFile | None:
@@ -460,8 +459,16 @@ class Transfer:
             return None
         copy = _MirrorFile(path, obj.size)
         with self._lock:
-            self._mirrors.append(copy)  # closed when the transfer ends, whatever happens
+            self._mirrors.add(copy)
         return copy
+
+    def _close_mirror(self, copy: _MirrorFile | None) -> bool:
+        """Close ``copy``; True if it holds every byte."""
+        if copy is None:
+            return False
+        with self._lock:
+            self._mirrors.discard(copy)
+        return copy.close()
 
     def _submit_parts(
         self, pool: ThreadPoolExecutor, obj: RemoteObject, results: queue.Queue
@@ -540,7 +547,7 @@ class Transfer:
         copy: _MirrorFile | None = None,
     ) -> list[Fetched]:
         hs = hashing.finish()
-        mirrored = copy is not None and copy.close()
+        mirrored = self._close_mirror(copy)
         try:
             _check(obj.key, _expected(obj), hs, self.source.uri)
         except _Mismatch:
