@@ -1,10 +1,15 @@
-"""A byte progress bar for humans (stderr), silent when disabled or not a terminal."""
+"""Progress for humans on stderr (a byte bar, a listing counter); silent off a terminal."""
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class ByteProgress:
@@ -43,3 +48,55 @@ class ByteProgress:
     ) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+class ListingStatus:
+    """``listing URI: N objects`` on stderr while a listing runs, for listings that take time.
+
+    Shown only on a terminal, and only once the listing has taken ``delay`` seconds (a quick
+    one prints nothing). ``count`` reads how many objects were listed so far (None: unknown).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        count: Callable[[], int | None],
+        *,
+        enabled: bool = True,
+        delay: float = 0.5,
+        console: Console | None = None,
+    ) -> None:
+        self.uri = uri
+        self.count = count
+        self.delay = delay
+        self.console = console
+        self.enabled = enabled and (console is not None or sys.stderr.isatty())
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ListingStatus:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._show, name="mlstage-listing", daemon=True)
+            self._thread.start()
+        return self
+
+    def _text(self) -> str:
+        n = self.count()
+        return f"listing {self.uri}" + ("" if n is None else f": {n:,} objects")
+
+    def _show(self) -> None:
+        if self._done.wait(self.delay):
+            return
+        from rich.console import Console
+
+        console = self.console or Console(stderr=True)
+        with console.status(self._text()) as status:
+            while not self._done.wait(0.25):
+                status.update(self._text())
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()

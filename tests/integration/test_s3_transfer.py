@@ -110,6 +110,7 @@ def test_listing_survives_throttling_errors_resets_and_cut_pages(
     source = S3Source(bucket, "many", client=make_client(), retry=FAST_RETRY)
     manifest = source.resolve()  # only listing requests: every fault hits a page
     assert {e.path: e.size for e in manifest.entries} == {k: len(v) for k, v in files.items()}
+    assert source.listed == len(files)  # the progress counter restarts with each attempt
     assert all(faulty.fired().get(kind) == 1 for kind in kinds), faulty.fired()
     assert faulty.count("GET", f"/{bucket}") == 2 + len(kinds)  # 2 pages + 4 failed attempts
 
@@ -153,6 +154,7 @@ def test_a_bucket_in_another_region_is_listed_and_read_through_boto3(
     source._fast_gets = _ListingStub(answer)  # signed for the client's region: refused
     manifest = source.resolve()  # botocore follows the redirect
     assert {e.path for e in manifest.entries} == set(files)
+    assert source.listed == len(files)
     assert source._fast is None  # the fast path's region is wrong for this bucket: boto3 reads
     staged = LocalCache(tmp_path / "cache").stage(source, manifest, retry=FAST_RETRY)
     assert _tree(staged.path) == _digests(files)

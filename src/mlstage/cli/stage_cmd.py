@@ -35,7 +35,7 @@ def stage(
 ) -> None:
     """Stage one dataset into the node-local cache (fetching only what is missing)."""
     from mlstage.cache import LocalCache
-    from mlstage.progress import ByteProgress
+    from mlstage.progress import ByteProgress, ListingStatus
     from mlstage.settings import get_settings
     from mlstage.sources import open_source
     from mlstage.transfer import Fetched
@@ -46,7 +46,8 @@ def stage(
     placing = Materializer(to, link=link) if to is not None else None
     with placing or nullcontext():
         source = open_source(uri)
-        manifest = source.resolve()
+        with ListingStatus(uri, lambda: getattr(source, "listed", None), enabled=not as_json):
+            manifest = source.resolve()
         cache = LocalCache(settings.resolved_cache_dir, limit_bytes=settings.cache_limit_bytes)
         delivered = [0]
 

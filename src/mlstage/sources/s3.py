@@ -199,6 +199,7 @@ class S3Source(FileObjectSource):
         self._client = client
         self._fast_gets: Any = _UNSET
         self._lock = threading.Lock()
+        self.listed = 0  # objects seen by the listing in progress (a progress display reads it)
 
     @property
     def client(self) -> Any:
@@ -240,6 +241,7 @@ class S3Source(FileObjectSource):
         return Manifest(source=self.uri, entries=entries)
 
     def _list(self) -> list[Entry]:
+        self.listed = 0
         fast = self._fast
         if fast is None:
             listed: Iterable[tuple[str, int, str]] = self._list_boto3()
@@ -251,6 +253,7 @@ class S3Source(FileObjectSource):
                 # this source then reads through boto3 too (its fast path has the old region)
                 with self._lock:
                     self._fast_gets = None
+                self.listed = 0
                 listed = self._list_boto3()
         entries: list[Entry] = []
         for key, size, etag in listed:
@@ -292,6 +295,7 @@ class S3Source(FileObjectSource):
                 objects, token = parse_list_page(body)
             except ValueError as exc:
                 raise TransientError(f"{self.uri}: listing: unreadable page ({exc})") from exc
+            self.listed += len(objects)
             for o in objects:
                 yield o.key, o.size, o.etag
             if token is None:
@@ -312,7 +316,9 @@ class S3Source(FileObjectSource):
                 Bucket=self.bucket, Prefix=self.prefix
             )
             for page in pages:
-                for obj in page.get("Contents", []):
+                contents = page.get("Contents", [])
+                self.listed += len(contents)
+                for obj in contents:
                     yield obj["Key"], obj["Size"], obj.get("ETag", "")
         except (ClientError, BotoCoreError) as exc:
             raise map_client_error(exc, self.uri, "listing") from exc
