@@ -91,7 +91,8 @@ MLSTAGE_LIBRARY = textwrap.dedent(
     cache = LocalCache(s.resolved_cache_dir)
     def one(uri, dest):
         source = open_source(uri)
-        with Materializer(Path(dest)) as placing:  # copies made while fetching, as `--to` does
+        # copies made while fetching (or reflinked), as `--to` does
+        with Materializer(Path(dest), clone_from=cache.root) as placing:
             staged = cache.stage(
                 source, source.resolve(), workers=workers, part_size=s.part_size,
                 mirror=placing.mirror,
@@ -331,7 +332,7 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if failed is not None:
         return failed
     ordered = sorted(runs, key=lambda r: r["seconds"])
-    median = dict(ordered[(len(ordered) - 1) // 2])
+    median = dict(ordered[len(ordered) // 2])  # of an even number: the slower middle one
     if len(runs) > 1:
         median["runs_seconds"] = [r["seconds"] for r in runs]
     return median
@@ -358,7 +359,8 @@ def _case(
         for tool in active:
             if tool not in SERIAL:
                 log(f"  {tool} (warm-up) ...")
-                run(tool)
+                if "error" in (warm := run(tool)):
+                    log(f"  {tool} (warm-up) failed: {warm['error']}")
     for r in range(rounds):
         for tool in active[r % len(active) :] + active[: r % len(active)]:
             if tool in SERIAL and runs[tool]:
@@ -402,7 +404,10 @@ def main() -> None:
     )
     p.add_argument("--cases", default="a,b,c")
     p.add_argument(
-        "--rounds", type=int, default=3, help="timed runs of each tool per case (the median)"
+        "--rounds",
+        type=lambda v: max(1, int(v)),
+        default=3,
+        help="timed runs of each tool per case, at least 1 (the median counts)",
     )
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up round")
     p.add_argument(

@@ -12,6 +12,7 @@ the first file, that ``abort`` (or an exception or SIGTERM in the ``with`` block
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -23,7 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from mlstage.errors import ConfigError
-from mlstage.fileio import copy_file
+from mlstage.fileio import can_reflink, copy_file
 
 if TYPE_CHECKING:
     from mlstage.manifest import Entry
@@ -71,7 +72,17 @@ class Materializer:
     corrupt the cache, so they are opt-in.
     """
 
-    def __init__(self, dest: Path, *, link: bool = False, workers: int = 8) -> None:
+    def __init__(
+        self,
+        dest: Path,
+        *,
+        link: bool = False,
+        workers: int = 8,
+        clone_from: Path | None = None,
+    ) -> None:
+        """``clone_from``: a folder on the cache's filesystem. Where files reflink from there
+        to ``dest`` (btrfs, XFS), copies are reflinks and ``mirror`` declines: a second write
+        would cost more than a clone."""
         check_destination(dest)
         self.dest = Path(os.path.abspath(dest))  # "." and ".." have no name to put beside
         self._link = link
@@ -80,6 +91,9 @@ class Materializer:
             f".{self.dest.name}.mlstage-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
         self._made = False
+        self._closed = False
+        self._clone_from = clone_from
+        self._reflinks: bool | None = None  # probed on the first mirror()
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="mlstage-copy")
         self._early: dict[str, Future[None]] = {}
         self._dirs: set[str] = set()
@@ -88,6 +102,8 @@ class Materializer:
     def _make_tmp(self) -> None:
         """The hidden folder, on the first file: a failed staging leaves no folder behind."""
         with self._lock:
+            if self._closed:  # aborted: a late fetch thread must not bring the folder back
+                raise OSError(errno.ECANCELED, "materialising was aborted", str(self._tmp))
             if not self._made:
                 self.dest.parent.mkdir(parents=True, exist_ok=True)
                 os.mkdir(self._tmp, 0o755)
@@ -109,10 +125,19 @@ class Materializer:
         (links are made from the cache) or when the folder cannot be made (``finish`` says
         why). Thread-safe: the fetch threads call it.
         """
-        if self._link:
+        if self._link or self._reflinks:
             return None
         try:
             self._make_tmp()
+            if self._reflinks is None:
+                with self._lock:
+                    if self._reflinks is None:
+                        clone_from = self._clone_from
+                        self._reflinks = clone_from is not None and can_reflink(
+                            str(clone_from), str(self._tmp)
+                        )
+                if self._reflinks:
+                    return None
             self._make_parent(entry.path)
         except OSError:
             return None
@@ -177,8 +202,11 @@ class Materializer:
 
     def abort(self) -> None:
         """Stop and remove everything placed so far; ``dest`` is left as it was."""
+        with self._lock:
+            self._closed = True
+            made = self._made
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if self._made:
+        if made:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _place_at(self, rel: str, src: str) -> None:
@@ -186,11 +214,18 @@ class Materializer:
         self._place(src, os.path.join(self._tmp, rel))
 
     def _make_parent(self, rel: str) -> None:
-        parent, _, _name = rel.rpartition("/")
-        if parent and parent not in self._dirs:
-            os.makedirs(os.path.join(self._tmp, parent), 0o755, exist_ok=True)
-            with self._lock:
-                self._dirs.add(parent)
+        """The folders above ``rel`` inside the hidden folder, never the hidden folder itself
+        (after an abort, a late fetch thread gets FileNotFoundError, not a new folder)."""
+        parent = rel.rpartition("/")[0]
+        if not parent or parent in self._dirs:
+            return
+        path = str(self._tmp)
+        for part in parent.split("/"):
+            path = os.path.join(path, part)
+            with suppress(FileExistsError):
+                os.mkdir(path, 0o755)
+        with self._lock:
+            self._dirs.add(parent)
 
     def _error(self, exc: OSError) -> ConfigError:
         return ConfigError(

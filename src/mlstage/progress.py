@@ -81,7 +81,10 @@ class ListingStatus:
         return self
 
     def _text(self) -> str:
-        n = self.count()
+        try:
+            n = self.count()
+        except Exception:  # noqa: BLE001 - a display never fails the listing
+            n = None
         return f"listing {self.uri}" + ("" if n is None else f": {n:,} objects")
 
     def _show(self) -> None:

@@ -5,6 +5,9 @@ soon as it lands (completion order), so a consumer can start on the first one. O
 than ``part_size`` are split into ranged reads that run in parallel and are journalled, so a
 killed transfer resumes from its completed parts. Every object is checked (size, plus checksum
 where the source gives one) before it is yielded; nothing unverified is ever handed out.
+A ``mirror`` gets each chunk as it arrives, before the object is checked; ``Fetched.mirrored``
+vouches for that copy only once the object passed (until then it is the consumer's hidden
+work in progress, like the cache's own temporary file).
 """
 
 from __future__ import annotations
@@ -189,26 +192,33 @@ class _InOrderHash:
 class _MirrorFile:
     """The second copy of one object, written beside the fetch at the same offsets.
 
-    Best effort: the first OSError (a full disk, a removed folder) ends the copy and removes
-    its file, and the fetch goes on; the consumer then copies the file from the cache. The
-    descriptor stays open until ``close`` so that concurrent part writers never write to a
-    reused descriptor number.
+    Opened on its first write, so only objects being fetched hold a descriptor. Best effort:
+    the first OSError (a full disk, a removed folder, an error reported at close) ends the copy
+    and removes its file, and the fetch goes on; the consumer then copies the file from the
+    cache. The descriptor stays open until ``close`` so that concurrent part writers never
+    write to a reused descriptor number.
     """
 
-    def __init__(self, path: str, size: int) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
         self.ok = True
         self.fd: int | None = None
-        try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.ftruncate(self.fd, size)
-        except OSError:
-            self.fail()
+        self._lock = threading.Lock()
+
+    def _open(self) -> int | None:
+        with self._lock:
+            if self.fd is None and self.ok:
+                try:
+                    self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                except OSError:
+                    self.ok = False
+            return self.fd
 
     def write(self, data: bytes, pos: int) -> None:
-        if self.ok and self.fd is not None:
+        fd = self.fd if self.fd is not None else self._open()
+        if self.ok and fd is not None:
             try:
-                pwrite_all(self.fd, data, pos)
+                pwrite_all(fd, data, pos)
             except OSError:
                 self.fail()
 
@@ -216,11 +226,16 @@ class _MirrorFile:
         self.ok = False
 
     def close(self) -> bool:
-        """Close it; True if every byte was written."""
-        if self.fd is not None:
-            with suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
+        """Close it; True if it was written (an empty object: created) and no write failed."""
+        if self.fd is None and self.ok:
+            self._open()  # a zero-byte object has no write to open it
+        with self._lock:
+            if self.fd is not None:
+                try:
+                    os.close(self.fd)  # NFS and FUSE report ENOSPC, EDQUOT, EIO here
+                except OSError:
+                    self.ok = False
+                self.fd = None
         if not self.ok:
             with suppress(OSError):
                 os.unlink(self.path)
@@ -315,7 +330,8 @@ class Transfer:
         finally:
             self._stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
-            for copy in list(self._mirrors):
+            for copy in list(self._mirrors):  # objects that never finished: not copies
+                copy.fail()
                 self._close_mirror(copy)
 
     # -- internals ----------------------------------------------------------------------
@@ -446,18 +462,24 @@ class Transfer:
 
         try:
             digest = self.retry.call(attempt, on_retry=self._on_retry)
-        finally:
-            mirrored = self._close_mirror(copy)
-        return self._deliver(obj, final, digest, mirrored=mirrored)
+        except BaseException:
+            if copy is not None:
+                copy.fail()
+            self._close_mirror(copy)
+            raise
+        return self._deliver(obj, final, digest, mirrored=self._close_mirror(copy))
 
     def _mirror_for(self, obj: RemoteObject) -> _MirrorFile | None:
         """The second copy of ``obj`` if the consumer asked for one (never for archives)."""
         if self.mirror is None or obj.archive:
             return None
-        path = self.mirror(obj.entries[0])
+        try:
+            path = self.mirror(obj.entries[0])
+        except Exception:  # noqa: BLE001 - the copy is best effort: the consumer copies later
+            return None
         if path is None:
             return None
-        copy = _MirrorFile(path, obj.size)
+        copy = _MirrorFile(path)
         with self._lock:
             self._mirrors.add(copy)
         return copy

@@ -75,3 +75,33 @@ def test_copy_file_reports_real_failures(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(OSError) as info:
         fileio.copy_file(str(src), str(tmp_path / "dst"))
     assert info.value.errno == errno.ENOSPC
+
+
+def test_copy_file_refuses_to_copy_a_file_onto_itself(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"the cache's object")
+    os.link(src, tmp_path / "link")  # --link leaves such pairs around
+    with pytest.raises(OSError) as info:
+        fileio.copy_file(str(src), str(tmp_path / "link"))
+    assert info.value.errno == errno.EINVAL
+    assert src.read_bytes() == b"the cache's object"  # not emptied by opening dst for writing
+
+
+def test_pwrite_all_never_spins_on_a_write_of_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fileio.os, "pwrite", lambda fd, data, pos: 0)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError):
+            fileio.pwrite_all(fd, b"data", 0)
+    finally:
+        os.close(fd)
+
+
+def test_can_reflink_answers_without_leaving_files(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert isinstance(fileio.can_reflink(str(tmp_path / "a"), str(tmp_path / "b")), bool)
+    assert not fileio.can_reflink(str(tmp_path / "missing"), str(tmp_path / "b"))
+    assert list((tmp_path / "a").iterdir()) == list((tmp_path / "b").iterdir()) == []

@@ -136,7 +136,11 @@ def test_staging_with_a_mirror_copies_nothing_a_second_time(
             )
             placing.finish(staged.path)
 
-    stage_to(tmp_path / "first")
+    old_umask = os.umask(0o077)  # a copy is 0644 whatever the umask, so is a mirrored file
+    try:
+        stage_to(tmp_path / "first")
+    finally:
+        os.umask(old_umask)
     assert _files(tmp_path / "first") == files
     assert copied == []  # every file was written by the fetch itself
     assert all((tmp_path / "first" / rel).stat().st_mode & 0o777 == 0o644 for rel in files)
@@ -152,3 +156,71 @@ def test_links_are_never_mirrored(tmp_path: Path) -> None:
     with Materializer(tmp_path / "out", link=True) as placing:
         assert placing.mirror(Entry(path="a", size=1, locator="a")) is None
         placing.abort()
+
+
+def test_a_mirrored_file_that_is_missing_is_copied(
+    staged: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    tree, files = staged
+    with Materializer(tmp_path / "out") as placing:
+        placing.add("a.bin", tree / "a.bin", mirrored=True)  # claimed, but never written
+        placing.finish(tree)
+    assert _files(tmp_path / "out") == files
+
+
+def test_where_reflinks_work_the_fetch_writes_no_second_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlstage.materialize as mat
+    from mlstage.manifest import Entry
+
+    probes: list[tuple[str, str]] = []
+    monkeypatch.setattr(mat, "can_reflink", lambda a, b: probes.append((a, b)) or True)
+    entry = Entry(path="sub/a", size=1, locator="a")
+    with Materializer(tmp_path / "out", clone_from=tmp_path) as placing:
+        assert placing.mirror(entry) is None  # copies will be clones of the cache's files
+        assert placing.mirror(entry) is None
+        placing.abort()
+    assert len(probes) == 1 and probes[0][0] == str(tmp_path)
+
+    monkeypatch.setattr(mat, "can_reflink", lambda a, b: False)
+    with Materializer(tmp_path / "out2", clone_from=tmp_path) as placing:
+        assert placing.mirror(entry) == str(placing._tmp / "sub" / "a")
+        placing.abort()
+
+
+def test_after_abort_a_late_fetch_thread_cannot_bring_the_folder_back(tmp_path: Path) -> None:
+    from mlstage.manifest import Entry
+
+    placing = Materializer(tmp_path / "out")
+    assert placing.mirror(Entry(path="a/b", size=1, locator="a/b")) is not None
+    placing.abort()
+    assert placing.mirror(Entry(path="c/d", size=1, locator="c/d")) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_to_writes_copies_while_fetching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlstage stage --to` wires the mirror: a fresh staging copies no file afterwards."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import mlstage.materialize as mat
+    from mlstage.cli import app
+
+    monkeypatch.setenv("MLSTAGE_HOME", str(tmp_path / "home"))
+    src = tmp_path / "src"
+    files = {"a.bin": os.urandom(3000), "sub/b.bin": os.urandom(40_000)}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    copied: list[str] = []
+    real_copy = mat.copy_file
+    monkeypatch.setattr(mat, "copy_file", lambda s, d: (copied.append(d), real_copy(s, d)))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["stage", str(src), "--to", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["files"] == 2
+    assert _files(out) == files and copied == []

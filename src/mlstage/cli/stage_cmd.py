@@ -43,12 +43,13 @@ def stage(
     settings = get_settings()
     started = time.monotonic()
     # --to: copies written as objects are fetched (cache hits copied after); all or nothing
-    placing = Materializer(to, link=link) if to is not None else None
+    cache_dir = settings.resolved_cache_dir
+    placing = Materializer(to, link=link, clone_from=cache_dir) if to is not None else None
     with placing or nullcontext():
         source = open_source(uri)
         with ListingStatus(uri, lambda: getattr(source, "listed", None), enabled=not as_json):
             manifest = source.resolve()
-        cache = LocalCache(settings.resolved_cache_dir, limit_bytes=settings.cache_limit_bytes)
+        cache = LocalCache(cache_dir, limit_bytes=settings.cache_limit_bytes)
         delivered = [0]
 
         def on_object(fetched: Fetched) -> None:
