@@ -13,6 +13,22 @@ from mlstage.materialize import Materializer, materialize
 from mlstage.sources import open_source
 
 
+def _write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
+def _count_copies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The destinations of every copy the Materializer makes from now on."""
+    import mlstage.materialize as mat
+
+    copied: list[str] = []
+    real_copy = mat.copy_file
+    monkeypatch.setattr(mat, "copy_file", lambda s, d: (copied.append(d), real_copy(s, d)))
+    return copied
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
@@ -22,9 +38,7 @@ def staged(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     """A staged tree (read-only hard links into objects/) and what it holds."""
     src = tmp_path / "src"
     files = {"a.bin": b"a" * 100, "sub/b.bin": b"b" * 50, "sub/deeper/c.txt": b"c", "e": b""}
-    for rel, data in files.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_bytes(data)
+    _write_tree(src, files)
     source = open_source(str(src))
     result = LocalCache(tmp_path / "cache").stage(source, source.resolve())
     return result.path, files
@@ -111,16 +125,11 @@ def test_staging_with_a_mirror_copies_nothing_a_second_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fetch writes each private copy (``mirror``); only cache hits are copied after."""
-    import mlstage.materialize as mat
 
     src = tmp_path / "src"
     files = {"a.bin": os.urandom(5000), "sub/b.bin": os.urandom(70_000), "c": b""}
-    for rel, data in files.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_bytes(data)
-    copied: list[str] = []
-    real_copy = mat.copy_file
-    monkeypatch.setattr(mat, "copy_file", lambda s, d: (copied.append(d), real_copy(s, d)))
+    _write_tree(src, files)
+    copied = _count_copies(monkeypatch)
     cache = LocalCache(tmp_path / "cache")
     source = open_source(str(src))
 
@@ -207,18 +216,13 @@ def test_stage_to_writes_copies_while_fetching(
 
     from typer.testing import CliRunner
 
-    import mlstage.materialize as mat
     from mlstage.cli import app
 
     monkeypatch.setenv("MLSTAGE_HOME", str(tmp_path / "home"))
     src = tmp_path / "src"
     files = {"a.bin": os.urandom(3000), "sub/b.bin": os.urandom(40_000)}
-    for rel, data in files.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_bytes(data)
-    copied: list[str] = []
-    real_copy = mat.copy_file
-    monkeypatch.setattr(mat, "copy_file", lambda s, d: (copied.append(d), real_copy(s, d)))
+    _write_tree(src, files)
+    copied = _count_copies(monkeypatch)
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["stage", str(src), "--to", str(out), "--json"])
     assert res.exit_code == 0, res.output
