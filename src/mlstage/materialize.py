@@ -66,10 +66,12 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 class Materializer:
-    """Builds ``dest`` from staged files on ``workers`` threads (the kernel copies; GIL free).
+    """Builds ``dest`` from staged files on ``workers`` threads (their I/O releases the GIL).
 
     Hard links (``link``) share the cache's read-only files: writing through them would
-    corrupt the cache, so they are opt-in.
+    corrupt the cache, so they are opt-in. ``clone_from`` is a folder on the cache's
+    filesystem: where files reflink from there to ``dest`` (btrfs, XFS), copies are clones and
+    ``mirror`` declines, since a second write would cost more than a clone.
     """
 
     def __init__(
@@ -80,9 +82,6 @@ class Materializer:
         workers: int = 8,
         clone_from: Path | None = None,
     ) -> None:
-        """``clone_from``: a folder on the cache's filesystem. Where files reflink from there
-        to ``dest`` (btrfs, XFS), copies are reflinks and ``mirror`` declines: a second write
-        would cost more than a clone."""
         check_destination(dest)
         self.dest = Path(os.path.abspath(dest))  # "." and ".." have no name to put beside
         self._link = link
