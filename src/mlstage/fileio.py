@@ -58,7 +58,8 @@ def copy_file(src: str, dst: str) -> None:
         except OSError as exc:
             if exc.errno not in _NO_CLONE:
                 raise
-        buf = bytearray(_READ)
+        # no bigger than the file: zero-filling 1 MB per 32 KB copy took ~20% of its time
+        buf = bytearray(min(_READ, max(os.fstat(fin.fileno()).st_size, WRITE_PIECE)))
         view = memoryview(buf)
         out = fout.fileno()
         pos = 0
