@@ -6,7 +6,9 @@ Each sample is one ``.json`` file ``{"x": [...], "y": ...}`` packed into tar sha
 
 from __future__ import annotations
 
+import importlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,12 @@ ESTIMATORS = {
 }
 
 
+# sklearn's modules import each other in a cycle (linear_model and svm through svm._base): two
+# threads importing them at once can see a partially initialised module (ImportError). In-process
+# models run on threads, so the first import happens under this lock.
+_SKLEARN_IMPORT = threading.Lock()
+
+
 def load_xy(data_dir: Path) -> tuple[list[list[float]], list[float]]:
     xs, ys = [], []
     shards = shard_paths(data_dir)
@@ -39,12 +47,12 @@ def load_xy(data_dir: Path) -> tuple[list[list[float]], list[float]]:
 
 def fit_and_score(data_dir: Path, estimator: str = "logistic", **params: Any) -> dict[str, Any]:
     """Fit ``estimator`` on the staged dataset and return its held-out score."""
-    import importlib
-
-    from sklearn.model_selection import train_test_split
-
     module, cls, defaults = ESTIMATORS[estimator]
-    model = getattr(importlib.import_module(module), cls)(**{**defaults, **params})
+    with _SKLEARN_IMPORT:
+        from sklearn.model_selection import train_test_split
+
+        estimator_cls = getattr(importlib.import_module(module), cls)
+    model = estimator_cls(**{**defaults, **params})
     xs, ys = load_xy(data_dir)
     x_train, x_test, y_train, y_test = train_test_split(xs, ys, test_size=0.25, random_state=0)
     model.fit(x_train, y_train)
