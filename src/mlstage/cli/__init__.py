@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import signal
 import sys
+import threading
+from typing import NoReturn
 
 import typer
 
@@ -27,6 +32,11 @@ def _terminated(signum: int, _frame: object) -> None:
 
 def main() -> None:
     """Entry point of the ``mlstage`` console script."""
+    _exit(_run())
+
+
+def _run() -> int:
+    """Run the command line; its exit code (errors were printed as one line on stderr)."""
     from mlstage.errors import ConfigError, MlstageError
 
     signal.signal(signal.SIGTERM, _terminated)
@@ -34,18 +44,42 @@ def main() -> None:
         rc = app(standalone_mode=False)  # typer.Exit(code) comes back as a return value here
     except MlstageError as exc:
         typer.echo(f"mlstage: error: {exc}", err=True)
-        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+        return 2 if isinstance(exc, ConfigError) else 1
     except typer.Abort:  # Ctrl-C (typer turns KeyboardInterrupt into Abort)
-        sys.exit(130)
+        return 130
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if code is None or isinstance(code, int):
+            return code or 0
+        typer.echo(code, err=True)  # sys.exit("message"), as a normal exit would print it
+        return 1
+    except Exception as exc:
+        # usage errors: click's ClickException, which typer 0.2x vendors as typer._click's
+        exit_code = getattr(exc, "exit_code", None)
+        if callable(getattr(exc, "show", None)) and isinstance(exit_code, int):
+            exc.show()  # type: ignore[attr-defined]
+            return exit_code
         raise
-    if isinstance(rc, int) and rc:
-        sys.exit(rc)
+    return rc if isinstance(rc, int) else 0
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with ``code`` without the interpreter's teardown, once nothing is left running.
+
+    Tearing down every module's objects one by one (botocore's service model, pydantic's
+    schemas) took 0.10-0.15 s of each run on a 2-core VM: as long as staging 100 MB. The
+    operating system frees the memory at once. atexit handlers still run and stdout and
+    stderr are flushed, as at a normal exit; with any non-daemon thread alive the exit is
+    the normal one, which waits for it.
+    """
+    if any(
+        t.is_alive() and not t.daemon
+        for t in threading.enumerate()
+        if t is not threading.main_thread()
+    ):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)
