@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from mlstage.testing.postgres import postgres_unavailable, throwaway_database
 from mlstage.testing.prefect_server import PrefectServer, prefect_server
 from mlstage.testing.s3 import S3Endpoint, moto_server
 
@@ -57,10 +59,34 @@ def bucket(s3_env: S3Endpoint) -> str:
 
 
 @pytest.fixture(scope="session")
-def prefect_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+def prefect_server_session(
+    tmp_path_factory: pytest.TempPathFactory, prefect_database: Callable[[], str | None]
+) -> Iterator[PrefectServer]:
     """One real `prefect server start` on 127.0.0.1 for the whole session (~10-15 s to start)."""
-    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as server:
+    home = tmp_path_factory.mktemp("prefect-home")
+    with prefect_server(home, database_url=prefect_database()) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_database() -> Iterator[Callable[[], str | None]]:
+    """Makes a throwaway PostgreSQL database for each test Prefect server (dropped at the end).
+
+    A Prefect server on SQLite stalls API calls for seconds under load: a CI run's test
+    timed out after 30 s on one. Without PostgreSQL it returns None (the server's SQLite),
+    unless MLSTAGE_REQUIRE_POSTGRES=1 (CI), which makes that a failure.
+    """
+    with contextlib.ExitStack() as databases:
+
+        def make() -> str | None:
+            reason = postgres_unavailable()
+            if reason is None:
+                return databases.enter_context(throwaway_database("prefect_", driver="asyncpg"))
+            if os.environ.get("MLSTAGE_REQUIRE_POSTGRES") == "1":
+                pytest.fail(f"MLSTAGE_REQUIRE_POSTGRES=1 but {reason}")
+            return None
+
+        yield make
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from mlstage import pipeline
 from mlstage.settings import get_settings
 from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec
 from mlstage.state import StateStore
-from mlstage.testing.net import free_port, wait_until
+from mlstage.testing.prefect_server import prefect_server, process_worker
 from mlstage.testing.s3 import S3Endpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,8 +38,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.prefect, pytest.mark.slow]
 
 
 # ---------------------------------------------------------------------------------------------
-# Prefect server + process worker. TO SWAP at merge for mlstage.testing.prefect_server (feat/flows);
-# everything Prefect-specific this module needs is in this one fixture and its helpers.
+# A Prefect server of its own (its deployments and trigger must not see other tests' events)
+# and a process worker, on PostgreSQL when the machine has it
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class PrefectStack:
@@ -80,24 +79,6 @@ class PrefectStack:
         return self.api("POST", "/events/filter", json=body)["events"]
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process we started and its group (a worker needs a second signal)."""
-    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            continue
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 def _deploy_file(tmp: Path) -> Path:
     """This repo's prefect.yaml, reduced to our deployments, with a short watch interval."""
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
@@ -112,69 +93,37 @@ def _deploy_file(tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prefect_stack(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectStack]:
+def prefect_stack(
+    world: World,
+    tmp_path_factory: pytest.TempPathFactory,
+    prefect_database: Callable[[], str | None],
+) -> Iterator[PrefectStack]:
     tmp = tmp_path_factory.mktemp("prefect")
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        **world.env,
-        "PREFECT_HOME": str(tmp / "home"),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    fast_services = {  # the schedule and the trigger react within seconds
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
         "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "2",
-        "PREFECT_UI_ENABLED": "false",
     }
-    logs = tmp / "logs"
-    logs.mkdir()
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        out = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        p = subprocess.Popen(
-            args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        procs.append(p)
-        return p
-
-    def cli(*args: str) -> None:
-        r = subprocess.run(
-            [str(BIN / "prefect"), *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert r.returncode == 0, f"prefect {' '.join(args)}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
-
-    try:
-        start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1"])
-        wait_until(
-            lambda: httpx.get(f"{api_url}/health", timeout=2).status_code == 200,
-            timeout=120,
-            what="prefect server",
-            interval=0.5,
-        )
-        cli("work-pool", "create", POOL, "--type", "process")
-        cli("--no-prompt", "deploy", "--all", "--prefect-file", str(_deploy_file(tmp)))
-        start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL])
-        yield PrefectStack(api_url, env)
-    finally:
-        for p in reversed(procs):
-            _stop(p)
-        for f in sorted(logs.iterdir()):  # shown by pytest when a test failed
-            print(f"----- {f.name} (tail)\n{f.read_text(errors='replace')[-4000:]}")
-        if os.environ.get("MLSTAGE_TEST_KEEP_LOGS"):
-            import shutil
-
-            shutil.copytree(logs, os.environ["MLSTAGE_TEST_KEEP_LOGS"], dirs_exist_ok=True)
+    worker_log = tmp / "worker.log"
+    with prefect_server(
+        tmp / "home", extra_env=fast_services, database_url=prefect_database()
+    ) as server:
+        try:
+            server.cli("work-pool", "create", POOL, "--type", "process", cwd=REPO)
+            server.cli(
+                "deploy", "--all", "--prefect-file", str(_deploy_file(tmp)), cwd=REPO, env=world.env
+            )
+            worker_env = {**world.env, "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
+            with process_worker(
+                server, POOL, cwd=REPO, env=worker_env, create_pool=False, log=worker_log
+            ):
+                yield PrefectStack(server.api_url, server.env(**world.env))
+        finally:
+            for log in (server.log, worker_log):  # shown by pytest when a test failed
+                if log.exists():
+                    print(f"----- {log.name} (tail)\n{log.read_text(errors='replace')[-4000:]}")
+                    if keep := os.environ.get("MLSTAGE_TEST_KEEP_LOGS"):
+                        Path(keep).mkdir(parents=True, exist_ok=True)
+                        (Path(keep) / log.name).write_bytes(log.read_bytes())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +215,10 @@ def wait_for_restage(stack: PrefectStack, dataset: str, timeout: float = 150) ->
     """The first restage-dataset run for ``dataset`` once it finished; fails if it failed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = stack.restage_runs(dataset)
+        try:
+            runs = stack.restage_runs(dataset)
+        except httpx.TimeoutException:  # a slow answer from a loaded server: ask again
+            continue
         done = [r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")]
         done.sort(key=lambda r: r["created"])
         if done:

@@ -185,7 +185,7 @@ def test_a_stop_mid_transfer_leaves_no_to_folder_behind(
     client = s3_env.client()
     for i in range(40):
         client.put_object(Bucket=bucket, Key=f"term/{i:03d}.bin", Body=os.urandom(2000))
-    proxy.configure(latency=0.1)  # slow enough to be stopped mid-way
+    proxy.configure(latency=0.5)  # ~10 s of transfer: stopped mid-way even on a loaded machine
     out = tmp_path / "deep" / "out"
     cmd = [MLSTAGE, "stage", f"s3://{bucket}/term", "--to", str(out), "--workers", "2"]
     proc = subprocess.Popen(
@@ -195,6 +195,7 @@ def test_a_stop_mid_transfer_leaves_no_to_folder_behind(
     while time.monotonic() < deadline and not list((tmp_path / "deep").glob(".out.mlstage-tmp-*")):
         time.sleep(0.02)  # until the early copies have started
     assert list((tmp_path / "deep").glob(".out.mlstage-tmp-*")), "no early copy was seen"
+    assert proc.poll() is None, "the transfer finished before it could be stopped"
     proc.send_signal(signum)  # a pod eviction, or Ctrl-C
     assert proc.wait(timeout=60) == code
     assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]

@@ -39,8 +39,12 @@ def postgres_unavailable() -> str | None:
 
 
 @contextmanager
-def throwaway_database(prefix: str = "mlstage_test_") -> Iterator[str]:
-    """Create a fresh database, yield its SQLAlchemy URL (psycopg driver), drop it after."""
+def throwaway_database(prefix: str = "mlstage_test_", *, driver: str = "psycopg") -> Iterator[str]:
+    """Create a fresh database, yield its SQLAlchemy URL, drop it after.
+
+    ``driver`` names the SQLAlchemy dialect's driver: ``psycopg`` for the state DB,
+    ``asyncpg`` for a Prefect server's own database.
+    """
     import psycopg
     from psycopg import sql
 
@@ -53,7 +57,7 @@ def throwaway_database(prefix: str = "mlstage_test_") -> Iterator[str]:
     host = info.get("host", "127.0.0.1")
     port = info.get("port", "5432")
     try:
-        yield f"postgresql+psycopg://{user}{password}@{host}:{port}/{name}"
+        yield f"postgresql+{driver}://{user}{password}@{host}:{port}/{name}"
     finally:
         with psycopg.connect(admin_dsn(), autocommit=True, connect_timeout=5) as conn:
             conn.execute(

@@ -119,11 +119,14 @@ def prefect_server(
     port: int | None = None,
     startup_timeout: float = 120,
     extra_env: Mapping[str, str] | None = None,
+    database_url: str | None = None,
 ) -> Iterator[PrefectServer]:
     """Start ``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME; stop it on exit.
 
-    ``extra_env`` goes to the server and to every client built from ``server.env()`` (e.g.
-    PREFECT_API_DATABASE_CONNECTION_URL for PostgreSQL).
+    ``extra_env`` goes to the server and to every client built from ``server.env()``.
+    ``database_url`` (``postgresql+asyncpg://...``) is the server's own database; without
+    it the server keeps SQLite in its home, whose single writer stalls API calls for
+    seconds on a loaded machine ("database is locked" in its log).
     """
     own_home = home is None
     home = Path(tempfile.mkdtemp(prefix="prefect-home-")) if home is None else home
@@ -140,6 +143,7 @@ def prefect_server(
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),
         PREFECT_UI_API_URL=server.api_url,
+        **({"PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url} if database_url else {}),
     )
     env.pop("PREFECT_API_URL")
     with open(server.log, "wb") as log:
