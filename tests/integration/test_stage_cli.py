@@ -188,9 +188,19 @@ def test_a_stop_mid_transfer_leaves_no_to_folder_behind(
     proxy.configure(latency=0.5)  # ~10 s of transfer: stopped mid-way even on a loaded machine
     out = tmp_path / "deep" / "out"
     cmd = [MLSTAGE, "stage", f"s3://{bucket}/term", "--to", str(out), "--workers", "2"]
-    proc = subprocess.Popen(
-        cmd, env=_env(tmp_path / "home", proxy.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    # A child inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt. A
+    # suite started in the background by a non-interactive shell (`make test &`) has it
+    # ignored; Ctrl-C at a terminal finds it at its default, as here.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            env=_env(tmp_path / "home", proxy.url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list((tmp_path / "deep").glob(".out.mlstage-tmp-*")):
         time.sleep(0.02)  # until the early copies have started
