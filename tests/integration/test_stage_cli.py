@@ -185,7 +185,7 @@ def test_a_stop_mid_transfer_leaves_no_to_folder_behind(
     client = s3_env.client()
     for i in range(40):
         client.put_object(Bucket=bucket, Key=f"term/{i:03d}.bin", Body=os.urandom(2000))
-    proxy.configure(latency=0.5)  # ~10 s of transfer: stopped mid-way even on a loaded machine
+    proxy.configure(latency=0.1)  # slow enough to be stopped mid-way (~2 s of transfer)
     out = tmp_path / "deep" / "out"
     cmd = [MLSTAGE, "stage", f"s3://{bucket}/term", "--to", str(out), "--workers", "2"]
     # A child inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt. A
