@@ -191,7 +191,7 @@ def test_a_stop_mid_transfer_leaves_no_to_folder_behind(
     # A child inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt. A
     # suite started in the background by a non-interactive shell (`make test &`) has it
     # ignored; Ctrl-C at a terminal finds it at its default, as here.
-    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         proc = subprocess.Popen(
             cmd,
@@ -200,7 +200,7 @@ def test_a_stop_mid_transfer_leaves_no_to_folder_behind(
             stderr=subprocess.PIPE,
         )
     finally:
-        signal.signal(signal.SIGINT, ignored)
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list((tmp_path / "deep").glob(".out.mlstage-tmp-*")):
         time.sleep(0.02)  # until the early copies have started
