@@ -4,7 +4,8 @@
         ...
 
 The database is created on entry and dropped (connections forced out) on exit. Tests call
-``postgres_unavailable()`` first and skip with its reason only when no server answers.
+``check_postgres()`` first and skip with its reason only when no server answers; with
+MLSTAGE_REQUIRE_POSTGRES=1 (CI) a missing server fails the test instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 ADMIN_DSN_ENV = "MLSTAGE_TEST_POSTGRES_DSN"
+REQUIRE_ENV = "MLSTAGE_REQUIRE_POSTGRES"
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -36,6 +38,19 @@ def postgres_unavailable() -> str | None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"no PostgreSQL server answers at {admin_dsn()}: {first}"
     return None
+
+
+def check_postgres() -> str | None:
+    """``postgres_unavailable()`` for a test: a missing server fails it under MLSTAGE_REQUIRE_POSTGRES=1.
+
+    CI sets that variable, so a run without PostgreSQL cannot pass by skipping its tests.
+    """
+    reason = postgres_unavailable()
+    if reason is not None and os.environ.get(REQUIRE_ENV) == "1":
+        import pytest
+
+        pytest.fail(f"{REQUIRE_ENV}=1 but {reason}")
+    return reason
 
 
 @contextmanager
