@@ -418,10 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_mlstage_vs_floor_plus_train": round(
             last["mlstage"] / (results["io_floor"]["all_data_s"] + args.train_s), 3
         ),
-        # no model can finish before moto has served its dataset's requests and it trained:
-        # with moto's CPU for the whole sweep as the least time to serve them all, the ratio
-        # of that bound to the alone run is the best the endpoint allows (goal: 1.2)
         "cpu_s": {k: results[k]["cpu_s"] for k in ("mlstage", "single_slowest_alone")},
+        # the last result cannot come before moto has served every dataset's requests (at
+        # least its CPU for the sweep) and a model has trained: that bound over the alone run
+        # is the best ratio the endpoint allows (goal: 1.2)
         "endpoint_bound_vs_single_alone": round(
             (results["mlstage"]["moto_cpu_s"] + args.train_s) / single, 3
         ),

@@ -125,13 +125,16 @@ def serve(argv: list[str] | None = None) -> None:
     )
     from werkzeug.serving import run_simple
 
-    # moto lists its package folder on every request to route it; the answer never changes
-    modules = tuple(backends.list_of_moto_modules())
-    backends.list_of_moto_modules = lambda: modules
-    # nor does the backend for a host (a pure function of the host and moto's URL patterns)
-    DomainDispatcherApplication.get_backend_for_host = functools.lru_cache(maxsize=1024)(
-        DomainDispatcherApplication.get_backend_for_host
-    )
+    # moto internals: a moto that renamed them still serves, only without these savings
+    if hasattr(backends, "list_of_moto_modules"):
+        # moto lists its package folder on every request to route it; the answer never changes
+        modules = tuple(backends.list_of_moto_modules())
+        backends.list_of_moto_modules = lambda: modules
+    if hasattr(DomainDispatcherApplication, "get_backend_for_host"):
+        # nor does the backend for a host (a pure function of the host and moto's URL patterns)
+        DomainDispatcherApplication.get_backend_for_host = functools.lru_cache(maxsize=1024)(
+            DomainDispatcherApplication.get_backend_for_host
+        )
 
     class QuietHandler(MotoRequestHandler):
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
