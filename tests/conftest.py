@@ -29,6 +29,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "MLSTAGE_SHARED",
         "MLSTAGE_CACHE_DIR",
         "MLSTAGE_CACHE_LIMIT_BYTES",
+        "MLSTAGE_ENDPOINTS_DIR",
     ):
         monkeypatch.delenv(var, raising=False)
     return h

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(
         default=None, description="Node-local cache folder; default: home/cache."
     )
+    endpoints_dir: Path | None = Field(
+        default=None,
+        description="Where S3 endpoints are remembered (per bucket: URL layout and signing "
+        "region, never credentials), so later runs skip building a boto3 client; default: "
+        "cache_dir/endpoints.",
+    )
     cache_limit_bytes: int = Field(
         default=0, ge=0, description="Cache size limit in bytes; 0 means unlimited."
     )
@@ -55,6 +61,10 @@ class Settings(BaseSettings):
     @property
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir or self.home / "cache"
+
+    @property
+    def resolved_endpoints_dir(self) -> Path:
+        return self.endpoints_dir or self.resolved_cache_dir / "endpoints"
 
 
 def get_settings() -> Settings:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,3 +150,34 @@ def test_session_tokens_are_signed_and_a_wrong_secret_is_refused(
         with pytest.raises(AccessDenied, match=r"s3://signed-bucket/ds/.*access denied"):
             cache.stage(source, listed)
         assert cache.lookup(listed.fingerprint) is None
+
+
+def test_a_remembered_endpoint_signs_with_the_environment_and_refuses_a_wrong_secret(
+    signed_s3: tuple[S3Endpoint, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlstage.sources import s3_memo
+    from mlstage.sources.s3_memo import EndpointMemo
+
+    endpoint, env = signed_s3
+    for var in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    memo = EndpointMemo(tmp_path / "endpoints")
+    S3Source(BUCKET, "ds", memo=memo).resolve()  # botocore's template, remembered
+    s3_memo._live.clear()
+
+    source = S3Source(BUCKET, "ds", memo=memo, retry=FAST_RETRY)
+    staged = LocalCache(tmp_path / "good").stage(source, source.resolve(), part_size=1024 * 1024)
+    assert source._client is None  # every request signed from the remembered template
+    got = {
+        p.relative_to(staged.path).as_posix(): p.read_bytes()
+        for p in staged.path.rglob("*")
+        if p.is_file()
+    }
+    assert got == FILES
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    bad = S3Source(BUCKET, "ds", memo=memo, retry=FAST_RETRY)
+    with pytest.raises(AccessDenied, match=r"s3://signed-bucket/ds/.*access denied"):
+        bad.resolve()

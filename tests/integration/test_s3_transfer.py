@@ -127,6 +127,9 @@ def test_listing_survives_throttling_errors_resets_and_cut_pages(
 class _ListingStub:
     """A fast path whose listing answers with canned pages (and never reads)."""
 
+    remembered = False  # learnt from this process's botocore, as FastGets.for_bucket's are
+    proven = True
+
     def __init__(self, *answers: tuple[int, bytes] | Exception) -> None:
         self.answers = list(answers)
 

@@ -9,6 +9,7 @@ Layout under ``root``::
     tmp/xfer-<fp>/          transfers in flight, resumable after a crash
     tmp/trash/              objects and trees being removed (see "Crash safety")
     locks/                  flock files: stage-<fp> (single-flight), lease-<fp>, evict
+    endpoints/              not the cache's: remembered S3 endpoints (sources/s3_memo.py)
 
 Hits. ``lookup(fp)`` is one primary-key query and one stat, whatever the cache holds; a whole
 dataset hit never looks at its files. ``cached_object`` is one indexed join and one stat.

@@ -27,6 +27,7 @@ from mlstage.paths import safe_relpath
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import WHOLE_CHECKSUM, CorruptData, FileObjectSource, RemoteObject
 from mlstage.sources.s3_get import ConnectFailed, FastGets, parse_list_page, response_checksum
+from mlstage.sources.s3_memo import EndpointMemo
 
 _TRANSIENT_CODES = {
     "SlowDown",
@@ -191,12 +192,21 @@ class S3Source(FileObjectSource):
         *,
         client: Any | None = None,
         retry: RetryPolicy | None = None,
+        memo: EndpointMemo | None = None,
     ) -> None:
+        """``client``: a boto3 S3 client (default: the environment's, built on first use).
+
+        ``memo``: where endpoints are remembered (``s3_memo``), so that a later process with
+        the same AWS configuration lists and reads without building a client; only for the
+        environment's client.
+        """
         self.bucket = bucket
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         self.uri = f"s3://{bucket}/{self.prefix}"
         self.retry = retry or RetryPolicy()
         self._client = client
+        self._memo = memo if client is None else None
+        self._recall = self._memo is not None  # False once a remembered endpoint was distrusted
         self._fast_gets: Any = _UNSET
         self._lock = threading.Lock()
         self.listed = 0  # objects seen by the listing in progress (a progress display reads it)
@@ -205,7 +215,7 @@ class S3Source(FileObjectSource):
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = make_client(pool=128)
+                self._client = environment_client()
             return self._client
 
     @property
@@ -214,15 +224,31 @@ class S3Source(FileObjectSource):
 
         None when MLSTAGE_S3_BOTO3_READS is set, the client's requests are not plain SigV4 (an
         injected fake, anonymous access, a proxy, extra headers), or the bucket turned out to
-        be in another region than the client's.
+        be in another region than the client's. A remembered endpoint comes first (no client
+        is built for it); it is trusted once its first listing succeeded (``_list``).
         """
-        client = self.client
+        with self._lock:
+            if self._fast_gets is _UNSET and self._recall and self._memo is not None:
+                remembered = self._memo.recall(self.bucket)
+                if remembered is not None:
+                    self._fast_gets = remembered
+        client = self.client if self._fast_gets is _UNSET else None
         with self._lock:
             if self._fast_gets is _UNSET:
                 self._fast_gets = None
                 if not os.environ.get("MLSTAGE_S3_BOTO3_READS") and hasattr(client, "meta"):
                     self._fast_gets = FastGets.for_bucket(client, self.bucket)
             return self._fast_gets
+
+    def _distrust(self, fast: FastGets, *, failed: bool) -> None:
+        """Ask botocore from now on instead of the remembered ``fast``; ``failed``: forget it
+        (what botocore gives instead is remembered once a listing proved it)."""
+        with self._lock:
+            self._recall = False
+            if self._fast_gets is fast:
+                self._fast_gets = _UNSET
+        if self._memo is not None and failed:
+            self._memo.forget(self.bucket)
 
     def resolve(self) -> Manifest:
         """One paginated listing (retried when throttled); no object is read."""
@@ -245,9 +271,18 @@ class S3Source(FileObjectSource):
         fast = self._fast
         if fast is None:
             listed: Iterable[tuple[str, int, str]] = self._list_boto3()
+        elif not fast.proven:  # remembered by an earlier process: on trial
+            try:
+                listed = list(self._list_fast(fast))
+            except Exception:  # noqa: BLE001 - whatever failed, botocore decides again
+                self._distrust(fast, failed=True)
+                return self._list()
+            fast.proven = True
         else:
             try:
                 listed = list(self._list_fast(fast))
+                if self._memo is not None and not fast.remembered:
+                    self._memo.remember(self.bucket, fast)  # this listing proved it
             except _WrongRegion:
                 # botocore follows S3's redirect to the bucket's region and remembers it;
                 # this source then reads through boto3 too (its fast path has the old region)
@@ -330,6 +365,9 @@ class S3Source(FileObjectSource):
             return iter(())
         key = self.prefix + obj.key
         fast = self._fast
+        if fast is not None and not fast.proven:  # read before any listing tried it (a
+            self._distrust(fast, failed=False)  # manifest from elsewhere): botocore decides
+            fast = self._fast
         if fast is not None:
             return self._read_fast(fast, key, obj, start, end)
         return self._read_boto3(key, obj, start, end)
@@ -411,6 +449,8 @@ _ENV_KEYS = (
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
     "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",  # (kept in this process's memory only, as the client keeps it)
+    "AWS_SESSION_TOKEN",
     "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
 )
@@ -434,6 +474,10 @@ def environment_client() -> Any:
 
 
 def from_uri(uri: str) -> S3Source:
-    """The S3Source for ``s3://bucket/prefix`` (client from the standard AWS environment)."""
+    """The S3Source for ``s3://bucket/prefix``: the standard AWS environment's client, built
+    only when no endpoint remembered in MLSTAGE_ENDPOINTS_DIR applies (``s3_memo``)."""
+    from mlstage.settings import get_settings
+
     bucket, prefix = parse_s3_uri(uri)
-    return S3Source(bucket, prefix, client=environment_client())
+    memo = EndpointMemo(get_settings().resolved_endpoints_dir)
+    return S3Source(bucket, prefix, memo=memo)

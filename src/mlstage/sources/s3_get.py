@@ -297,12 +297,18 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
+    cafile = ca_bundle(verify)
+    return ssl.create_default_context(cafile=cafile if isinstance(cafile, str) else None)
+
+
+def ca_bundle(verify: bool | str) -> bool | str:
+    """``verify`` with True replaced by the CA bundle botocore would use (when it names one)."""
+    if verify is not True:
+        return verify
     from botocore.httpsession import get_cert_path
 
     cafile = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
-    return ssl.create_default_context(cafile=cafile if isinstance(cafile, str) else None)
+    return cafile if isinstance(cafile, str) else True
 
 
 class ConnectFailed(OSError):
@@ -362,9 +368,18 @@ class FastGets:
     """Signed GETs of one bucket's objects (see the module docstring)."""
 
     def __init__(
-        self, template: GetTemplate, credentials: Any, *, verify: bool | str = True
+        self,
+        template: GetTemplate,
+        credentials: Any,
+        *,
+        verify: bool | str = True,
+        remembered: bool = False,
     ) -> None:
         self.template = template
+        self.verify = verify
+        # from an earlier process's memo (s3_memo), not from botocore: trusted once ``proven``
+        self.remembered = remembered
+        self.proven = not remembered
         self._credentials = credentials  # botocore Credentials (refreshable or not)
         self._signer = SigV4Signer(template.region, template.service)
         self._pool = ConnectionPool(template.scheme, template.netloc, verify=verify)
