@@ -6,6 +6,10 @@
     clearml     the ClearML-style loop: download a dataset (one file after another, as
                 get_local_copy does), train its models, then the next dataset
 
+Beside them, the same sweep with no orchestration (``library_threads``: the library's verbs in
+plain threads, each model started when its dataset is ready): what the data plane alone takes
+on this endpoint and these cores, so that the flow's figure splits into data plane and Prefect.
+
 Plus the reference: the slowest single model's stage+run alone (the goal is mlstage's time to
 last result within 1.2x of it), and the orchestration overhead per model on a --overhead-files
 dataset (goal < 5% of staging): within each one-model flow run, the run's time minus the time
@@ -34,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -169,6 +173,41 @@ def run_flow(sweep: SweepSpec, *, serial: bool) -> dict[str, Any]:
         "completed_s": round(state.timestamp.timestamp() - t0, 3),
         "verb_s": {k: round(v, 3) for k, v in clock.seconds.items()},
         "first_step_s": dict(sorted(first_step.items())),
+    }
+
+
+def run_library_threads(sweep: SweepSpec) -> dict[str, Any]:
+    """The same sweep without Prefect: the library's verbs in plain threads, one per dataset
+    (preprocess, stage) and one per model (run) as soon as its dataset is ready.
+
+    What the sweep would take if orchestration cost nothing: the data plane's own figure on
+    this endpoint and these 2 cores, beside mlstage's (the flow's) in the same run.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlstage import pipeline
+    from mlstage.settings import get_settings
+    from mlstage.state import StateStore
+
+    ws = pipeline.Workspace.from_settings()
+    t0 = time.time()
+
+    def dataset_then_models(d: DatasetSpec) -> list[pipeline.RunOutcome]:
+        ready = pipeline.stage(ws, pipeline.preprocess(ws, pipeline.resolve(ws, d)))
+        models = [m for m in sweep.models if m.dataset == d.name]
+        with ThreadPoolExecutor(max(1, len(models))) as pool:
+            return list(pool.map(lambda m: pipeline.run(ws, m, ready), models))
+
+    with ThreadPoolExecutor(len(sweep.datasets)) as pool:
+        outcomes = [o for per in pool.map(dataset_then_models, sweep.datasets) for o in per]
+    assert all(o.status == "completed" for o in outcomes), outcomes
+    runs = StateStore.open(get_settings().resolved_state_url).runs()
+    finished = [datetime.fromisoformat(r.finished_at).timestamp() for r in runs if r.finished_at]
+    return {
+        "last_model_finished_s": round(max(finished) - t0, 2),
+        "first_step_s": dict(
+            sorted((r.model, round(r.metrics["started_at"] - t0, 2)) for r in runs)
+        ),
     }
 
 
@@ -338,10 +377,14 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         with fresh_home(root, "warmup"):  # Prefect's ephemeral API starts once, outside timings
             run_flow(alone, serial=False)
         results: dict[str, Any] = {}
-        runs: dict[str, list[dict[str, Any]]] = {"single_slowest_alone": [], "mlstage": []}
+        runs: dict[str, list[dict[str, Any]]] = {
+            "single_slowest_alone": [],
+            "mlstage": [],
+            "library_threads": [],
+        }
 
-        def metered(spec: SweepSpec) -> dict[str, Any]:
-            """run_flow plus the CPU each process on these 2 cores spent meanwhile.
+        def metered(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+            """``run()`` plus the CPU each process on these 2 cores spent meanwhile.
 
             moto is one process under one GIL: its CPU is the least time it needs to serve
             the run's requests, whatever the client.
@@ -349,17 +392,19 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             pids = {"moto": s3.pid, "proxy": proxy.pid, "prefect_server": prefect_server_pid()}
             before = {k: cpu_seconds(p) for k, p in pids.items()}
             mine = os.times()
-            run = run_flow(spec, serial=False)
+            out = run()
             used = {k: round(cpu_seconds(p) - before[k], 2) for k, p in pids.items()}
             after = os.times()
             used["flow_process"] = round(after.user + after.system - mine.user - mine.system, 2)
-            return {**run, "cpu_s": used}
+            return {**out, "cpu_s": used}
 
         for i in range(args.repeats):  # alternating, each in a fresh home; the median counts
             with fresh_home(root, f"alone-{i}"):
-                runs["single_slowest_alone"].append(metered(alone))
+                runs["single_slowest_alone"].append(metered(lambda: run_flow(alone, serial=False)))
             with fresh_home(root, f"mlstage-{i}"):
-                runs["mlstage"].append(metered(sweep))
+                runs["mlstage"].append(metered(lambda: run_flow(sweep, serial=False)))
+            with fresh_home(root, f"library-{i}"):
+                runs["library_threads"].append(metered(lambda: run_library_threads(sweep)))
         for way, measured in runs.items():
             ordered = sorted(measured, key=lambda r: r["last_model_finished_s"])
             results[way] = {
@@ -418,7 +463,16 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_mlstage_vs_floor_plus_train": round(
             last["mlstage"] / (results["io_floor"]["all_data_s"] + args.train_s), 3
         ),
-        "cpu_s": {k: results[k]["cpu_s"] for k in ("mlstage", "single_slowest_alone")},
+        # the same sweep with no orchestration at all (the library's verbs in threads): what
+        # the data plane alone takes here; the difference is Prefect's share (its API server
+        # runs on the same 2 cores)
+        "library_threads_s": results["library_threads"]["last_model_finished_s"],
+        "ratio_library_threads_vs_single_alone": round(
+            results["library_threads"]["last_model_finished_s"] / single, 3
+        ),
+        "cpu_s": {
+            k: results[k]["cpu_s"] for k in ("mlstage", "library_threads", "single_slowest_alone")
+        },
         # the last result cannot come before moto has served every dataset's requests (at
         # least its CPU for the sweep) and a model has trained: that bound over the alone run
         # is the best ratio the endpoint allows (goal: 1.2)

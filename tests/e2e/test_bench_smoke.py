@@ -68,6 +68,8 @@ def test_sweep_benchmark_runs_every_way(tmp_path: Path) -> None:
     )
     assert set(doc["time_to_last_result_s"]) == {"mlstage", "serial", "clearml_style"}
     assert doc["ratio_mlstage_vs_single_alone"] > 0
+    assert doc["ratio_library_threads_vs_single_alone"] > 0  # the sweep without Prefect
+    assert len(doc["details"]["library_threads"]["first_step_s"]) == 4
     assert len(doc["details"]["mlstage"]["first_step_s"]) == 4  # 2 models x 2 datasets
     ovh = doc["overhead"]
     assert ovh["staging_s"] > 0 and ovh["prefect_tasks_per_model"] == 3
