@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,9 @@ from mlstage.testing.s3 import S3Endpoint, moto_server
 # Prefect must never touch the developer's own profile or reach the network.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# S3 endpoints remembered by tests that open sources outside a test home stay out of the
+# developer's own cache folder
+os.environ.setdefault("MLSTAGE_ENDPOINTS_DIR", tempfile.mkdtemp(prefix="mlstage-test-endpoints-"))
 
 
 @pytest.fixture

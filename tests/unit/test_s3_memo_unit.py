@@ -103,3 +103,32 @@ def test_remembering_into_an_unwritable_folder_only_costs_speed(
     blocker.write_text("not a folder")
     EndpointMemo(blocker / "endpoints").remember("b", FastGets(TEMPLATE, None, verify=False))
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_memo_naming_another_host_than_the_environment_is_not_used(
+    aws_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    import mlstage.sources.s3_memo as m
+
+    memo = EndpointMemo(tmp_path / "endpoints")
+    for template, usable in [
+        (TEMPLATE, True),  # AWS_ENDPOINT_URL's host, path style
+        (dataclasses.replace(TEMPLATE, netloc="b.127.0.0.1:9", path_prefix="/"), True),
+        (dataclasses.replace(TEMPLATE, netloc="attacker.example:9"), False),
+        (dataclasses.replace(TEMPLATE, scheme="https"), False),  # not the configured scheme
+    ]:
+        m._live.clear()
+        memo.remember("b", FastGets(template, None, verify=False))
+        assert (memo.recall("b") is not None) is usable, template
+    aws_env.delenv("AWS_ENDPOINT_URL")  # AWS itself: only its own hosts, over https
+    for netloc, scheme, usable in [
+        ("b.s3.eu-west-1.amazonaws.com", "https", True),
+        ("s3.amazonaws.com", "http", False),
+        ("s3.example.com", "https", False),
+    ]:
+        m._live.clear()
+        aws = GetTemplate(scheme, netloc, "/", "eu-west-1", "s3", "ua")
+        memo.remember("b", FastGets(aws, None, verify=True))
+        assert (memo.recall("b") is not None) is usable, netloc

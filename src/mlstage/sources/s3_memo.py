@@ -18,7 +18,8 @@ A remembered template is used only when botocore would take the credentials from
 environment (``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` set, no expiry, no proxy,
 ``MLSTAGE_S3_BOTO3_READS`` unset), and it is trusted only once a listing through it has
 succeeded: until then nothing is read through it, and if that first listing fails in any way
-the template is forgotten and the source asks botocore again, exactly as without a memo.
+the template is forgotten and the source asks botocore again, exactly as without a memo. A
+template naming a host the environment does not point at (``_expected_host``) is never used.
 """
 
 from __future__ import annotations
@@ -158,10 +159,14 @@ class EndpointMemo:
             # the CA bundle's path, so that https needs no botocore to find it either
             "verify": ca_bundle(fast.verify) if fast.template.scheme == "https" else fast.verify,
         }
+        text = json.dumps(record, indent=1)
+        with contextlib.suppress(OSError):
+            if path.read_text() == text:
+                return  # a re-resolve: nothing new to keep
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(record, indent=1))
+            tmp.write_text(text)
             os.replace(tmp, path)
         except OSError:
             with contextlib.suppress(OSError):
@@ -187,6 +192,28 @@ def _read(path: Path, bucket: str) -> tuple[GetTemplate, bool | str] | None:
         verify = record["verify"]
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    if not isinstance(verify, bool | str) or template.scheme not in ("http", "https"):
+    if not isinstance(verify, bool | str) or not _expected_host(template, bucket):
         return None
     return template, verify
+
+
+def _expected_host(template: GetTemplate, bucket: str) -> bool:
+    """Whether requests would go where this configuration points: the AWS_ENDPOINT_URL(_S3)
+    host (path or virtual-host style), else AWS's own S3 hosts.
+
+    A memo file that names any other host (an endpoint from the AWS config file, or a file
+    someone else wrote) is not used: botocore decides, so a signed request never goes to a
+    host the environment does not name.
+    """
+    from urllib.parse import urlsplit
+
+    if template.scheme not in ("http", "https"):
+        return False
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    host = template.netloc.lower()
+    if endpoint:
+        configured = urlsplit(endpoint)
+        netloc = configured.netloc.lower()
+        return template.scheme == configured.scheme and host in (netloc, f"{bucket}.{netloc}")
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return template.scheme == "https" and name.endswith((".amazonaws.com", ".amazonaws.com.cn"))
