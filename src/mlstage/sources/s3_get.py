@@ -38,7 +38,7 @@ from xml.etree import ElementTree
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _PROBE_PREFIX = ".mlstage-probe-"
-_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 # x-amz-* headers of botocore's GetObject that this module reproduces itself
 _KNOWN_AMZ = {"x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "x-amz-checksum-mode"}
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
@@ -399,7 +399,7 @@ class FastGets:
 
     @classmethod
     def _build(cls, client: Any, bucket: str) -> FastGets | None:
-        if any(os.environ.get(v) for v in _PROXY_VARS):
+        if any(os.environ.get(v) for v in PROXY_VARS):
             return None
         signer = getattr(client, "_request_signer", None)
         credentials = getattr(signer, "_credentials", None)

@@ -9,10 +9,10 @@ the credentials, so it can be remembered.
 
 ``EndpointMemo`` keeps one template per bucket and AWS configuration in ``<folder>/<key>.json``
 (``mlstage.sources.s3`` uses MLSTAGE_ENDPOINTS_DIR, by default ``<cache_dir>/endpoints``
-beside the node-local cache, so pods sharing a node's cache share it). No credential is ever written. The key covers every ``AWS_*``
-variable except the credentials themselves, the AWS config file's size and mtime, and the
-installed botocore, so a changed endpoint, region, profile, addressing style or CA bundle
-never meets an old template.
+beside the node-local cache, so pods sharing a node's cache share it). No credential is ever
+written. The key covers every ``AWS_*`` variable except the credentials themselves, the AWS
+config file's size and mtime, and the installed botocore, so a changed endpoint, region,
+profile, addressing style or CA bundle never meets an old template.
 
 A remembered template is used only when botocore would take the credentials from the
 environment (``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` set, no expiry, no proxy,
@@ -34,7 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlstage.sources.s3_get import FastGets, FrozenCredentials, GetTemplate, ca_bundle
+from mlstage.sources.s3_get import (
+    PROXY_VARS,
+    FastGets,
+    FrozenCredentials,
+    GetTemplate,
+    ca_bundle,
+)
 
 _FORMAT = 1
 _CREDENTIAL_VARS = frozenset(
@@ -46,7 +52,6 @@ _CREDENTIAL_VARS = frozenset(
         "AWS_CREDENTIAL_EXPIRATION",
     }
 )
-_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 # one FastGets (one connection pool) per memo file and credentials, shared in this process
 _live: dict[tuple[Path, EnvironmentCredentials], FastGets] = {}
 _live_lock = threading.Lock()
@@ -78,7 +83,7 @@ def environment_credentials() -> EnvironmentCredentials | None:
     key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
     if not key or not secret or env.get("AWS_CREDENTIAL_EXPIRATION"):
         return None
-    if env.get("MLSTAGE_S3_BOTO3_READS") or any(env.get(v) for v in _PROXY_VARS):
+    if env.get("MLSTAGE_S3_BOTO3_READS") or any(env.get(v) for v in PROXY_VARS):
         return None
     token = env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None
     return EnvironmentCredentials(key, secret, token)
