@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ TEMPLATE = GetTemplate("http", "127.0.0.1:9", "/b/", "us-east-1", "s3", "ua")
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    for k in list(__import__("os").environ):
+    for k in list(os.environ):
         if k.startswith("AWS_") or k.lower().endswith("_proxy") or k.startswith("MLSTAGE_"):
             monkeypatch.delenv(k)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
