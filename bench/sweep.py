@@ -156,23 +156,31 @@ def run_flow(sweep: SweepSpec, *, serial: bool) -> dict[str, Any]:
         state = flow(sweep, return_state=True)
     last = time.time() - t0
     rows = state.result()
-    from mlstage.settings import get_settings
-    from mlstage.state import StateStore
-
-    runs = StateStore.open(get_settings().resolved_state_url).runs()
-    first_step = {r.model: round(r.metrics["started_at"] - t0, 2) for r in runs}
-    finished = [datetime.fromisoformat(r.finished_at).timestamp() for r in runs if r.finished_at]
     assert all(r["status"] == "completed" for r in rows), rows
     return {
-        # the last model's result recorded (state DB): what "time to last result" measures
-        "last_model_finished_s": round(max(finished) - t0, 2),
+        **recorded_timings(t0),
         # the flow call returned: + summary table, artifacts and Prefect's flow-run teardown
         # (it joins its heartbeat thread, which sleeps in whole seconds from the run's start)
         "last_result_s": round(last, 3),
         # the flow run entered Completed (its state's timestamp): before that teardown
         "completed_s": round(state.timestamp.timestamp() - t0, 3),
         "verb_s": {k: round(v, 3) for k, v in clock.seconds.items()},
-        "first_step_s": dict(sorted(first_step.items())),
+    }
+
+
+def recorded_timings(t0: float) -> dict[str, Any]:
+    """From the state DB, since ``t0``: when the last model's result was recorded (what "time
+    to last result" measures) and each model's first step."""
+    from mlstage.settings import get_settings
+    from mlstage.state import StateStore
+
+    runs = StateStore.open(get_settings().resolved_state_url).runs()
+    finished = [datetime.fromisoformat(r.finished_at).timestamp() for r in runs if r.finished_at]
+    return {
+        "last_model_finished_s": round(max(finished) - t0, 2),
+        "first_step_s": dict(
+            sorted((r.model, round(r.metrics["started_at"] - t0, 2)) for r in runs)
+        ),
     }
 
 
@@ -186,8 +194,6 @@ def run_library_threads(sweep: SweepSpec) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     from mlstage import pipeline
-    from mlstage.settings import get_settings
-    from mlstage.state import StateStore
 
     ws = pipeline.Workspace.from_settings()
     t0 = time.time()
@@ -201,14 +207,7 @@ def run_library_threads(sweep: SweepSpec) -> dict[str, Any]:
     with ThreadPoolExecutor(len(sweep.datasets)) as pool:
         outcomes = [o for per in pool.map(dataset_then_models, sweep.datasets) for o in per]
     assert all(o.status == "completed" for o in outcomes), outcomes
-    runs = StateStore.open(get_settings().resolved_state_url).runs()
-    finished = [datetime.fromisoformat(r.finished_at).timestamp() for r in runs if r.finished_at]
-    return {
-        "last_model_finished_s": round(max(finished) - t0, 2),
-        "first_step_s": dict(
-            sorted((r.model, round(r.metrics["started_at"] - t0, 2)) for r in runs)
-        ),
-    }
+    return recorded_timings(t0)
 
 
 def run_clearml_style(sweep: SweepSpec, root: Path) -> dict[str, Any]:
