@@ -3,12 +3,18 @@
 preprocess (each distinct dataset once; thread pool or Dask) -> stage (all concurrently)
 -> run each model the moment its own dataset is ready: in this process, or as its own
 run-benchmark deployment run (its own pod) -> summary table + progress artifacts
+
+Each step is submitted when the one before it finishes (``Finished``), so Prefect records a
+model's task run when its data is ready, not all 3 x models at the start.
 """
 
 from __future__ import annotations
 
+import queue
 import time
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -16,7 +22,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import opaque
@@ -26,11 +32,12 @@ from flows._workspace import using_blocks, workspace
 from flows.streaming import run_streaming_task
 from flows.tasks import run_deployment_task, run_task, stage_task
 from mlstage.errors import ConfigError
-from mlstage.pipeline import RunOutcome, Workspace, validate_sweep
+from mlstage.pipeline import Prepared, Ready, RunOutcome, Workspace, validate_sweep
 from mlstage.specs import ModelSpec, SweepSpec
 from mlstage.state.redact import scrub_text
 
 PROGRESS_EVERY_S = 0.5
+T = TypeVar("T")
 
 
 def summarize(ws: Workspace, outcomes: list[RunOutcome], started_at: float) -> list[dict[str, Any]]:
@@ -99,6 +106,12 @@ def benchmark_sweep(
     with using_blocks(shared_block, cache_block), preprocess_runner(dask_address) as cpu:
         ws = workspace()
         started_at = time.time()
+        steps: Finished[Step] = Finished()
+        wanted = {m.dataset for m in sweep.models}
+        for d in sweep.datasets:  # data moves first; the bookkeeping below overlaps it
+            if d.name in wanted:
+                future = submit_preprocess(cpu, d, shared_block, clearml_block, cache_block)
+                steps.add(future, Step("preprocess", d.name))
         record = ws.state.start_sweep(
             sweep.name, sweep.model_dump(mode="json"), flow_run_id=flow_run.get_id()
         )
@@ -107,31 +120,64 @@ def benchmark_sweep(
             key=artifact_key(sweep, "progress"),
             description=f"benchmark-sweep {sweep.name}: models finished",
         )
-        wanted = {m.dataset for m in sweep.models}
-        prepared = {
-            d.name: submit_preprocess(cpu, d, shared_block, clearml_block, cache_block)
-            for d in sweep.datasets
-            if d.name in wanted
-        }
-        here = {m.dataset for m in sweep.models if m.launch == "inline" and m.start == "ready"}
-        ready = {name: stage_task.submit(opaque(prepared[name])) for name in here}
+        outcomes: dict[str, RunOutcome | PrefectFuture[RunOutcome]] = {}
 
-        def launch(m: ModelSpec) -> PrefectFuture[RunOutcome]:
+        def launch(m: ModelSpec, data: Prepared | Ready, upstream: PrefectFuture[Any]) -> None:
             if m.launch == "deployment":
-                return run_deployment_task.submit(m, opaque(prepared[m.dataset]), record.id, blocks)
-            if m.start == "first-shard":  # stage and run overlapped: starts on the first object
-                return run_streaming_task.submit(m, opaque(prepared[m.dataset]), record.id)
-            return run_task.submit(m, opaque(ready[m.dataset]), record.id)
+                run = run_deployment_task.submit(
+                    m, opaque(data), record.id, blocks, wait_for=[upstream]
+                )
+            elif m.start == "first-shard":  # stage and run overlapped: starts on the first object
+                run = run_streaming_task.submit(m, opaque(data), record.id, wait_for=[upstream])
+            else:
+                run = run_task.submit(m, opaque(data), record.id, wait_for=[upstream])
+            outcomes[m.name] = run
+            steps.add(run, Step("model", m.name))
 
-        runs = {m.name: launch(m) for m in sweep.models}
-        shown = 0.0  # the progress bar moves at most twice a second (each move is an API call)
-        for done, _ in enumerate(as_completed(list(runs.values())), start=1):
-            if done == len(runs) or time.monotonic() - shown >= PROGRESS_EVERY_S:
-                update_progress_artifact(progress, 100.0 * done / len(runs))
-                shown = time.monotonic()
+        # Each dataset's next step is submitted when its last one finishes, so a model's task
+        # run begins when its own data is ready (not all at the start, competing for the CPU
+        # its data needs); a failed step fails the models waiting on it, and only those.
+        finished_models, shown, reported = 0, 0.0, 0
+        for future, step in steps:
+            if step.kind == "model":
+                finished_models += 1
+            else:
+                models = [m for m in sweep.models if m.dataset == step.name]
+                here = [m for m in models if waits_for_staging(m)]
+                try:
+                    data = future.result()
+                except Exception as exc:  # noqa: BLE001 - reported per model; the others go on
+                    doomed = models if step.kind == "preprocess" else here
+                    for m in doomed:
+                        outcomes[m.name] = failed_outcome(
+                            m, f"{step.name}: {step.kind} failed", exc
+                        )
+                    finished_models += len(doomed)
+                else:
+                    if step.kind == "preprocess" and here:
+                        steps.add(
+                            stage_task.submit(opaque(data), wait_for=[future]),
+                            Step("stage", step.name),
+                        )
+                    starting = (
+                        here if step.kind == "stage" else [m for m in models if m not in here]
+                    )
+                    for m in starting:
+                        launch(m, data, future)
+            last = finished_models == len(sweep.models)
+            if finished_models > reported and (
+                last or time.monotonic() - shown >= PROGRESS_EVERY_S
+            ):
+                # the progress bar moves at most twice a second (each move is an API call)
+                update_progress_artifact(progress, 100.0 * finished_models / len(sweep.models))
+                shown, reported = time.monotonic(), finished_models
 
-    outcomes = [outcome_of(m, runs[m.name]) for m in sweep.models]
-    rows = summarize(ws, outcomes, started_at)
+    outcomes_in_order = [
+        o if isinstance(o, RunOutcome) else outcome_of(m, o)
+        for m in sweep.models
+        for o in [outcomes[m.name]]
+    ]
+    rows = summarize(ws, outcomes_in_order, started_at)
     failed = [r for r in rows if r["status"] != "completed"]
     ws.state.finish_sweep(record.id, "failed" if failed else "completed")
     create_table_artifact(
@@ -151,12 +197,53 @@ def benchmark_sweep(
 
 
 def outcome_of(model: ModelSpec, future: PrefectFuture[RunOutcome]) -> RunOutcome:
-    """The model's outcome; a failure to prepare, stage or launch becomes a failed outcome."""
+    """The model's outcome; a failure to launch or run it becomes a failed outcome."""
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - reported per model; the sweep goes on
-        error = scrub_text(f"{type(exc).__name__}: {exc}")
-        return RunOutcome("-", model.name, model.dataset, "failed", {}, error, None)
+        return failed_outcome(model, "launch failed", exc)
+
+
+def failed_outcome(model: ModelSpec, what: str, exc: BaseException) -> RunOutcome:
+    """A model that never ran: ``what`` failed first (its dataset's preprocess, its staging...)."""
+    error = scrub_text(f"{what}: {type(exc).__name__}: {exc}")
+    return RunOutcome("-", model.name, model.dataset, "failed", {}, error, None)
+
+
+def waits_for_staging(model: ModelSpec) -> bool:
+    """Whether the model starts on this node's staged copy (else on the artifact: it streams,
+    or its own run-benchmark run stages it wherever that runs)."""
+    return model.launch == "inline" and model.start == "ready"
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a submitted future runs: a dataset's ``preprocess`` or ``stage``, or a ``model``."""
+
+    kind: Literal["preprocess", "stage", "model"]
+    name: str
+
+
+class Finished(Generic[T]):
+    """Futures in the order they finish, tagged; more may be added while iterating.
+
+    Iteration ends when every added future has been yielded. Callbacks run in the finishing
+    task's thread (or Dask's), so they only enqueue; the flow's own thread does the rest.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[PrefectFuture[Any], T]] = queue.SimpleQueue()
+        self._pending = 0
+
+    def add(self, future: PrefectFuture[Any], tag: T) -> None:
+        self._pending += 1
+        future.add_done_callback(lambda f: self._queue.put((f, tag)))
+
+    def __iter__(self) -> Iterator[tuple[PrefectFuture[Any], T]]:
+        while self._pending:
+            future, tag = self._queue.get()
+            self._pending -= 1
+            yield future, tag
 
 
 class SweepFailed(RuntimeError):

@@ -1,15 +1,9 @@
 """Flow-side hook for ``start: first-shard``: one task that stages and runs overlapped.
 
-Wiring (for flows/benchmark_sweep.py and run-benchmark): a model with
-``start == "first-shard"`` skips ``stage_task`` and runs ``run_streaming_task`` on its
-dataset's ``preprocess_task`` future; ``start == "ready"`` keeps ``run_task`` on ``stage_task``::
-
-    prepared = {d.name: preprocess_task.submit(d) for d in sweep.datasets if d.name in wanted}
-    ready = {n: stage_task.submit(p) for n, p in prepared.items()
-             if any(m.dataset == n and m.start == "ready" for m in sweep.models)}
-    runs = {m.name: run_streaming_task.submit(m, prepared[m.dataset], record.id)
-            if m.start == "first-shard" else run_task.submit(m, ready[m.dataset], record.id)
-            for m in sweep.models}
+Wiring (flows/benchmark_sweep.py and run-benchmark): a model with ``start == "first-shard"``
+skips ``stage_task``: it is launched with ``run_streaming_task`` on its dataset's preprocess
+result, as soon as that exists; ``start == "ready"`` waits for ``stage_task`` and runs
+``run_task``.
 
 Several models on one dataset are still fetched once: the cache's single-flight lock makes
 the second stager wait, and its stream surfaces the objects the first one lands. The outcome

@@ -74,6 +74,38 @@ def test_a_failing_model_does_not_sink_the_sweep(home: Path, prefect_api, tmp_pa
     assert "bad-a" in str(table)
 
 
+def test_a_dataset_that_fails_to_preprocess_fails_only_its_models(
+    home: Path, prefect_api, tmp_path: Path
+) -> None:
+    from flows.benchmark_sweep import SweepFailed, benchmark_sweep
+
+    good = make_dataset(tmp_path, "good", 6)
+    sweep = SweepSpec(
+        name="lost-data",
+        datasets=[
+            DatasetSpec(name="gone", uri=str(tmp_path / "deleted-before-the-run"), recipe=shard()),
+            DatasetSpec(name="good", uri=str(good), recipe=shard()),
+        ],
+        models=[
+            ModelSpec(name="on-gone", dataset="gone", entrypoint=COUNT),
+            ModelSpec(name="streams-gone", dataset="gone", entrypoint=COUNT, start="first-shard"),
+            ModelSpec(name="on-good", dataset="good", entrypoint=COUNT),
+        ],
+    )
+    with pytest.raises(SweepFailed) as failed:
+        benchmark_sweep(sweep)
+    rows = {r["model"]: r for r in failed.value.rows}
+    assert rows["on-good"]["status"] == "completed"
+    for name in ("on-gone", "streams-gone"):
+        assert rows[name]["status"] == "failed"
+        assert "gone: preprocess failed" in rows[name]["error"], rows[name]["error"]
+        assert "deleted-before-the-run" in rows[name]["error"]  # the path, to act on
+    # the lost dataset's models never started: no run of theirs is in the state DB
+    runs = StateStore.open(get_settings().resolved_state_url).runs()
+    assert [r.model for r in runs] == ["on-good"]
+    assert read_artifact(prefect_api.api_url, "sweep-lost-data-progress") == 100.0
+
+
 def test_each_model_starts_when_its_own_data_is_ready(
     home: Path, prefect_api, tmp_path: Path
 ) -> None:
