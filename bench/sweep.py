@@ -177,6 +177,7 @@ def recorded_timings(t0: float) -> dict[str, Any]:
     runs = StateStore.open(get_settings().resolved_state_url).runs()
     finished = [datetime.fromisoformat(r.finished_at).timestamp() for r in runs if r.finished_at]
     return {
+        "started_at": t0,
         "last_model_finished_s": round(max(finished) - t0, 2),
         "first_step_s": dict(
             sorted((r.model, round(r.metrics["started_at"] - t0, 2)) for r in runs)
@@ -341,6 +342,46 @@ def overhead(root: Path, files: int, train_s: float, repeats: int = 3) -> dict[s
     }
 
 
+class CpuTimeline:
+    """CPU seconds of these processes (and this one, ``flow_process``), sampled every
+    ``every`` seconds while the ``with`` block runs, so a run's CPU splits by phase."""
+
+    def __init__(self, pids: dict[str, int | None], every: float = 0.05) -> None:
+        self.pids = pids
+        self.every = every
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
+
+    def _sample(self) -> None:
+        mine = os.times()
+        cpu = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        self.samples.append((time.time(), {**cpu, "flow_process": mine.user + mine.system}))
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def __enter__(self) -> CpuTimeline:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def used(self, until: float | None = None) -> dict[str, float]:
+        """CPU per process from the start to ``until`` (the last sample at or before it;
+        to the end when None)."""
+        first = self.samples[0][1]
+        last = self.samples[-1][1]
+        if until is not None:
+            last = max((s for s in self.samples if s[0] <= until), key=lambda s: s[0])[1]
+        return {k: round(last[k] - first[k], 2) for k in first}
+
+
 def prefect_server_pid() -> int | None:
     """The ephemeral Prefect API server this process started (a uvicorn child), if any."""
     for task in Path(f"/proc/{os.getpid()}/task").glob("*"):
@@ -383,19 +424,22 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         }
 
         def metered(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-            """``run()`` plus the CPU each process on these 2 cores spent meanwhile.
+            """``run()`` plus the CPU each process on these 2 cores spent meanwhile, in all
+            and in its data phase (until the last model started: when all data was ready).
 
             moto is one process under one GIL: its CPU is the least time it needs to serve
             the run's requests, whatever the client.
             """
             pids = {"moto": s3.pid, "proxy": proxy.pid, "prefect_server": prefect_server_pid()}
-            before = {k: cpu_seconds(p) for k, p in pids.items()}
-            mine = os.times()
-            out = run()
-            used = {k: round(cpu_seconds(p) - before[k], 2) for k, p in pids.items()}
-            after = os.times()
-            used["flow_process"] = round(after.user + after.system - mine.user - mine.system, 2)
-            return {**out, "cpu_s": used}
+            with CpuTimeline(pids) as timeline:
+                out = run()
+            t0 = out.pop("started_at")
+            data_s = max(out["first_step_s"].values())
+            return {
+                **out,
+                "cpu_s": timeline.used(),
+                "data_phase": {"seconds": data_s, "cpu_s": timeline.used(until=t0 + data_s)},
+            }
 
         for i in range(args.repeats):  # alternating, each in a fresh home; the median counts
             with fresh_home(root, f"alone-{i}"):
@@ -412,6 +456,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             }
         with fresh_home(root, "serial"):
             results["serial"] = run_flow(sweep, serial=True)
+            results["serial"].pop("started_at")
         results["io_floor"] = io_floor(sweep, root)
         with fresh_home(root, "clearml"):
             results["clearml_style"] = run_clearml_style(sweep, root / "clearml-data")
@@ -471,6 +516,15 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "cpu_s": {
             k: results[k]["cpu_s"] for k in ("mlstage", "library_threads", "single_slowest_alone")
+        },
+        # from the start until the last model started (all data ready): what each process on
+        # these 2 cores spent; half their sum is the shortest that phase could have been
+        "data_phase": {
+            k: {
+                **results[k]["data_phase"],
+                "two_core_bound_s": round(sum(results[k]["data_phase"]["cpu_s"].values()) / 2, 2),
+            }
+            for k in ("mlstage", "library_threads", "single_slowest_alone")
         },
         # the last result cannot come before moto has served every dataset's requests (at
         # least its CPU for the sweep) and a model has trained: that bound over the alone run

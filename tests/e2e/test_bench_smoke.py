@@ -71,6 +71,10 @@ def test_sweep_benchmark_runs_every_way(tmp_path: Path) -> None:
     assert doc["ratio_library_threads_vs_single_alone"] > 0  # the sweep without Prefect
     assert len(doc["details"]["library_threads"]["first_step_s"]) == 4
     assert len(doc["details"]["mlstage"]["first_step_s"]) == 4  # 2 models x 2 datasets
+    phase = doc["data_phase"]["mlstage"]  # until the last model started: part of the run's CPU
+    assert 0 < phase["seconds"] <= doc["time_to_last_result_s"]["mlstage"]
+    for process, cpu in phase["cpu_s"].items():
+        assert 0 <= cpu <= doc["cpu_s"]["mlstage"][process], process
     ovh = doc["overhead"]
     assert ovh["staging_s"] > 0 and ovh["prefect_tasks_per_model"] == 3
     # orchestration is what a run spends outside the library's verbs: never negative
