@@ -382,6 +382,51 @@ class CpuTimeline:
         return {k: round(last[k] - first[k], 2) for k in first}
 
 
+def prefect_unit_costs(tasks: int = 35, artifacts: int = 25) -> dict[str, float]:
+    """What Prefect's API server and this process spend per task run and per artifact: a flow
+    of ``tasks`` no-op task runs and one creating ``artifacts`` table artifacts, each against an
+    empty flow run, after a pause for the server to record everything."""
+    from prefect import flow, task
+    from prefect.artifacts import create_table_artifact
+    from prefect.cache_policies import NO_CACHE
+
+    @task(name="noop", cache_policy=NO_CACHE)
+    def noop(i: int) -> int:
+        return i
+
+    @flow(name="bench-noop-tasks")
+    def many_tasks(n: int) -> None:
+        for f in [noop.submit(i) for i in range(n)]:
+            f.result()
+
+    @flow(name="bench-artifacts")
+    def many_artifacts(n: int) -> None:
+        for i in range(n):
+            create_table_artifact(table=[{"i": i}], key=f"bench-artifact-{i}")
+
+    @flow(name="bench-empty")
+    def empty() -> None:
+        return None
+
+    def cost(run: Callable[[], None]) -> dict[str, float]:
+        with CpuTimeline({"server": prefect_server_pid()}) as timeline:
+            run()
+            time.sleep(2)  # the server records task runs from their events, asynchronously
+        return timeline.used()
+
+    base = cost(empty)
+    per_task = {k: (v - base[k]) / tasks for k, v in cost(lambda: many_tasks(tasks)).items()}
+    per_artifact = {
+        k: (v - base[k]) / artifacts for k, v in cost(lambda: many_artifacts(artifacts)).items()
+    }
+    return {
+        "server_ms_per_task_run": round(1000 * per_task["server"], 1),
+        "flow_process_ms_per_task_run": round(1000 * per_task["flow_process"], 1),
+        "server_ms_per_artifact": round(1000 * per_artifact["server"], 1),
+        "flow_process_ms_per_artifact": round(1000 * per_artifact["flow_process"], 1),
+    }
+
+
 def prefect_server_pid() -> int | None:
     """The ephemeral Prefect API server this process started (a uvicorn child), if any."""
     for task in Path(f"/proc/{os.getpid()}/task").glob("*"):
@@ -461,6 +506,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         with fresh_home(root, "clearml"):
             results["clearml_style"] = run_clearml_style(sweep, root / "clearml-data")
         results["overhead"] = overhead(root, args.overhead_files, 0.0, args.overhead_repeats)
+        results["prefect_unit_costs"] = prefect_unit_costs()
     return results
 
 
@@ -540,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
             if "first_step_s" in v
         },
         "overhead": results["overhead"],
+        # Prefect's own cost per task run and per artifact on this machine (no-op flows)
+        "prefect_unit_costs": results["prefect_unit_costs"],
         "goal_overhead_vs_staging": 0.05,
         "details": results,
     }

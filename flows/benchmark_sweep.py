@@ -4,8 +4,8 @@ preprocess (each distinct dataset once; thread pool or Dask) -> stage (all concu
 -> run each model the moment its own dataset is ready: in this process, or as its own
 run-benchmark deployment run (its own pod) -> summary table + progress artifacts
 
-Each step is submitted when the one before it finishes (``Finished``), so Prefect records a
-model's task run when its data is ready, not all 3 x models at the start.
+Each step is submitted when the one before it finishes (``Finished``): a model's task run
+begins when its own data is ready, rather than every task run at the start.
 """
 
 from __future__ import annotations
