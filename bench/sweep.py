@@ -200,7 +200,8 @@ def run_library_threads(sweep: SweepSpec) -> dict[str, Any]:
     t0 = time.time()
 
     def dataset_then_models(d: DatasetSpec) -> list[pipeline.RunOutcome]:
-        ready = pipeline.stage(ws, pipeline.preprocess(ws, pipeline.resolve(ws, d)))
+        resolved = pipeline.resolve(ws, d)
+        ready = pipeline.stage(ws, pipeline.preprocess(ws, resolved, stage_here=True))
         models = [m for m in sweep.models if m.dataset == d.name]
         with ThreadPoolExecutor(max(1, len(models))) as pool:
             return list(pool.map(lambda m: pipeline.run(ws, m, ready), models))
@@ -294,7 +295,8 @@ def overhead(root: Path, files: int, train_s: float, repeats: int = 3) -> dict[s
         with fresh_home(root, f"overhead-lib-{i}"):
             t0 = time.time()
             ws = pipeline.Workspace.from_settings()
-            prepared = pipeline.preprocess(ws, pipeline.resolve(ws, spec.datasets[0]))
+            resolved = pipeline.resolve(ws, spec.datasets[0])
+            prepared = pipeline.preprocess(ws, resolved, stage_here=True)  # as the flow does
             pipeline.run(ws, spec.models[0], pipeline.stage(ws, prepared))
             lib.append(time.time() - t0)
         os.sync()

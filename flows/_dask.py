@@ -54,13 +54,20 @@ def submit_preprocess(
     shared_block: str | None,
     clearml_block: str | None = None,
     cache_block: str | None = None,
+    *,
+    stage_here: bool = False,
 ) -> PrefectFuture[Prepared]:
-    """Submit one dataset's preprocess task to ``runner`` (or the flow's task runner)."""
+    """Submit one dataset's preprocess task to ``runner`` (or the flow's task runner).
+
+    ``stage_here``: the flow stages the artifact next; honoured only in the flow's own task
+    runner (a Dask worker's cache is on another node).
+    """
     params = {
         "spec": spec,
         "shared_block": shared_block,
         "clearml_block": clearml_block,
         "cache_block": cache_block,
+        "stage_here": stage_here and runner is None,
     }
     if runner is None:
         return preprocess_task.submit(**params)

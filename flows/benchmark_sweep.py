@@ -110,7 +110,10 @@ def benchmark_sweep(
         wanted = {m.dataset for m in sweep.models}
         for d in sweep.datasets:  # data moves first; the bookkeeping below overlaps it
             if d.name in wanted:
-                future = submit_preprocess(cpu, d, shared_block, clearml_block, cache_block)
+                here = any(waits_for_staging(m) for m in sweep.models if m.dataset == d.name)
+                future = submit_preprocess(
+                    cpu, d, shared_block, clearml_block, cache_block, stage_here=here
+                )
                 steps.add(future, Step("preprocess", d.name))
         record = ws.state.start_sweep(
             sweep.name, sweep.model_dump(mode="json"), flow_run_id=flow_run.get_id()

@@ -37,7 +37,13 @@ def run_benchmark(
         prepared = (
             find_task(artifact_id)
             if artifact_id
-            else preprocess_task(dataset, shared_block, clearml_block, cache_block)
+            else preprocess_task(
+                dataset,
+                shared_block,
+                clearml_block,
+                cache_block,
+                stage_here=model.start == "ready",  # a streaming start stages as it runs
+            )
         )
         if model.start == "first-shard":  # starts on the first staged object
             outcome = run_streaming_task(model, prepared, sweep_id)

@@ -21,15 +21,17 @@ def preprocess_task(
     shared_block: str | None = None,
     clearml_block: str | None = None,
     cache_block: str | None = None,
+    stage_here: bool = False,
 ) -> pipeline.Prepared:
     """resolve + preprocess + publish: skipped when the shared tier holds the artifact.
 
     The block names are explicit because this task may run on a Dask worker, outside the
-    flow's context.
+    flow's context. ``stage_here``: this process stages the artifact next (see
+    ``pipeline.preprocess``); never on a Dask worker, whose cache is not the flow's.
     """
     apply_clearml(clearml_block)
     ws = workspace(shared_block, cache_block)
-    return pipeline.preprocess(ws, pipeline.resolve(ws, spec))
+    return pipeline.preprocess(ws, pipeline.resolve(ws, spec), stage_here=stage_here)
 
 
 @task(name="find-artifact", cache_policy=NO_CACHE)

@@ -9,6 +9,7 @@ Flows are thin wrappers over these; everything here runs and is tested without P
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from mlstage.specs import DatasetSpec, ModelSpec, SweepSpec
 from mlstage.state import StateStore
 from mlstage.state.models import BenchmarkRun
 from mlstage.state.redact import scrub_params_json, scrub_text, scrub_uri
+
+log = logging.getLogger("mlstage.pipeline")
 
 
 @dataclass
@@ -73,6 +76,8 @@ class Prepared:
     artifact: Artifact
     skipped: bool
     seconds: float
+    # staged into this node's cache from the recipe's output (``stage_here``), and its record
+    staged_here: tuple[StagedDataset, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,13 +155,18 @@ def resolve(ws: Workspace, spec: DatasetSpec) -> Resolved:
     return Resolved(spec, source, manifest, row.id, new)
 
 
-def preprocess(ws: Workspace, resolved: Resolved) -> Prepared:
-    """Apply the spec's recipe and publish the artifact, unless the shared tier has it."""
+def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -> Prepared:
+    """Apply the spec's recipe and publish the artifact, unless the shared tier has it.
+
+    ``stage_here``: this node stages the artifact next, so the recipe's output also goes into
+    its cache (``stage`` is then a hit): the artifact is not read back from the shared tier.
+    """
     started = time.monotonic()
     recipe = load_recipe(resolved.spec.recipe)
     artifact_id = recipe.artifact_id(resolved.version)
     artifact = ws.shared.get(artifact_id)
     skipped = artifact is not None
+    staged: StagedDataset | None = None
     if artifact is None:
         with (
             ws.cache.use(
@@ -184,6 +194,7 @@ def preprocess(ws: Workspace, resolved: Resolved) -> Prepared:
                 "params": scrub_params_json(recipe.params_json),
             }
             artifact = ws.shared.publish(artifact_id, out, info)
+            staged = _stage_output(ws, artifact, out) if stage_here else None
     digest = hashlib.sha256(artifact.manifest.to_json().encode()).hexdigest()
     ws.state.record_artifact(
         artifact_id,
@@ -194,9 +205,50 @@ def preprocess(ws: Workspace, resolved: Resolved) -> Prepared:
         len(artifact.manifest),
         artifact.bytes,
     )
+    staged_here = None
+    if staged is not None:
+        staged_here = (staged, _record_stage(ws, artifact.artifact_id, staged, staged.seconds))
     return Prepared(
-        resolved.spec.name, resolved.version, artifact, skipped, time.monotonic() - started
+        resolved.spec.name,
+        resolved.version,
+        artifact,
+        skipped,
+        time.monotonic() - started,
+        staged_here,
     )
+
+
+def _stage_output(ws: Workspace, artifact: Artifact, out: Path) -> StagedDataset | None:
+    """Stage ``artifact`` into this node's cache from ``out``, the recipe output it was
+    published from, filed as if fetched from the shared tier (same bytes: checked against the
+    artifact's checksums). Best effort: when ``out`` is not what was published (another node
+    published first, from a recipe that is not deterministic), None, and ``stage`` fetches it."""
+    from mlstage.sources.local import FolderSource
+
+    published = ws.shared.source(artifact)
+    try:
+        return ws.cache.stage(
+            FolderSource(out, uri=published.uri),
+            artifact.manifest,
+            workers=ws.settings.workers,
+            part_size=ws.settings.part_size,
+        )
+    except MlstageError as exc:
+        log.info("%s: not staged from the recipe's output (%s)", artifact.artifact_id, exc)
+        return None
+
+
+def _record_stage(ws: Workspace, artifact_id: str, staged: StagedDataset, seconds: float) -> int:
+    rec = ws.state.record_stage(
+        artifact_id,
+        hit=staged.hit,
+        bytes_fetched=staged.bytes_fetched,
+        objects_fetched=staged.objects_fetched,
+        first_object_seconds=staged.first_object_seconds,
+        ready_seconds=seconds,
+    )
+    assert rec.id is not None
+    return rec.id
 
 
 def find_prepared(ws: Workspace, artifact_id: str) -> Prepared:
@@ -218,8 +270,16 @@ def find_prepared(ws: Workspace, artifact_id: str) -> Prepared:
 
 
 def stage(ws: Workspace, prepared: Prepared, **kwargs: Any) -> Ready:
-    """Bring an artifact onto this node's cache (fetched once, however many callers) and record it."""
+    """Bring an artifact onto this node's cache (fetched once, however many callers) and record it.
+
+    After ``preprocess(stage_here=True)`` that staging is the answer (and the record), while
+    the cache still holds it.
+    """
     started = time.monotonic()
+    if prepared.staged_here is not None and not kwargs:
+        staged, record_id = prepared.staged_here
+        if ws.cache.lookup(staged.fingerprint) is not None:
+            return Ready(prepared, staged, record_id)
     source = ws.shared.source(prepared.artifact)
     staged = ws.cache.stage(
         source,
@@ -229,16 +289,9 @@ def stage(ws: Workspace, prepared: Prepared, **kwargs: Any) -> Ready:
         **kwargs,
     )
     ready_seconds = staged.seconds if not staged.hit else time.monotonic() - started
-    rec = ws.state.record_stage(
-        prepared.artifact.artifact_id,
-        hit=staged.hit,
-        bytes_fetched=staged.bytes_fetched,
-        objects_fetched=staged.objects_fetched,
-        first_object_seconds=staged.first_object_seconds,
-        ready_seconds=ready_seconds,
+    return Ready(
+        prepared, staged, _record_stage(ws, prepared.artifact.artifact_id, staged, ready_seconds)
     )
-    assert rec.id is not None
-    return Ready(prepared, staged, rec.id)
 
 
 def _run_error(exc: BaseException) -> str:

@@ -349,7 +349,7 @@ def test_preprocess_task_passes_the_cache_block(monkeypatch: pytest.MonkeyPatch)
     used: list[tuple[Any, ...]] = []
     monkeypatch.setattr(tasks, "workspace", lambda *a: used.append(a) or "ws")
     monkeypatch.setattr(tasks.pipeline, "resolve", lambda ws, spec: "resolved")
-    monkeypatch.setattr(tasks.pipeline, "preprocess", lambda ws, r: "prepared")
+    monkeypatch.setattr(tasks.pipeline, "preprocess", lambda ws, r, stage_here: "prepared")
     spec = DatasetSpec(name="d", uri="/data")
     assert tasks.preprocess_task.fn(spec, "shared", None, "cache") == "prepared"
     assert used == [("shared", "cache")]
