@@ -159,7 +159,8 @@ def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -
     """Apply the spec's recipe and publish the artifact, unless the shared tier has it.
 
     ``stage_here``: this node stages the artifact next, so the recipe's output also goes into
-    its cache (``stage`` is then a hit): the artifact is not read back from the shared tier.
+    its cache, recorded as this node's staging, which ``stage`` then returns: the artifact is
+    not read back from the shared tier.
     """
     started = time.monotonic()
     recipe = load_recipe(resolved.spec.recipe)
