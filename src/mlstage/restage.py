@@ -159,7 +159,8 @@ def restage(
         if resolved.version != version:
             coord.finish(name, version, "superseded", f"source is now at {resolved.version}")
             return RestageResult(name, version, "superseded")
-        prepared = pipeline.preprocess(ws, resolved)
+        # warming this node's cache is staging it here: from the recipe's output, no read back
+        prepared = pipeline.preprocess(ws, resolved, stage_here=LOCAL in entry.warm_caches)
         result = RestageResult(name, version, "restaged", prepared.artifact.artifact_id)
         result.warmed, ready = warm(ws, prepared, entry.warm_caches)
         result.stale = stale_benchmarks(ws.state, name, version)
