@@ -1,8 +1,9 @@
 """benchmark-sweep: models x datasets; every model starts as soon as its own data is staged.
 
-preprocess (each distinct dataset once; thread pool or Dask) -> stage (all concurrently)
--> run each model the moment its own dataset is ready: in this process, or as its own
-run-benchmark deployment run (its own pod) -> summary table + progress artifacts
+preprocess (each distinct dataset once; thread pool or Dask) -> stage (all concurrently; in
+this process preprocess stages its own output, so only a Dask run has stage tasks) -> run each
+model the moment its own dataset is ready: in this process, or as its own run-benchmark
+deployment run (its own pod) -> summary table + progress artifacts
 
 Each step is submitted when the one before it finishes (``Finished``): a model's task run
 begins when its own data is ready, rather than every task run at the start.
@@ -31,6 +32,7 @@ from flows._dask import dask_problems, preprocess_runner, submit_preprocess
 from flows._workspace import using_blocks, workspace
 from flows.streaming import run_streaming_task
 from flows.tasks import run_deployment_task, run_task, stage_task
+from mlstage import pipeline
 from mlstage.errors import ConfigError
 from mlstage.pipeline import Prepared, Ready, RunOutcome, Workspace, validate_sweep
 from mlstage.specs import ModelSpec, SweepSpec
@@ -157,16 +159,20 @@ def benchmark_sweep(
                         )
                     finished_models += len(doomed)
                 else:
-                    if step.kind == "preprocess" and here:
-                        steps.add(
-                            stage_task.submit(opaque(data), wait_for=[future]),
-                            Step("stage", step.name),
-                        )
-                    starting = (
-                        here if step.kind == "stage" else [m for m in models if m not in here]
-                    )
-                    for m in starting:
-                        launch(m, data, future)
+                    if step.kind == "stage":  # staged on this node: its inline models start
+                        for m in here:
+                            launch(m, data, future)
+                    else:
+                        for m in models:
+                            if m not in here:  # they start on the artifact itself
+                                launch(m, data, future)
+                        if here and already_staged(ws, data):  # preprocess staged it here
+                            ready = pipeline.stage(ws, data)  # that staging: no task run
+                            for m in here:
+                                launch(m, ready, future)
+                        elif here:
+                            staging = stage_task.submit(opaque(data), wait_for=[future])
+                            steps.add(staging, Step("stage", step.name))
             last = finished_models == len(sweep.models)
             if finished_models > reported and (
                 last or time.monotonic() - shown >= PROGRESS_EVERY_S
@@ -211,6 +217,12 @@ def failed_outcome(model: ModelSpec, what: str, exc: BaseException) -> RunOutcom
     """A model that never ran: ``what`` failed first (its dataset's preprocess, its staging...)."""
     error = scrub_text(f"{what}: {type(exc).__name__}: {exc}")
     return RunOutcome("-", model.name, model.dataset, "failed", {}, error, None)
+
+
+def already_staged(ws: Workspace, prepared: Prepared) -> bool:
+    """Whether ``preprocess`` staged the artifact into this node's cache and it is still there."""
+    here = prepared.staged_here
+    return here is not None and ws.cache.lookup(here[0].fingerprint) is not None
 
 
 def waits_for_staging(model: ModelSpec) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,44 @@ def test_a_dataset_that_fails_to_preprocess_fails_only_its_models(
     runs = StateStore.open(get_settings().resolved_state_url).runs()
     assert [r.model for r in runs] == ["on-good"]
     assert read_artifact(prefect_api.api_url, "sweep-lost-data-progress") == 100.0
+
+
+def task_run_names(api_url: str, flow_run_id: str, expected: int) -> list[str]:
+    """The flow run's task run names, once the API has recorded ``expected`` of them."""
+    import httpx
+
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    deadline = time.monotonic() + 30
+    while True:
+        found = httpx.post(f"{api_url}/task_runs/filter", json=body, timeout=10).json()
+        if len(found) >= expected or time.monotonic() > deadline:
+            return sorted(t["name"].rsplit("-", 1)[0] for t in found)
+        time.sleep(0.3)
+
+
+def test_preprocessing_here_leaves_nothing_to_stage(
+    home: Path, prefect_api, tmp_path: Path
+) -> None:
+    from flows.benchmark_sweep import benchmark_sweep
+
+    sweep = SweepSpec(
+        name="made-here",
+        datasets=[
+            DatasetSpec(name="a", uri=str(make_dataset(tmp_path, "a", 8)), recipe=shard()),
+            DatasetSpec(name="b", uri=str(make_dataset(tmp_path, "b", 5)), recipe=shard()),
+        ],
+        models=[
+            ModelSpec(name="m-a", dataset="a", entrypoint=COUNT),
+            ModelSpec(name="m-b", dataset="b", entrypoint=COUNT),
+        ],
+    )
+    state = benchmark_sweep(sweep, return_state=True)
+    rows = {r["model"]: r for r in state.result()}
+    # each dataset was staged once, by its preprocess (a miss that brought its bytes)
+    assert {r["cache"] for r in rows.values()} == {"miss"}
+    assert all(r["bytes_staged"] > 0 for r in rows.values())
+    names = task_run_names(prefect_api.api_url, str(state.state_details.flow_run_id), 4)
+    assert names == ["preprocess", "preprocess", "run-model", "run-model"]
 
 
 def test_each_model_starts_when_its_own_data_is_ready(
