@@ -112,9 +112,9 @@ def benchmark_sweep(
         wanted = {m.dataset for m in sweep.models}
         for d in sweep.datasets:  # data moves first; the bookkeeping below overlaps it
             if d.name in wanted:
-                here = any(waits_for_staging(m) for m in sweep.models if m.dataset == d.name)
+                staged_here = any(waits_for_staging(m) for m in sweep.models if m.dataset == d.name)
                 future = submit_preprocess(
-                    cpu, d, shared_block, clearml_block, cache_block, stage_here=here
+                    cpu, d, shared_block, clearml_block, cache_block, stage_here=staged_here
                 )
                 steps.add(future, Step("preprocess", d.name))
         record = ws.state.start_sweep(
@@ -139,40 +139,46 @@ def benchmark_sweep(
             outcomes[m.name] = run
             steps.add(run, Step("model", m.name))
 
+        def fail(models: list[ModelSpec], what: str, exc: BaseException) -> int:
+            for m in models:
+                outcomes[m.name] = failed_outcome(m, what, exc)
+            return len(models)
+
+        def advance(step: Step, future: PrefectFuture[Any]) -> int:
+            """Submit what waited on a dataset's finished step; how many models it failed."""
+            models = [m for m in sweep.models if m.dataset == step.name]
+            here = [m for m in models if waits_for_staging(m)]
+            try:
+                data = future.result()
+            except Exception as exc:  # noqa: BLE001 - reported per model; the others go on
+                doomed = models if step.kind == "preprocess" else here
+                return fail(doomed, f"{step.name}: {step.kind} failed", exc)
+            if step.kind == "stage":  # staged on this node: its inline models start
+                for m in here:
+                    launch(m, data, future)
+                return 0
+            for m in models:
+                if m not in here:  # they start on the artifact itself
+                    launch(m, data, future)
+            if here and not already_staged(ws, data):
+                steps.add(
+                    stage_task.submit(opaque(data), wait_for=[future]), Step("stage", step.name)
+                )
+            elif here:  # preprocess staged it here: that staging, with no task run
+                try:
+                    ready = pipeline.stage(ws, data)
+                except Exception as exc:  # noqa: BLE001 - as a failed stage task
+                    return fail(here, f"{step.name}: stage failed", exc)
+                for m in here:
+                    launch(m, ready, future)
+            return 0
+
         # Each dataset's next step is submitted when its last one finishes, so a model's task
         # run begins when its own data is ready (not all at the start, competing for the CPU
         # its data needs); a failed step fails the models waiting on it, and only those.
         finished_models, shown, reported = 0, 0.0, 0
         for future, step in steps:
-            if step.kind == "model":
-                finished_models += 1
-            else:
-                models = [m for m in sweep.models if m.dataset == step.name]
-                here = [m for m in models if waits_for_staging(m)]
-                try:
-                    data = future.result()
-                except Exception as exc:  # noqa: BLE001 - reported per model; the others go on
-                    doomed = models if step.kind == "preprocess" else here
-                    for m in doomed:
-                        outcomes[m.name] = failed_outcome(
-                            m, f"{step.name}: {step.kind} failed", exc
-                        )
-                    finished_models += len(doomed)
-                else:
-                    if step.kind == "stage":  # staged on this node: its inline models start
-                        for m in here:
-                            launch(m, data, future)
-                    else:
-                        for m in models:
-                            if m not in here:  # they start on the artifact itself
-                                launch(m, data, future)
-                        if here and already_staged(ws, data):  # preprocess staged it here
-                            ready = pipeline.stage(ws, data)  # that staging: no task run
-                            for m in here:
-                                launch(m, ready, future)
-                        elif here:
-                            staging = stage_task.submit(opaque(data), wait_for=[future])
-                            steps.add(staging, Step("stage", step.name))
+            finished_models += 1 if step.kind == "model" else advance(step, future)
             last = finished_models == len(sweep.models)
             if finished_models > reported and (
                 last or time.monotonic() - shown >= PROGRESS_EVERY_S
