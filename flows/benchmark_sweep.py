@@ -112,9 +112,9 @@ def benchmark_sweep(
         wanted = {m.dataset for m in sweep.models}
         for d in sweep.datasets:  # data moves first; the bookkeeping below overlaps it
             if d.name in wanted:
-                staged_here = any(waits_for_staging(m) for m in sweep.models if m.dataset == d.name)
+                stages_here = any(waits_for_staging(m) for m in sweep.models if m.dataset == d.name)
                 future = submit_preprocess(
-                    cpu, d, shared_block, clearml_block, cache_block, stage_here=staged_here
+                    cpu, d, shared_block, clearml_block, cache_block, stage_here=stages_here
                 )
                 steps.add(future, Step("preprocess", d.name))
         record = ws.state.start_sweep(
@@ -160,15 +160,13 @@ def benchmark_sweep(
             for m in models:
                 if m not in here:  # they start on the artifact itself
                     launch(m, data, future)
-            if here and not already_staged(ws, data):
-                steps.add(
-                    stage_task.submit(opaque(data), wait_for=[future]), Step("stage", step.name)
-                )
-            elif here:  # preprocess staged it here: that staging, with no task run
-                try:
-                    ready = pipeline.stage(ws, data)
-                except Exception as exc:  # noqa: BLE001 - as a failed stage task
-                    return fail(here, f"{step.name}: stage failed", exc)
+            if not here:
+                return 0
+            ready = pipeline.staged_here(ws, data)  # preprocess staged it here: no stage task
+            if ready is None:
+                staging = stage_task.submit(opaque(data), wait_for=[future])
+                steps.add(staging, Step("stage", step.name))
+            else:
                 for m in here:
                     launch(m, ready, future)
             return 0
@@ -223,12 +221,6 @@ def failed_outcome(model: ModelSpec, what: str, exc: BaseException) -> RunOutcom
     """A model that never ran: ``what`` failed first (its dataset's preprocess, its staging...)."""
     error = scrub_text(f"{what}: {type(exc).__name__}: {exc}")
     return RunOutcome("-", model.name, model.dataset, "failed", {}, error, None)
-
-
-def already_staged(ws: Workspace, prepared: Prepared) -> bool:
-    """Whether ``preprocess`` staged the artifact into this node's cache and it is still there."""
-    here = prepared.staged_here
-    return here is not None and ws.cache.lookup(here[0].fingerprint) is not None
 
 
 def waits_for_staging(model: ModelSpec) -> bool:

@@ -206,16 +206,16 @@ def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -
         len(artifact.manifest),
         artifact.bytes,
     )
-    staged_here = None
+    made_here = None
     if staged is not None:
-        staged_here = (staged, _record_stage(ws, artifact.artifact_id, staged, staged.seconds))
+        made_here = (staged, _record_stage(ws, artifact.artifact_id, staged, staged.seconds))
     return Prepared(
         resolved.spec.name,
         resolved.version,
         artifact,
         skipped,
         time.monotonic() - started,
-        staged_here,
+        made_here,
     )
 
 
@@ -270,6 +270,16 @@ def find_prepared(ws: Workspace, artifact_id: str) -> Prepared:
     )
 
 
+def staged_here(ws: Workspace, prepared: Prepared) -> Ready | None:
+    """The staging ``preprocess(stage_here=True)`` made on this node, while the cache holds it."""
+    if prepared.staged_here is None:
+        return None
+    staged, record_id = prepared.staged_here
+    if ws.cache.lookup(staged.fingerprint) is None:
+        return None
+    return Ready(prepared, staged, record_id)
+
+
 def stage(ws: Workspace, prepared: Prepared, **kwargs: Any) -> Ready:
     """Bring an artifact onto this node's cache (fetched once, however many callers) and record it.
 
@@ -277,10 +287,9 @@ def stage(ws: Workspace, prepared: Prepared, **kwargs: Any) -> Ready:
     the cache still holds it.
     """
     started = time.monotonic()
-    if prepared.staged_here is not None and not kwargs:
-        staged, record_id = prepared.staged_here
-        if ws.cache.lookup(staged.fingerprint) is not None:
-            return Ready(prepared, staged, record_id)
+    ready = None if kwargs else staged_here(ws, prepared)
+    if ready is not None:
+        return ready
     source = ws.shared.source(prepared.artifact)
     staged = ws.cache.stage(
         source,
