@@ -75,7 +75,11 @@ def test_sweep_benchmark_runs_every_way(tmp_path: Path) -> None:
     assert 0 < phase["seconds"] <= doc["time_to_last_result_s"]["mlstage"]
     for process, cpu in phase["cpu_s"].items():
         assert 0 <= cpu <= doc["cpu_s"]["mlstage"][process], process
-    assert doc["prefect_unit_costs"]["server_ms_per_task_run"] > 0  # Prefect's own, per task run
+    unit = doc["prefect_unit_costs"]
+    assert unit["server_ms_per_task_run"] > 0  # Prefect's own, per task run
+    assert unit["server_ms_per_task_run_start"] > 0  # ... and the part before its code runs
+    floor = doc["two_core_floor"]  # the data plane's CPU plus Prefect's, spread over 2 cores
+    assert floor["prefect_cpu_s"] > 0 and floor["data_phase_s"] >= floor["data_plane_cpu_s"] / 2
     ovh = doc["overhead"]
     # preprocess (it stages on this node too) and run-model: no stage task run, none per file
     assert ovh["staging_s"] > 0 and ovh["prefect_tasks_per_model"] == 2
