@@ -652,7 +652,10 @@ def main(argv: list[str] | None = None) -> int:
         # dataset's preprocess task run (whole) and each model's task run (up to its start),
         # spread perfectly over both cores, then a model's training
         "two_core_floor": two_core_floor(
-            results, datasets=args.datasets, models=args.datasets * args.models, train_s=args.train_s
+            results,
+            datasets=args.datasets,
+            models=args.datasets * args.models,
+            train_s=args.train_s,
         ),
         "speedup_vs_serial": round(last["serial"] / last["mlstage"], 2),
         "speedup_vs_clearml_style": round(last["clearml_style"] / last["mlstage"], 2),
