@@ -1,8 +1,8 @@
 """The cache under real processes staging from a real S3 endpoint (moto on 127.0.0.1).
 
-Requests are counted at a tiny reverse proxy in front of moto, so "served once" is measured
-at the server side. Crashes are real ``kill -9``s of child processes, delivered at chosen
-points (the child parks itself there and the test kills it).
+Requests are counted at the fault proxy (``mlstage.testing.faults``) in front of moto, so
+"served once" is measured at the server side. Crashes are real ``kill -9``s of child
+processes, delivered at chosen points (the child parks itself there and the test kills it).
 
 Run as a script, this file is the child: ``python test_cache_procs.py MODE ARGS_JSON``.
 """
@@ -10,91 +10,40 @@ Run as a script, this file is the child: ``python test_cache_procs.py MODE ARGS_
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
+
+from mlstage.testing.faults import FaultProxy, fault_proxy
 
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve()
 
 
-# -- a counting reverse proxy --------------------------------------------------------------
-class CountingProxy:
-    """Forwards every request to ``upstream``; counts object GETs by path; optional delay."""
-
-    def __init__(self, upstream: str, delay: float = 0.0) -> None:
-        self.upstream = urlparse(upstream)
-        self.delay = delay
-        self.gets: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _forward(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                path = self.path
-                key = urlparse(
-                    path
-                ).path  # presigned GETs carry a query string; listings hit /bucket
-                if self.command == "GET" and key.count("/") >= 2 and not key.endswith("/"):
-                    with proxy._lock:
-                        proxy.gets[key] += 1
-                    if proxy.delay:
-                        time.sleep(proxy.delay)
-                conn = http.client.HTTPConnection(
-                    proxy.upstream.hostname, proxy.upstream.port, timeout=60
-                )
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                conn.request(self.command, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
+# -- requests counted at a proxy in front of moto ----------------------------------------
 @pytest.fixture
-def proxy(s3_env: Any) -> Iterator[CountingProxy]:
-    p = CountingProxy(s3_env.url, delay=0.02)
-    yield p
-    p.close()
+def proxy(s3_env: Any) -> Iterator[FaultProxy]:
+    with fault_proxy(s3_env.url) as p:
+        p.configure(latency=0.02)  # slow enough that the stagers overlap
+        yield p
+
+
+def object_gets(proxy: FaultProxy, prefix: str) -> dict[str, int]:
+    """GETs that reached the endpoint for objects under ``prefix`` (``/bucket/ds/``), by path."""
+    return {
+        request.removeprefix("GET "): n
+        for request, n in proxy.counts().items()
+        if request.startswith(f"GET {prefix}")
+    }
 
 
 def put_dataset(
@@ -133,13 +82,13 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def proxy_env(proxy: CountingProxy) -> dict[str, str]:
+def proxy_env(proxy: FaultProxy) -> dict[str, str]:
     return {"AWS_ENDPOINT_URL": proxy.url}
 
 
 # -- tests ----------------------------------------------------------------------------------
 def test_eight_processes_one_download_eight_identical_trees(
-    proxy: CountingProxy, bucket: str, s3_env: Any, tmp_path: Path
+    proxy: FaultProxy, bucket: str, s3_env: Any, tmp_path: Path
 ) -> None:
     files = put_dataset(s3_env.client(), bucket, "ds", 24)
     go = tmp_path / "go"
@@ -165,8 +114,8 @@ def test_eight_processes_one_download_eight_identical_trees(
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         outs.append(json.loads(out))
-    object_gets = {k: v for k, v in proxy.gets.items() if k.startswith(f"/{bucket}/ds/")}
-    assert len(object_gets) == 24 and set(object_gets.values()) == {1}, object_gets
+    gets = object_gets(proxy, f"/{bucket}/ds/")
+    assert len(gets) == 24 and set(gets.values()) == {1}, gets
     assert sum(not o["hit"] for o in outs) == 1
     expected = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
     assert all(o["tree"] == expected for o in outs)
@@ -209,7 +158,7 @@ def test_eviction_under_a_small_limit_spares_a_dataset_leased_by_another_process
     "kill_at", ["ingest", "ingest-in-transaction", "tree-built", "tree-renamed"]
 )
 def test_kill_9_during_staging_then_the_next_run_completes(
-    kill_at: str, proxy: CountingProxy, bucket: str, s3_env: Any, tmp_path: Path
+    kill_at: str, proxy: FaultProxy, bucket: str, s3_env: Any, tmp_path: Path
 ) -> None:
     files = put_dataset(s3_env.client(), bucket, "ds", 12)
     marker = tmp_path / "parked"
@@ -228,7 +177,7 @@ def test_kill_9_during_staging_then_the_next_run_completes(
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
 
-    before = sum(proxy.gets.values())
+    before = sum(object_gets(proxy, f"/{bucket}/ds/").values())
     survivor = child(
         "stage", {"cache": str(tmp_path / "cache"), "uri": f"s3://{bucket}/ds"}, proxy_env(proxy)
     )
@@ -243,7 +192,7 @@ def test_kill_9_during_staging_then_the_next_run_completes(
     assert not list((cache.root / "datasets").glob(".tmp-*"))
     assert cache.stats().objects == 12
     # what the victim had already stored was not fetched again
-    refetched = sum(proxy.gets.values()) - before
+    refetched = sum(object_gets(proxy, f"/{bucket}/ds/").values()) - before
     if kill_at == "ingest":
         assert refetched <= 12 - 5  # five objects were indexed before the kill
     elif kill_at != "ingest-in-transaction":  # (that one's object had no row yet)
