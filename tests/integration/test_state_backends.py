@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import MetaData, insert, inspect, select, text
 from sqlmodel import Session, SQLModel
 
-from mlstage.errors import StateError
+from mlstage.errors import ConfigError, StateError
 from mlstage.state import StateStore, head_revision, make_engine, migrate
 from mlstage.state.db import FIRST_REVISION, current_revision
 from mlstage.state.models import DatasetVersion, Sweep
@@ -122,6 +122,9 @@ def test_every_run_with_what_it_consumed(store: StateStore) -> None:
     assert store.run("flow-1") == a  # by Prefect flow run id
     assert store.run(r1[:12]) == a  # the prefix the table shows
     assert store.run("no-such-run") is None
+    record_run(store, model="deit", flow_run_id="flow-1")  # a sweep's inline models share one
+    with pytest.raises(ConfigError, match="flow run flow-1 recorded 2 runs"):
+        store.run("flow-1")
     assert store.consumed(r1) == [a]
     assert store.runs_by_id([r1, r2, "no-such-run"]) == {r1: a, r2: b}  # one query, exact ids
     assert store.runs_by_id([]) == {}
@@ -468,3 +471,7 @@ def test_cli_lineage_queries_as_json(
 
     table = runner.invoke(app, ["lineage", "runs"])
     assert table.exit_code == 0 and "resnet" in table.output and old[:12] in table.output
+    before = runner.invoke(app, ["lineage", "--json", "runs"])  # --json before the subcommand
+    assert {r["run_id"] for r in json.loads(before.output)} == {old, new}
+    short = runner.invoke(app, ["lineage", "run", old[:5]])
+    assert "6 or more characters" in str(short.exception)

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from mlstage.cache import LocalCache
 from mlstage.cli.cache_cmd import app
+from mlstage.errors import ConfigError
 from mlstage.settings import get_settings
 from mlstage.sources.local import FolderSource
 
@@ -35,7 +36,10 @@ def test_lease_blocks_evict_until_released(home: Path, tmp_path: Path) -> None:
     assert json.loads(runner.invoke(app, ["release", str(lease_id), "--json"]).output) == {
         "released": True
     }
-    evicted = runner.invoke(app, ["evict", fp, "--json"])
+    assert runner.invoke(app, ["evict", "--to-bytes", "-5"]).exit_code == 2  # a usage error
+    too_short = runner.invoke(app, ["evict", fp[:5]])
+    assert isinstance(too_short.exception, ConfigError) and "too short" in str(too_short.exception)
+    evicted = runner.invoke(app, ["evict", fp[:12], "--json"])  # as ls and stage print it
     assert evicted.exit_code == 0 and json.loads(evicted.output)["evicted"] == [fp]
     stats = json.loads(runner.invoke(app, ["stats", "--json"]).output)
     assert stats["datasets"] == 0 and stats["bytes"] == 0

@@ -228,3 +228,23 @@ def test_stage_to_writes_copies_while_fetching(
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["files"] == 2
     assert _files(out) == files and copied == []
+
+
+@pytest.mark.parametrize(
+    "args", [["--link"], ["--workers", "0"], ["--workers", "257"]], ids=["link", "w0", "w257"]
+)
+def test_stage_usage_errors_stage_nothing(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--link without --to, and --workers outside MLSTAGE_WORKERS' 1-256, are usage errors."""
+    from typer.testing import CliRunner
+
+    from mlstage.cli import app
+
+    monkeypatch.setenv("MLSTAGE_HOME", str(tmp_path / "home"))
+    _write_tree(tmp_path / "src", {"a.bin": b"a"})
+    res = CliRunner().invoke(app, ["stage", str(tmp_path / "src"), *args])
+    assert res.exit_code == 2, res.output
+    assert not (tmp_path / "home" / "cache").exists() or not any(
+        (tmp_path / "home" / "cache").rglob("a.bin")
+    )

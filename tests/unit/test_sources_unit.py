@@ -57,6 +57,42 @@ def test_uri_schemes_and_refusals() -> None:
         open_source("s3://key:secret@bucket/p")
     with pytest.raises(ConfigError, match="credentials"):
         open_source("https://user:pw@host/s-{0..1}.tar")
+    for folder in ("http://127.0.0.1:8000/", "https://host", "https://host/shards/"):
+        with pytest.raises(ConfigError, match="names no file"):
+            open_source(folder)
+
+
+@pytest.mark.parametrize("uri", ["", "  ", "file://"])
+def test_an_empty_uri_is_refused_rather_than_read_as_this_folder(uri: str) -> None:
+    with pytest.raises(ConfigError, match="empty dataset URI"):
+        open_source(uri)
+
+
+def test_every_spelling_of_a_folder_is_one_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.bin").write_bytes(b"a")
+    monkeypatch.chdir(tmp_path)
+    spellings = [
+        "data",
+        "./data/",
+        str(tmp_path / "data"),
+        f"file://{tmp_path}/data/",
+        str(tmp_path / "data" / ".." / "data"),
+    ]
+    versions = {open_source(u).resolve().fingerprint for u in spellings}
+    assert len(versions) == 1
+    assert {open_source(u).uri for u in spellings} == {str(tmp_path / "data")}
+
+
+def test_a_file_or_an_empty_folder_is_no_dataset(tmp_path: Path) -> None:
+    (tmp_path / "f.bin").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        open_source(str(tmp_path / "f.bin")).resolve()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no files in this folder"):
+        open_source(str(tmp_path / "empty")).resolve()
 
 
 def test_clearml_uri_forms() -> None:

@@ -27,6 +27,29 @@ def _cache() -> LocalCache:
     return LocalCache(s.resolved_cache_dir, limit_bytes=s.cache_limit_bytes)
 
 
+def _dataset(cache: LocalCache, given: str) -> str:
+    """The cached dataset ``given`` names: its fingerprint, or a unique prefix of 6 or more
+    characters (as ``ls`` and ``stage`` print them)."""
+    from mlstage.errors import ConfigError
+
+    if len(given) < 6:
+        raise ConfigError(
+            f"{given!r} is too short to name a cached dataset",
+            hint="give 6 or more characters of its fingerprint (mlstage cache ls)",
+        )
+    matches = [r.fingerprint for r in cache.index.datasets_lru() if r.fingerprint.startswith(given)]
+    if not matches:
+        raise ConfigError(
+            f"dataset {given} is not in the cache at {cache.root}",
+            hint="mlstage cache ls lists what it holds",
+        )
+    if len(matches) > 1:
+        raise ConfigError(
+            f"{given!r} names {len(matches)} cached datasets", hint="give more characters"
+        )
+    return matches[0]
+
+
 @app.command("stats")
 def stats(as_json: bool = JSON) -> None:
     """Datasets, objects and bytes held, the limit and live leases (from the index, no scan)."""
@@ -104,13 +127,14 @@ def evict(
         None, help="Evict this dataset; without it, evict LRU down to --to-bytes."
     ),
     to_bytes: int | None = typer.Option(
-        None, "--to-bytes", help="Target size (default: the cache limit)."
+        None, "--to-bytes", min=0, help="Target size (default: the cache limit)."
     ),
     as_json: bool = JSON,
 ) -> None:
     """Evict datasets that are not in use (leased datasets are skipped, exit 1 for one asked)."""
     cache = _cache()
     if fingerprint:
+        fingerprint = _dataset(cache, fingerprint)
         dropped = [fingerprint] if cache.drop(fingerprint) else []
     else:
         dropped = cache.evict(target_bytes=to_bytes)
@@ -132,7 +156,8 @@ def lease(
     as_json: bool = JSON,
 ) -> None:
     """Record a lease that outlives this command (e.g. between a job's steps)."""
-    held = _cache().hold(fingerprint, ttl, holder=holder)
+    cache = _cache()
+    held = cache.hold(_dataset(cache, fingerprint), ttl, holder=holder)
     if as_json:
         emit_json(asdict(held))
     else:

@@ -51,33 +51,47 @@ def _rows(
     emit_table(dicts, columns or RUN_COLUMNS, title)
 
 
+def _json(ctx: typer.Context, as_json: bool) -> bool:
+    """``--json`` given to the subcommand or before it (``mlstage lineage --json runs``)."""
+    return as_json or bool(ctx.obj and ctx.obj.get("json"))
+
+
 @app.callback()
 def default(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Without a subcommand: every run with what it consumed."""
+    ctx.obj = {**(ctx.obj or {}), "json": as_json}
     if ctx.invoked_subcommand is None:
         _rows(_store().runs(), as_json, "benchmark runs and what they consumed")
 
 
 @app.command("runs")
 def runs(
+    ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json"),
     sweep: str | None = typer.Option(None, help="Only this sweep id."),
 ) -> None:
     """Every run with the dataset version and artifact it consumed."""
-    _rows(_store().runs(sweep_id=sweep), as_json, "benchmark runs and what they consumed")
+    _rows(
+        _store().runs(sweep_id=sweep), _json(ctx, as_json), "benchmark runs and what they consumed"
+    )
 
 
 @app.command("run")
-def run(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def run(ctx: typer.Context, run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """One run (by mlstage run id, Prefect flow run id, or a unique id prefix)."""
     from mlstage.errors import ConfigError
+    from mlstage.state.store import MIN_ID_PREFIX
 
     row = _store().run(run_id)
     if row is None:
+        short = len(run_id) < MIN_ID_PREFIX
         raise ConfigError(
-            f"no run {run_id!r} in the state DB", hint="list them with: mlstage lineage runs"
+            f"no run {run_id!r} in the state DB",
+            hint=f"a prefix needs {MIN_ID_PREFIX} or more characters"
+            if short
+            else "list them with: mlstage lineage runs",
         )
-    if as_json:
+    if _json(ctx, as_json):
         emit_json(row.to_dict())
     else:
         for k, v in row.to_dict().items():
@@ -86,6 +100,7 @@ def run(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command("consumers")
 def consumers(
+    ctx: typer.Context,
     version: str | None = typer.Option(None, help="A dataset version (fingerprint)."),
     artifact: str | None = typer.Option(None, help="An artifact id."),
     as_json: bool = typer.Option(False, "--json"),
@@ -97,24 +112,28 @@ def consumers(
         raise ConfigError("give --version or --artifact")
     _rows(
         _store().runs_consuming(version=version, artifact_id=artifact),
-        as_json,
+        _json(ctx, as_json),
         "runs that consumed it",
     )
 
 
 @app.command("stale")
 def stale(
-    dataset: str | None = typer.Option(None), as_json: bool = typer.Option(False, "--json")
+    ctx: typer.Context,
+    dataset: str | None = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Runs whose dataset has a newer version than the one they consumed."""
-    _rows(_store().stale_runs(dataset), as_json, "stale runs", STALE_COLUMNS)
+    _rows(_store().stale_runs(dataset), _json(ctx, as_json), "stale runs", STALE_COLUMNS)
 
 
 @app.command("versions")
-def versions(dataset: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def versions(
+    ctx: typer.Context, dataset: str, as_json: bool = typer.Option(False, "--json")
+) -> None:
     """A dataset's version history (oldest first; the current one marked)."""
     rows = [v.to_dict() for v in _store().history(dataset)]
-    if as_json:
+    if _json(ctx, as_json):
         emit_json(rows)
         return
     for d in rows:

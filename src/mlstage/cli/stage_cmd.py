@@ -16,7 +16,7 @@ def stage(
     uri: str = typer.Argument(
         ...,
         help="s3://bucket/prefix, https://host/shard-{000..009}.tar, clearml://<id>, "
-        "clearml://<project>/<name>[@<version>], clearml+s3://bucket/path/<name>.<id>, "
+        "clearml://<project>/<name>\\[@<version>], clearml+s3://bucket/path/<name>.<id>, "
         "clearml+file:///path/<name>.<id>, or a folder",
     ),
     to: Path | None = typer.Option(
@@ -28,8 +28,13 @@ def stage(
         help="With --to: hard-link the cache's files instead of copying them. They are "
         "read-only and shared with the cache: never write to them.",
     ),
-    workers: int = typer.Option(
-        0, "--workers", min=0, help="Concurrent transfers (default: MLSTAGE_WORKERS or 16)."
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        max=256,
+        show_default=False,
+        help="Concurrent transfers, 1-256 (default: MLSTAGE_WORKERS or 16).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -40,6 +45,8 @@ def stage(
     from mlstage.sources import open_source
     from mlstage.transfer import Fetched
 
+    if link and to is None:
+        raise typer.BadParameter("--link needs --to DIR (the cache itself is never linked)")
     settings = get_settings()
     started = time.monotonic()
     # --to: copies written as objects are fetched (cache hits copied after); all or nothing

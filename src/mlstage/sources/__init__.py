@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,10 +20,18 @@ def register(scheme: str, factory: SourceFactory) -> None:
 
 
 def _folder(uri: str) -> Source:
+    """A folder, by path or ``file://`` URI. Its identity (versions, cache keys) is the absolute
+    path, so ``data``, ``./data/``, ``file:///abs/data`` and ``/abs/x/../data`` are one dataset."""
     from mlstage.sources.local import FolderSource
 
-    path = Path(urlparse(uri).path) if uri.startswith("file://") else Path(uri)
-    return FolderSource(path.expanduser(), uri=uri)
+    raw = urlparse(uri).path if uri.startswith("file://") else uri
+    if not raw.strip():
+        raise ConfigError(
+            f"empty dataset URI {uri!r}",
+            hint="give a folder path (e.g. ./data) or a URI such as s3://bucket/prefix",
+        )
+    path = Path(os.path.abspath(Path(raw).expanduser()))
+    return FolderSource(path, uri=str(path))
 
 
 def _lazy(module: str, attr: str) -> SourceFactory:

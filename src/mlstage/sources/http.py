@@ -131,6 +131,13 @@ class HttpSource(FileObjectSource):
             )
         self.uri = pattern
         self.urls = expand_braces(pattern)
+        unnamed = [u for u in self.urls if urlsplit(u).path.endswith("/") or not urlsplit(u).path]
+        if unnamed:
+            raise ConfigError(
+                f"{unnamed[0]}: names no file",
+                hint="an HTTP dataset is a list of file URLs, e.g. "
+                "https://host/shards/train-{000000..000099}.tar",
+            )
         self.paths = _relative_paths(self.urls, pattern)
         self.retry = retry or RetryPolicy()
         self.workers = workers

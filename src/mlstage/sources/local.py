@@ -8,7 +8,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlstage.errors import ObjectNotFound, SourceError, UnsafePathError
+from mlstage.errors import ConfigError, ObjectNotFound, SourceError, UnsafePathError
 from mlstage.manifest import Entry, Manifest
 from mlstage.paths import join_inside
 from mlstage.sources.base import FileObjectSource, RemoteObject
@@ -25,6 +25,11 @@ class FolderSource(FileObjectSource):
 
     def resolve(self) -> Manifest:
         if not self.root.is_dir():
+            if self.root.exists():
+                raise ConfigError(
+                    f"{self.uri}: not a folder",
+                    hint="a dataset is a folder: give the folder that holds this file",
+                )
             raise ObjectNotFound(
                 f"{self.uri}: no such folder", hint="check the path; it must exist on this node"
             )
@@ -58,6 +63,11 @@ class FolderSource(FileObjectSource):
                         locator=rel,
                     )
                 )
+        if not entries:
+            raise ObjectNotFound(
+                f"{self.uri}: no files in this folder",
+                hint="check the path; a dataset needs at least one file",
+            )
         return Manifest(source=self.uri, entries=entries)
 
     def _changed(self, obj: RemoteObject) -> SourceError:

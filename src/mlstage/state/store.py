@@ -35,7 +35,7 @@ from mlstage.state.models import (
 )
 from mlstage.state.redact import scrub_params, scrub_params_json, scrub_text, scrub_uri
 
-_MIN_PREFIX = 6
+MIN_ID_PREFIX = 6
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -95,7 +95,7 @@ class VersionRow:
 
 def _id_match(column: Any, value: str) -> ColumnElement[bool]:
     """Equal, or a prefix match for long enough values (tables show ids shortened)."""
-    return column.startswith(value) if len(value) >= _MIN_PREFIX else column == value
+    return column.startswith(value) if len(value) >= MIN_ID_PREFIX else column == value
 
 
 def _current_versions() -> Any:
@@ -424,9 +424,15 @@ class StateStore:
         with self.session() as s:
             for column in (BenchmarkRun.id, BenchmarkRun.flow_run_id):
                 rows = self._lineage(s, col(column) == run_id)
+                runs = {r.run_id for r in rows}
+                if len(runs) > 1:  # a sweep's inline models all run in the sweep's flow run
+                    raise ConfigError(
+                        f"flow run {run_id} recorded {len(runs)} runs",
+                        hint="give one of their run ids (mlstage lineage runs lists them)",
+                    )
                 if rows:
                     return rows[0]
-            if len(run_id) < _MIN_PREFIX:
+            if len(run_id) < MIN_ID_PREFIX:
                 return None
             ids = set(
                 s.exec(select(BenchmarkRun.id).where(col(BenchmarkRun.id).startswith(run_id)))
