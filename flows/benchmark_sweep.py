@@ -24,7 +24,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import PrefectFuture
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import opaque
 
@@ -126,11 +126,14 @@ def benchmark_sweep(
             description=f"benchmark-sweep {sweep.name}: models finished",
         )
         outcomes: dict[str, RunOutcome | PrefectFuture[RunOutcome]] = {}
+        own_deployment = (
+            deployment.name if any(m.launch == "deployment" for m in sweep.models) else None
+        )
 
         def launch(m: ModelSpec, data: Prepared | Ready, upstream: PrefectFuture[Any]) -> None:
             if m.launch == "deployment":
                 run = run_deployment_task.submit(
-                    m, opaque(data), record.id, blocks, wait_for=[upstream]
+                    m, opaque(data), record.id, blocks, own_deployment, wait_for=[upstream]
                 )
             elif m.start == "first-shard":  # stage and run overlapped: starts on the first object
                 run = run_streaming_task.submit(m, opaque(data), record.id, wait_for=[upstream])

@@ -63,6 +63,16 @@ def demo_sweep(remote: dict[str, Path]) -> SweepSpec:
     )
 
 
+def lineage_command() -> str:
+    """``mlstage lineage runs`` as this shell can type it: the venv's binary, this home."""
+    import shlex
+
+    exe = Path(sys.executable).parent / "mlstage"
+    shown = os.path.relpath(exe) if exe.is_relative_to(Path.cwd()) else str(exe)
+    home = shlex.quote(str(get_settings().home))
+    return f"MLSTAGE_HOME={home} {shlex.quote(shown)} lineage runs"
+
+
 def print_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -82,7 +92,7 @@ def print_table(rows: list[dict]) -> None:
         console.print("All datasets were cache hits: nothing was staged (0 bytes moved).")
     else:
         console.print(f"Staged {staged:,} bytes into the node-local cache.")
-    console.print("See what each run consumed: mlstage lineage runs")
+    console.print(f"See what each run consumed: {lineage_command()}", soft_wrap=True)
 
 
 def main() -> int:

@@ -20,16 +20,20 @@ def preprocess_dataset(
     dask_address: str | None = None,
     shared_block: str | None = None,
     clearml_block: str | None = None,
+    cache_block: str | None = None,
 ) -> list[dict[str, Any]]:
     """Publish each dataset's artifact to the shared tier (skipped when it is there already).
 
     With ``dask_address`` the CPU work runs on that dask.distributed cluster (needs a server).
+    ``cache_block``: the cache the raw input is staged into before the recipe reads it.
     """
     problems = validate_datasets(datasets) + dask_problems(dask_address)
     if problems:
         raise ConfigError("cannot preprocess:\n- " + "\n- ".join(problems))
     with preprocess_runner(dask_address) as runner:
-        futures = [submit_preprocess(runner, d, shared_block, clearml_block) for d in datasets]
+        futures = [
+            submit_preprocess(runner, d, shared_block, clearml_block, cache_block) for d in datasets
+        ]
         wait(futures)
         prepared = [f.result() for f in futures]
     return [

@@ -57,12 +57,20 @@ def run_task(
     return outcome
 
 
+def child_deployment(model: ModelSpec, sweep_deployment: str | None) -> str:
+    """The run-benchmark deployment a ``launch=deployment`` model runs as: its own choice, else
+    the one named like the sweep's deployment (``benchmark-sweep/k8s`` -> ``run-benchmark/k8s``),
+    else ``default``."""
+    return model.deployment or sweep_deployment or "default"
+
+
 @task(name="run-model-deployment", cache_policy=NO_CACHE)
 def run_deployment_task(
     model: ModelSpec,
     prepared: pipeline.Prepared,
     sweep_id: str | None = None,
     blocks: dict[str, str | None] | None = None,
+    sweep_deployment: str | None = None,
 ) -> pipeline.RunOutcome:
     """Run one model as its own ``run-benchmark/<deployment>`` flow run (its own process or pod).
 
@@ -71,7 +79,7 @@ def run_deployment_task(
     """
     from prefect.deployments import run_deployment
 
-    name = f"run-benchmark/{model.deployment}"
+    name = f"run-benchmark/{child_deployment(model, sweep_deployment)}"
     child = run_deployment(
         name,
         parameters={
@@ -87,7 +95,12 @@ def run_deployment_task(
     state = child.state
     if row is None:
         message = state.message if state else "no state"
-        raise RunError(f"{name} run {child.id} recorded nothing: {message}")
+        raise RunError(
+            f"{name} run {child.id} recorded nothing in this sweep's state DB: {message}",
+            hint="the sweep and its run-benchmark runs must share one state DB: set "
+            "MLSTAGE_STATE_URL (PostgreSQL) for both (on Kubernetes: the mlstage-state-db "
+            "Secret)",
+        )
     metrics: dict[str, Any] = dict(row.metrics or {})
     error = None if row.status == "completed" else (state.message if state else row.status)
     return pipeline.RunOutcome(

@@ -13,15 +13,23 @@ from prefect import flow, get_run_logger
 
 from flows._workspace import workspace
 from mlstage.events import emit_from_flow
-from mlstage.watch import WatchList, watch, watchlist_path
+from mlstage.watch import WATCHLIST_ENV, WatchList, configured_watchlist, watch, watchlist_path
 
 
 @flow(name="watch-datasets", log_prints=True)
 def watch_datasets(watchlist: str | None = None, confirm: bool = True) -> dict[str, Any]:
     """One pass over the watch list (path; default $MLSTAGE_WATCHLIST): emit one event per change."""
     logger = get_run_logger()
-    wl = WatchList.load(watchlist_path(watchlist))
-    report = watch(wl, workspace().state, confirm=confirm)
+    path = configured_watchlist(watchlist)
+    if path is None:  # deployed by `prefect deploy --all` before anything is watched
+        logger.info(
+            "nothing to watch: no watch list at %s (create it, or set %s; see README: "
+            "Re-staging when data changes)",
+            watchlist_path(),
+            WATCHLIST_ENV,
+        )
+        return {"changed": {}, "pending": [], "unchanged": [], "errors": {}}
+    report = watch(WatchList.load(path), workspace().state, confirm=confirm)
     emit_from_flow(c.event(via="watch") for c in report.changes)
     for c in report.changes:
         logger.info(

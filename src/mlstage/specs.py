@@ -55,9 +55,10 @@ class ModelSpec(BaseModel):
         default="inline",
         description="inline: a subflow in the sweep's process; deployment: its own run-benchmark run (own pod).",
     )
-    deployment: str = Field(
-        default="default",
-        description="launch=deployment: the run-benchmark deployment to run, i.e. run-benchmark/<deployment>.",
+    deployment: str | None = Field(
+        default=None,
+        description="launch=deployment: run it as run-benchmark/<deployment>; default: the "
+        "sweep's own deployment name (benchmark-sweep/k8s -> run-benchmark/k8s), else default.",
     )
     start: Literal["ready", "first-shard"] = Field(
         default="ready", description="Start when the data is complete, or on the first shard."

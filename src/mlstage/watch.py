@@ -123,6 +123,17 @@ def watchlist_path(explicit: str | Path | None = None) -> Path:
     return get_settings().home / "watchlist.yaml"
 
 
+def configured_watchlist(explicit: str | Path | None = None) -> Path | None:
+    """The watch list to use, or None when none was asked for and the default file
+    (MLSTAGE_HOME/watchlist.yaml) does not exist: nothing is watched yet. A list that was
+    asked for (``explicit`` or $MLSTAGE_WATCHLIST) is returned even when missing, so that
+    loading it fails and names it."""
+    path = watchlist_path(explicit)
+    if explicit or os.environ.get(WATCHLIST_ENV) or path.exists():
+        return path
+    return None
+
+
 @dataclass(frozen=True)
 class Change:
     """A watched dataset settled on a new version, now recorded in the state DB."""

@@ -42,6 +42,13 @@ def test_demo_runs_end_to_end_and_second_run_is_all_hits(tmp_path: Path) -> None
     assert second.stdout.count(" hit ") == 5
     assert "nothing was staged" in second.stdout
 
+    # the closing hint works as typed, from where make demo runs, with no MLSTAGE_HOME set
+    (hint,) = [ln for ln in second.stdout.splitlines() if ln.startswith("See what each run")]
+    typed = hint.split(": ", 1)[1]
+    bare = {k: v for k, v in env.items() if k != "MLSTAGE_HOME"}
+    shown = run(["bash", "-c", typed + " --json"], bare)
+    assert shown.returncode == 0 and len(json.loads(shown.stdout)) == 10, shown.stderr
+
     lineage = run([str(Path(sys.executable).parent / "mlstage"), "lineage", "runs", "--json"], env)
     assert lineage.returncode == 0, lineage.stderr
     rows = json.loads(lineage.stdout)

@@ -173,7 +173,13 @@ def test_kubernetes_pool_mounts_the_cache_and_the_shared_tier(
     volumes = {v["name"]: v for v in spec["spec"]["volumes"]}
     assert volumes["mlstage-cache"]["hostPath"]["path"] == "{{ cache_host_path }}"
     assert volumes["mlstage-shared"]["persistentVolumeClaim"]["claimName"] == "{{ shared_pvc }}"
+    # every pod reads MLSTAGE_STATE_URL from one Secret: the sweep's and its models' runs meet
+    (container,) = spec["spec"]["containers"]
+    assert container["envFrom"] == [
+        {"secretRef": {"name": "{{ state_db_secret }}", "optional": True}}
+    ]
     variables = pool["base_job_template"]["variables"]["properties"]
+    assert variables["state_db_secret"]["default"] == "mlstage-state-db"
     assert variables["env"]["default"] == {
         "MLSTAGE_CACHE_DIR": variables["cache_mount_path"]["default"],
         "MLSTAGE_SHARED": variables["shared_mount_path"]["default"],
