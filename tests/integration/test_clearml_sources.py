@@ -138,3 +138,21 @@ def test_sdk_path_against_a_live_server(tmp_path: Path) -> None:
     staged = LocalCache(tmp_path / "cache").stage(source, manifest, workers=8)
     theirs = Path(Dataset.get(dataset_id=dataset_id).get_local_copy())
     assert _tree(staged.path) == _tree(theirs)
+
+
+def test_a_server_uri_on_an_unconfigured_machine_is_one_line_naming_the_fix(
+    tmp_path: Path,
+) -> None:
+    """ClearML's SDK, really asked, with no configuration: its banner becomes one line."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
+    env.update(HOME=str(tmp_path), MLSTAGE_HOME=str(tmp_path / "home"))
+    mlstage = str(Path(sys.executable).parent / "mlstage")
+    done = subprocess.run(
+        [mlstage, "stage", "clearml://abc123"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "ClearML is not configured on this machine" in line and "CLEARML_API_HOST" in line

@@ -57,6 +57,8 @@ def test_uri_schemes_and_refusals() -> None:
         open_source("s3://key:secret@bucket/p")
     with pytest.raises(ConfigError, match="credentials"):
         open_source("https://user:pw@host/s-{0..1}.tar")
+    with pytest.raises(ConfigError, match="'bad bucket' is not a bucket name"):
+        open_source("s3://bad bucket/x")
     for folder in ("http://127.0.0.1:8000/", "https://host", "https://host/shards/"):
         with pytest.raises(ConfigError, match="names no file"):
             open_source(folder)

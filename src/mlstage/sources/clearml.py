@@ -542,8 +542,17 @@ def _sdk_source(uri: str) -> ClearMLSource:
         except MlstageError:
             raise
         except Exception as exc:
+            said = str(exc).strip()
+            if "not configured" in said:  # the SDK's multi-line banner: no server to ask
+                raise ConfigError(
+                    f"{uri}: ClearML is not configured on this machine",
+                    hint="set CLEARML_API_HOST and CLEARML_API_ACCESS_KEY/SECRET_KEY (or run "
+                    "clearml-init, or pass an mlstage-clearml-credentials block); "
+                    "clearml+s3:// and clearml+file:// URIs need no server",
+                ) from exc
             raise ObjectNotFound(
-                f"{uri}: ClearML could not find the dataset ({exc})",
+                f"{uri}: ClearML could not find the dataset "
+                f"({said.splitlines()[0] if said else type(exc).__name__})",
                 hint="check the id or project/name, and CLEARML_API_HOST and credentials",
             ) from exc
         files = [f.as_dict() for f in ds.file_entries]

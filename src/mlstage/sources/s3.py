@@ -68,7 +68,16 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
             "credentials do not belong in an S3 URI",
             hint="use a Prefect block or the AWS environment",
         )
+    if not _BUCKET.fullmatch(parsed.netloc):
+        raise ConfigError(
+            f"{uri}: {parsed.netloc!r} is not a bucket name",
+            hint="bucket names are letters, digits, '.', '-' and '_' (AWS: 3-63 lowercase)",
+        )
     return parsed.netloc, parsed.path.lstrip("/")
+
+
+# what botocore itself accepts (S3-compatible stores allow more than AWS's rules)
+_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
 
 
 def make_client(*, pool: int = 64, **kwargs: Any) -> Any:
