@@ -208,7 +208,10 @@ def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -
     )
     made_here = None
     if staged is not None:
-        made_here = (staged, _record_stage(ws, artifact.artifact_id, staged, staged.seconds))
+        made_here = (
+            staged,
+            _record_stage(ws, artifact.artifact_id, staged, staged.seconds, made_here=True),
+        )
     return Prepared(
         resolved.spec.name,
         resolved.version,
@@ -239,7 +242,16 @@ def _stage_output(ws: Workspace, artifact: Artifact, out: Path) -> StagedDataset
         return None
 
 
-def _record_stage(ws: Workspace, artifact_id: str, staged: StagedDataset, seconds: float) -> int:
+def _record_stage(
+    ws: Workspace,
+    artifact_id: str,
+    staged: StagedDataset,
+    seconds: float,
+    *,
+    made_here: bool = False,
+) -> int:
+    """Record a staging onto this node; ``made_here``: filed from this node's own recipe output,
+    so none of its bytes came over the network from the shared tier."""
     rec = ws.state.record_stage(
         artifact_id,
         hit=staged.hit,
@@ -247,6 +259,7 @@ def _record_stage(ws: Workspace, artifact_id: str, staged: StagedDataset, second
         objects_fetched=staged.objects_fetched,
         first_object_seconds=staged.first_object_seconds,
         ready_seconds=seconds,
+        bytes_from_shared=0 if made_here else None,
     )
     assert rec.id is not None
     return rec.id
@@ -338,11 +351,19 @@ def run(
     cache limit and other stagings in between), it is staged again first.
     """
     row = _start_run(ws, model, sweep_id, flow_run_id)
-    ws.state.record_consumption(row.id, ready.artifact_id, ready.stage_record_id)
     try:
         artifact = ready.prepared.artifact
         source = ws.shared.source(artifact)
-        with ws.cache.use(source, artifact.manifest, workers=ws.settings.workers) as staged:
+        with ws.cache.use(
+            source,
+            artifact.manifest,
+            workers=ws.settings.workers,
+            part_size=ws.settings.part_size,
+        ) as staged:
+            consumed = ready.stage_record_id
+            if not staged.hit:  # evicted since it was staged: this run's own staging counts
+                consumed = _record_stage(ws, artifact.artifact_id, staged, staged.seconds)
+            ws.state.record_consumption(row.id, ready.artifact_id, consumed)
             metrics = run_entrypoint(model.entrypoint, staged.path, model.params)
     except Exception as exc:  # noqa: BLE001 - any failure is recorded, never left 'running'
         error = _run_error(exc)

@@ -116,10 +116,31 @@ def test_validate_sweep_lists_every_problem(tmp_path: Path) -> None:
 
 def test_run_restages_data_evicted_after_staging(ws: pipeline.Workspace, tmp_path: Path) -> None:
     remote = write_remote(tmp_path / "remote")
-    ready = pipeline.stage(ws, pipeline.preprocess(ws, pipeline.resolve(ws, spec(remote))))
+    prepared = pipeline.preprocess(ws, pipeline.resolve(ws, spec(remote)))
+    pipeline.stage(ws, prepared)
+    ready = pipeline.stage(ws, prepared)  # a hit: this staging moved nothing
+    assert ready.staged.hit
     assert ws.cache.drop(ready.staged.fingerprint)  # eviction between the stage and run tasks
     assert ws.cache.lookup(ready.staged.fingerprint) is None
     model = fit("m")
     outcome = pipeline.run(ws, model, ready)
     assert outcome.status == "completed", outcome.error
     assert ws.cache.lookup(ready.staged.fingerprint) is not None
+    # the run consumed its own staging (a miss that moved the bytes), not the evicted one
+    (row,) = ws.state.consumed(outcome.run_id)
+    assert row.cache_hit is False and row.bytes_fetched == ready.prepared.artifact.bytes
+    again = pipeline.run(ws, fit("m2"), ready)  # still cached: the staging it was given counts
+    (row2,) = ws.state.consumed(again.run_id)
+    assert row2.cache_hit is True and row2.bytes_fetched == 0
+
+
+def test_a_staging_made_from_this_nodes_output_moved_nothing_from_the_shared_tier(
+    ws: pipeline.Workspace, tmp_path: Path
+) -> None:
+    remote = write_remote(tmp_path / "remote")
+    prepared = pipeline.preprocess(ws, pipeline.resolve(ws, spec(remote)), stage_here=True)
+    ready = pipeline.stage(ws, prepared)
+    outcome = pipeline.run(ws, fit("m"), ready)
+    (row,) = ws.state.consumed(outcome.run_id)
+    assert row.cache_hit is False and row.bytes_fetched == prepared.artifact.bytes
+    assert row.bytes_from_shared == 0  # filed from the recipe's output, on this node

@@ -249,15 +249,19 @@ class StateStore:
         node: str | None = None,
         bytes_from_source: int = 0,
         stall_seconds: float | None = None,
+        bytes_from_shared: int | None = None,
     ) -> StageRecord:
-        """One staging onto a node. Bytes not read from the source came from the shared tier."""
+        """One staging onto a node. Bytes not read from the source came from the shared tier,
+        unless ``bytes_from_shared`` says otherwise (0: made on this node)."""
         with self.session(write=True) as s:
             rec = StageRecord(
                 node=node or socket.gethostname(),
                 artifact_id=artifact_id,
                 cache_hit=hit,
                 bytes_fetched=bytes_fetched,
-                bytes_from_shared=max(0, bytes_fetched - bytes_from_source),
+                bytes_from_shared=max(0, bytes_fetched - bytes_from_source)
+                if bytes_from_shared is None
+                else bytes_from_shared,
                 bytes_from_source=bytes_from_source,
                 objects_fetched=objects_fetched,
                 first_object_seconds=first_object_seconds,
