@@ -12,8 +12,9 @@ begins when its own data is ready, rather than every task run at the start.
 from __future__ import annotations
 
 import queue
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -30,6 +31,7 @@ from prefect.utilities.annotations import opaque
 
 from flows._dask import dask_problems, preprocess_runner, submit_preprocess
 from flows._workspace import using_blocks, workspace
+from flows.outcomes import model_outcome
 from flows.streaming import run_streaming_task
 from flows.tasks import run_deployment_task, run_task, stage_task
 from mlstage import pipeline
@@ -81,9 +83,9 @@ def child_blocks(
 
 
 def artifact_key(sweep: SweepSpec, what: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits, dashes) for this sweep."""
-    name = "".join(c if c.isalnum() else "-" for c in sweep.name.lower())
-    return f"sweep-{name}-{what}"
+    """A Prefect artifact key (ASCII lowercase letters, digits, dashes) for this sweep."""
+    name = re.sub(r"[^a-z0-9]+", "-", sweep.name.lower()).strip("-")[:80].rstrip("-")
+    return f"sweep-{name or 'unnamed'}-{what}"
 
 
 @flow(name="benchmark-sweep", task_runner=ThreadPoolTaskRunner(), log_prints=True)
@@ -120,11 +122,12 @@ def benchmark_sweep(
         record = ws.state.start_sweep(
             sweep.name, sweep.model_dump(mode="json"), flow_run_id=flow_run.get_id()
         )
-        progress = create_progress_artifact(
-            progress=0.0,
-            key=artifact_key(sweep, "progress"),
-            description=f"benchmark-sweep {sweep.name}: models finished",
+        progress = ProgressBar(
+            artifact_key(sweep, "progress"),
+            f"benchmark-sweep {sweep.name}: models finished",
+            len(sweep.models),
         )
+        steps.idle = progress.show  # a model finishing after a quiet spell shows within 0.5 s
         outcomes: dict[str, RunOutcome | PrefectFuture[RunOutcome]] = {}
         own_deployment = (
             deployment.name if any(m.launch == "deployment" for m in sweep.models) else None
@@ -156,46 +159,45 @@ def benchmark_sweep(
             except Exception as exc:  # noqa: BLE001 - reported per model; the others go on
                 doomed = models if step.kind == "preprocess" else here
                 return fail(doomed, f"{step.name}: {step.kind} failed", exc)
-            if step.kind == "stage":  # staged on this node: its inline models start
-                for m in here:
-                    launch(m, data, future)
+            try:
+                if step.kind == "stage":  # staged on this node: its inline models start
+                    for m in here:
+                        launch(m, data, future)
+                    return 0
+                for m in models:
+                    if m not in here:  # they start on the artifact itself
+                        launch(m, data, future)
+                if not here:
+                    return 0
+                ready = pipeline.staged_here(ws, data)  # preprocess staged it here: no stage task
+                if ready is None:
+                    staging = stage_task.submit(opaque(data), wait_for=[future])
+                    steps.add(staging, Step("stage", step.name))
+                else:
+                    for m in here:
+                        launch(m, ready, future)
                 return 0
-            for m in models:
-                if m not in here:  # they start on the artifact itself
-                    launch(m, data, future)
-            if not here:
-                return 0
-            ready = pipeline.staged_here(ws, data)  # preprocess staged it here: no stage task
-            if ready is None:
-                staging = stage_task.submit(opaque(data), wait_for=[future])
-                steps.add(staging, Step("stage", step.name))
-            else:
-                for m in here:
-                    launch(m, ready, future)
-            return 0
+            except Exception as exc:  # noqa: BLE001 - what did not start fails; the rest goes on
+                unlaunched = [m for m in models if m.name not in outcomes]
+                return fail(unlaunched, f"{step.name}: launching its models failed", exc)
 
         # Each dataset's next step is submitted when its last one finishes, so a model's task
         # run begins when its own data is ready (not all at the start, competing for the CPU
         # its data needs); a failed step fails the models waiting on it, and only those.
-        finished_models, shown, reported = 0, 0.0, 0
-        for future, step in steps:
-            finished_models += 1 if step.kind == "model" else advance(step, future)
-            last = finished_models == len(sweep.models)
-            if finished_models > reported and (
-                last or time.monotonic() - shown >= PROGRESS_EVERY_S
-            ):
-                # the progress bar moves at most twice a second (each move is an API call)
-                update_progress_artifact(progress, 100.0 * finished_models / len(sweep.models))
-                shown, reported = time.monotonic(), finished_models
-
-    outcomes_in_order = [
-        o if isinstance(o, RunOutcome) else outcome_of(m, o)
-        for m in sweep.models
-        for o in [outcomes[m.name]]
-    ]
-    rows = summarize(ws, outcomes_in_order, started_at)
-    failed = [r for r in rows if r["status"] != "completed"]
-    ws.state.finish_sweep(record.id, "failed" if failed else "completed")
+        try:
+            for future, step in steps:
+                progress.advance(1 if step.kind == "model" else advance(step, future))
+            outcomes_in_order = [
+                o if isinstance(o, RunOutcome) else outcome_of(m, o)
+                for m in sweep.models
+                for o in [outcomes[m.name]]
+            ]
+            rows = summarize(ws, outcomes_in_order, started_at)
+        except BaseException:  # the flow itself broke (or was cancelled): never left 'running'
+            ws.state.finish_sweep(record.id, "failed")
+            raise
+        failed = [r for r in rows if r["status"] != "completed"]
+        ws.state.finish_sweep(record.id, "failed" if failed else "completed")
     create_table_artifact(
         table=rows,
         key=artifact_key(sweep, "summary"),
@@ -213,9 +215,10 @@ def benchmark_sweep(
 
 
 def outcome_of(model: ModelSpec, future: PrefectFuture[RunOutcome]) -> RunOutcome:
-    """The model's outcome; a failure to launch or run it becomes a failed outcome."""
+    """The model's outcome (its task run ends Failed when the model failed, still carrying it);
+    a task that never produced one (it crashed, or never started) becomes a failed outcome."""
     try:
-        return future.result()
+        return model_outcome(future)
     except Exception as exc:  # noqa: BLE001 - reported per model; the sweep goes on
         return failed_outcome(model, "launch failed", exc)
 
@@ -232,6 +235,43 @@ def waits_for_staging(model: ModelSpec) -> bool:
     return model.launch == "inline" and model.start == "ready"
 
 
+class ProgressBar:
+    """The sweep's progress artifact (models finished): moved at most every PROGRESS_EVERY_S,
+    as each move is an API call, and best effort: the UI's bar never fails the sweep."""
+
+    def __init__(self, key: str, description: str, total: int) -> None:
+        self.total, self.done = total, 0
+        self._shown, self._at = 0, 0.0
+        self._id = self._call(
+            create_progress_artifact, progress=0.0, key=key, description=description
+        )
+
+    @staticmethod
+    def _call(api: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return api(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - the bar is for the UI; the sweep goes on
+            get_run_logger().warning("progress artifact not updated: %s", exc)
+            return None
+
+    def advance(self, finished: int) -> None:
+        self.done += finished
+        self.show()
+
+    def show(self) -> None:
+        """Move the bar to ``done`` if it lags and it last moved long enough ago (or all are done)."""
+        if self._id is None or self.done == self._shown:
+            return
+        if self.done < self.total and time.monotonic() - self._at < PROGRESS_EVERY_S:
+            return
+        self._call(
+            update_progress_artifact,
+            artifact_id=self._id,
+            progress=100.0 * self.done / self.total,
+        )
+        self._shown, self._at = self.done, time.monotonic()
+
+
 @dataclass(frozen=True)
 class Step:
     """What a submitted future runs: a dataset's ``preprocess`` or ``stage``, or a ``model``."""
@@ -244,20 +284,28 @@ class Finished(Generic[T]):
     """Futures in the order they finish, tagged; more may be added while iterating.
 
     Iteration ends when every added future has been yielded. Callbacks run in the finishing
-    task's thread (or Dask's), so they only enqueue; the flow's own thread does the rest.
+    task's thread (or Dask's), so they only enqueue; the flow's own thread does the rest,
+    including ``idle()``, called every ``every`` seconds while nothing finishes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, idle: Callable[[], None] | None = None, every: float = 0.5) -> None:
         self._queue: queue.SimpleQueue[tuple[PrefectFuture[Any], T]] = queue.SimpleQueue()
         self._pending = 0
+        self.idle = idle
+        self.every = every
 
     def add(self, future: PrefectFuture[Any], tag: T) -> None:
-        self._pending += 1
         future.add_done_callback(lambda f: self._queue.put((f, tag)))
+        self._pending += 1  # only once the callback is in place (it may run at once)
 
     def __iter__(self) -> Iterator[tuple[PrefectFuture[Any], T]]:
         while self._pending:
-            future, tag = self._queue.get()
+            try:
+                future, tag = self._queue.get(timeout=self.every if self.idle else None)
+            except queue.Empty:
+                if self.idle is not None:
+                    self.idle()
+                continue
             self._pending -= 1
             yield future, tag
 

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows._workspace import using_blocks
+from flows.outcomes import model_outcome
 from flows.streaming import run_streaming_task
 from flows.tasks import find_task, preprocess_task, run_task, stage_task
 from mlstage.errors import ConfigError, RunError
@@ -46,9 +47,10 @@ def run_benchmark(
             )
         )
         if model.start == "first-shard":  # starts on the first staged object
-            outcome = run_streaming_task(model, prepared, sweep_id)
+            done = run_streaming_task(model, prepared, sweep_id, return_state=True)
         else:
-            outcome = run_task(model, stage_task(prepared), sweep_id)
+            done = run_task(model, stage_task(prepared), sweep_id, return_state=True)
+        outcome = model_outcome(done)
     if outcome.status != "completed":
         raise RunError(f"model {model.name} failed: {outcome.error}")
     return {"run_id": outcome.run_id, "model": outcome.model, "metrics": outcome.metrics}

@@ -15,8 +15,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from flows._workspace import workspace
+from flows.outcomes import shown_in_ui
 from mlstage import pipeline
 from mlstage.specs import ModelSpec
 
@@ -24,8 +26,10 @@ from mlstage.specs import ModelSpec
 @task(name="stream-and-run-model", cache_policy=NO_CACHE)
 def run_streaming_task(
     model: ModelSpec, prepared: pipeline.Prepared, sweep_id: str | None = None
-) -> pipeline.RunOutcome:
+) -> pipeline.RunOutcome | State[pipeline.RunOutcome]:
     """Start the model on its first staged object while the rest lands; record the run."""
-    return pipeline.run_streaming(
-        workspace(), model, prepared, sweep_id=sweep_id, flow_run_id=flow_run.get_id()
+    return shown_in_ui(
+        pipeline.run_streaming(
+            workspace(), model, prepared, sweep_id=sweep_id, flow_run_id=flow_run.get_id()
+        )
     )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from flows._workspace import apply_clearml, workspace
 from flows.artifacts import publish_consumption
+from flows.outcomes import shown_in_ui
 from mlstage import pipeline
 from mlstage.errors import RunError
 from mlstage.specs import DatasetSpec, ModelSpec
@@ -49,12 +51,16 @@ def stage_task(prepared: pipeline.Prepared) -> pipeline.Ready:
 @task(name="run-model", cache_policy=NO_CACHE)
 def run_task(
     model: ModelSpec, ready: pipeline.Ready, sweep_id: str | None = None
-) -> pipeline.RunOutcome:
-    """Run one model on its staged data, record what it consumed, and show it in the UI."""
+) -> pipeline.RunOutcome | State[pipeline.RunOutcome]:
+    """Run one model on its staged data, record what it consumed, and show it in the UI
+    (a failed model's task run ends Failed, with its outcome: see ``flows.outcomes``)."""
     ws = workspace()
     outcome = pipeline.run(ws, model, ready, sweep_id=sweep_id, flow_run_id=flow_run.get_id())
-    publish_consumption(ws.state, outcome.run_id)
-    return outcome
+    try:
+        publish_consumption(ws.state, outcome.run_id)
+    except Exception as exc:  # noqa: BLE001 - the run is recorded; the UI table is extra
+        get_run_logger().warning("%s: consumption artifact not published: %s", model.name, exc)
+    return shown_in_ui(outcome)
 
 
 def child_deployment(model: ModelSpec, sweep_deployment: str | None) -> str:
@@ -71,7 +77,7 @@ def run_deployment_task(
     sweep_id: str | None = None,
     blocks: dict[str, str | None] | None = None,
     sweep_deployment: str | None = None,
-) -> pipeline.RunOutcome:
+) -> pipeline.RunOutcome | State[pipeline.RunOutcome]:
     """Run one model as its own ``run-benchmark/<deployment>`` flow run (its own process or pod).
 
     The child stages the artifact on its node (a cache hit when it shares this node's cache),
@@ -103,6 +109,6 @@ def run_deployment_task(
         )
     metrics: dict[str, Any] = dict(row.metrics or {})
     error = None if row.status == "completed" else (state.message if state else row.status)
-    return pipeline.RunOutcome(
-        row.run_id, model.name, model.dataset, row.status, metrics, error, None
+    return shown_in_ui(
+        pipeline.RunOutcome(row.run_id, model.name, model.dataset, row.status, metrics, error, None)
     )

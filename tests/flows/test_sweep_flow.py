@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,10 +51,12 @@ def test_a_failing_model_does_not_sink_the_sweep(home: Path, prefect_api, tmp_pa
             ModelSpec(name="stream-b", dataset="b", entrypoint=COUNT, start="first-shard"),
         ],
     )
-    with pytest.raises(SweepFailed) as failed:
-        benchmark_sweep(sweep)
-    assert "1 of 4 models failed" in str(failed.value) and "bad-a" in str(failed.value)
-    rows = {r["model"]: r for r in failed.value.rows}
+    state = benchmark_sweep(sweep, return_state=True)
+    assert state.is_failed()
+    failed = state.result(raise_on_failure=False)
+    assert isinstance(failed, SweepFailed)
+    assert "1 of 4 models failed" in str(failed) and "bad-a" in str(failed)
+    rows = {r["model"]: r for r in failed.rows}
     assert rows["ok-a"]["status"] == rows["ok-b"]["status"] == "completed"
     assert rows["stream-b"]["status"] == "completed"
     assert rows["stream-b"]["score"] == rows["ok-b"]["score"]  # the same staged files
@@ -73,6 +76,15 @@ def test_a_failing_model_does_not_sink_the_sweep(home: Path, prefect_api, tmp_pa
     assert read_artifact(prefect_api.api_url, "sweep-fail-one-progress") == 100.0
     table = read_artifact(prefect_api.api_url, "sweep-fail-one-summary")
     assert "bad-a" in str(table)
+    # in the UI the failed model's task run is red, the others green
+    models = [
+        t
+        for t in task_runs(prefect_api.api_url, str(state.state_details.flow_run_id), 6)
+        if t["name"].startswith(("run-model", "stream-and-run-model"))
+    ]
+    assert sorted(t["state"]["type"] for t in models) == ["COMPLETED"] * 3 + ["FAILED"]
+    (red,) = [t for t in models if t["state"]["type"] == "FAILED"]
+    assert "model bad-a failed" in red["state"]["message"]
 
 
 def test_a_dataset_that_fails_to_preprocess_fails_only_its_models(
@@ -107,17 +119,23 @@ def test_a_dataset_that_fails_to_preprocess_fails_only_its_models(
     assert read_artifact(prefect_api.api_url, "sweep-lost-data-progress") == 100.0
 
 
-def task_run_names(api_url: str, flow_run_id: str, expected: int) -> list[str]:
-    """The flow run's task run names, once the API has recorded ``expected`` of them."""
+def task_runs(api_url: str, flow_run_id: str, expected: int) -> list[dict[str, Any]]:
+    """The flow run's task runs, once the API has recorded ``expected`` of them in a final state."""
     import httpx
 
     body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
     deadline = time.monotonic() + 30
     while True:
         found = httpx.post(f"{api_url}/task_runs/filter", json=body, timeout=10).json()
-        if len(found) >= expected or time.monotonic() > deadline:
-            return sorted(t["name"].rsplit("-", 1)[0] for t in found)
+        final = [t for t in found if t["state"] and t["state"]["type"] in ("COMPLETED", "FAILED")]
+        if len(final) >= expected or time.monotonic() > deadline:
+            return found
         time.sleep(0.3)
+
+
+def task_run_names(api_url: str, flow_run_id: str, expected: int) -> list[str]:
+    """The flow run's task run names, once the API has recorded ``expected`` of them."""
+    return sorted(t["name"].rsplit("-", 1)[0] for t in task_runs(api_url, flow_run_id, expected))
 
 
 def test_preprocessing_here_leaves_nothing_to_stage(
@@ -220,3 +238,26 @@ def test_run_benchmark_honours_first_shard(home: Path, prefect_api, tmp_path: Pa
         and "data_stall_seconds" in streamed["metrics"]
     )
     assert "time_to_first_object_s" not in waited["metrics"]
+
+
+def test_a_sweep_that_breaks_is_recorded_failed_not_left_running(
+    home: Path, prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.benchmark_sweep as module
+    from mlstage.state.models import Sweep
+
+    def broken(*args: object) -> list[dict[str, object]]:
+        raise RuntimeError("the summary broke")
+
+    monkeypatch.setattr(module, "summarize", broken)
+    sweep = SweepSpec(
+        name="Müller Sweep",  # not an ASCII artifact key by itself
+        datasets=[DatasetSpec(name="d", uri=str(make_dataset(tmp_path, "d", 4)), recipe=shard())],
+        models=[ModelSpec(name="m", dataset="d", entrypoint=COUNT)],
+    )
+    with pytest.raises(RuntimeError, match="the summary broke"):
+        module.benchmark_sweep(sweep)
+    store = StateStore.open(get_settings().resolved_state_url)
+    with store.session() as s:
+        (row,) = s.query(Sweep).all()
+    assert row.name == "Müller Sweep" and row.status == "failed" and row.finished_at
