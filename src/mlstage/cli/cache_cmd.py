@@ -28,14 +28,15 @@ def _cache() -> LocalCache:
 
 
 def _dataset(cache: LocalCache, given: str) -> str:
-    """The cached dataset ``given`` names: its fingerprint, or a unique prefix of 6 or more
-    characters (as ``ls`` and ``stage`` print them)."""
+    """The cached dataset ``given`` names: its fingerprint, or a unique prefix as long as the
+    state DB's id prefixes (as ``ls`` and ``stage`` print them)."""
     from mlstage.errors import ConfigError
+    from mlstage.state.store import MIN_ID_PREFIX
 
-    if len(given) < 6:
+    if len(given) < MIN_ID_PREFIX:
         raise ConfigError(
             f"{given!r} is too short to name a cached dataset",
-            hint="give 6 or more characters of its fingerprint (mlstage cache ls)",
+            hint=f"give {MIN_ID_PREFIX} or more characters of its fingerprint (mlstage cache ls)",
         )
     matches = [r.fingerprint for r in cache.index.datasets_lru() if r.fingerprint.startswith(given)]
     if not matches:
