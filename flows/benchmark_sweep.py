@@ -12,7 +12,6 @@ begins when its own data is ready, rather than every task run at the start.
 from __future__ import annotations
 
 import queue
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from mlstage.errors import ConfigError
 from mlstage.pipeline import Prepared, Ready, RunOutcome, Workspace, validate_sweep
 from mlstage.specs import ModelSpec, SweepSpec
 from mlstage.state.redact import scrub_text
+from mlstage.state.report import key_slug
 
 PROGRESS_EVERY_S = 0.5
 T = TypeVar("T")
@@ -84,7 +84,7 @@ def child_blocks(
 
 def artifact_key(sweep: SweepSpec, what: str) -> str:
     """A Prefect artifact key (ASCII lowercase letters, digits, dashes) for this sweep."""
-    name = re.sub(r"[^a-z0-9]+", "-", sweep.name.lower()).strip("-")[:80].rstrip("-")
+    name = key_slug(sweep.name)[:80].rstrip("-")
     return f"sweep-{name or 'unnamed'}-{what}"
 
 
@@ -288,7 +288,9 @@ class Finished(Generic[T]):
     including ``idle()``, called every ``every`` seconds while nothing finishes.
     """
 
-    def __init__(self, idle: Callable[[], None] | None = None, every: float = 0.5) -> None:
+    def __init__(
+        self, idle: Callable[[], None] | None = None, every: float = PROGRESS_EVERY_S
+    ) -> None:
         self._queue: queue.SimpleQueue[tuple[PrefectFuture[Any], T]] = queue.SimpleQueue()
         self._pending = 0
         self.idle = idle

@@ -53,10 +53,14 @@ def consumption_table(rows: Sequence[LineageRow]) -> list[dict[str, Any]]:
     ]
 
 
+def key_slug(name: str) -> str:
+    """``name`` as a piece of a Prefect artifact key: ASCII lowercase letters, digits, dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def artifact_key(model: str) -> str:
     """A Prefect artifact key for a model's consumption table (lowercase, digits, dashes)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-") or "model"
-    return f"mlstage-consumed-{slug}"[:100].rstrip("-")
+    return f"mlstage-consumed-{key_slug(model) or 'model'}"[:100].rstrip("-")
 
 
 def consumption_markdown(rows: Sequence[LineageRow]) -> str:
