@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ FIRST_REVISION = "0001"
 # Any constant works; it only has to be the same in every mlstage process.
 _PG_MIGRATION_LOCK = 0x6D6C7374  # "mlst"
 WRITE_OPTION = "mlstage_write"
+_WRITABLE_HINT = "set MLSTAGE_STATE_URL or MLSTAGE_HOME to a writable place"
 _URL_HINT = "e.g. sqlite:////path/state.db or postgresql+psycopg://user@host:5432/db"
 
 
@@ -69,7 +71,7 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # The driver's own transaction handling is off; the "begin" hook below starts them.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA journal_mode=WAL")  # a no-op once _use_wal has converted the file
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=60000")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -113,11 +115,6 @@ def make_engine(url: str, *, upgrade: bool = True) -> Engine:
             f"no driver for {mask_url(parsed)}: {exc}",
             hint="for PostgreSQL: pip install 'mlstage[postgres]' and use postgresql+psycopg://",
         ) from exc
-    except OSError as exc:
-        raise StateError(
-            f"cannot create the folder of state DB {mask_url(parsed)}: {exc}",
-            hint="set MLSTAGE_STATE_URL or MLSTAGE_HOME to a writable place",
-        ) from exc
     if upgrade:
         try:
             migrate(engine)
@@ -134,7 +131,19 @@ def make_engine(url: str, *, upgrade: bool = True) -> Engine:
 def _sqlite_engine(url: URL) -> Engine:
     path = _sqlite_path(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"cannot create the folder of state DB {mask_url(url)}: {exc}",
+                hint=_WRITABLE_HINT,
+            ) from exc
+        try:
+            _use_wal(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(
+                f"cannot use state DB {mask_url(url)}: {exc}", hint=_WRITABLE_HINT
+            ) from exc
     kwargs: dict[str, Any] = {
         "connect_args": {"timeout": 60, "check_same_thread": False},
     }
@@ -144,6 +153,35 @@ def _sqlite_engine(url: URL) -> Engine:
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+_WAL_HEADER_BYTE, _WAL = 18, 2  # the file format's "write version" byte; 2 means WAL
+
+
+def _is_wal(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(_WAL_HEADER_BYTE + 1)
+    except FileNotFoundError:
+        return False
+    return len(header) > _WAL_HEADER_BYTE and header[_WAL_HEADER_BYTE] == _WAL
+
+
+def _use_wal(path: Path) -> None:
+    """Put the DB file at ``path`` in WAL mode (persistent), one process at a time.
+
+    Converting a new file to WAL takes a write lock that SQLite does not wait for when
+    another connection holds a read lock while converting it too: two processes opening a
+    fresh DB at once could fail with "database is locked" whatever the busy timeout.
+    """
+    if _is_wal(path):
+        return
+    with _sqlite_setup_lock(path):
+        conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
 
 
 def _server_engine(url: URL) -> Engine:
@@ -199,8 +237,8 @@ def current_revision(conn: Connection) -> str | None:
 
 
 @contextlib.contextmanager
-def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
-    path = _sqlite_path(engine.url)
+def _sqlite_setup_lock(path: Path | None) -> Iterator[None]:
+    """Excludes other processes (and threads) setting up the same SQLite DB file."""
     if path is None:
         yield
         return
@@ -231,7 +269,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
             return
         _check_known(found, engine.url)
     sqlite = engine.dialect.name == "sqlite"
-    lock = _sqlite_file_lock(engine) if sqlite else contextlib.nullcontext()
+    lock = _sqlite_setup_lock(_sqlite_path(engine.url)) if sqlite else contextlib.nullcontext()
     with lock, write_engine(engine).begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
