@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlstage.errors import CacheError
+from mlstage.sqlite_setup import use_wal
 
 SCHEMA_VERSION = 2
 
@@ -111,8 +112,9 @@ class CacheIndex:
         self.path = path
         self._local = threading.local()
         try:
+            use_wal(path)
             self._migrate()
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise CacheError(
                 f"cannot open the cache index {path}: {exc}",
                 hint="check the folder is writable; `mlstage cache verify --repair` rebuilds trees",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -23,6 +22,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import create_engine
 
 from mlstage.errors import StateError
+from mlstage.sqlite_setup import setup_lock, use_wal
 from mlstage.state.redact import MASK, is_secret_name
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -71,7 +71,7 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # The driver's own transaction handling is off; the "begin" hook below starts them.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")  # a no-op once _use_wal has converted the file
+    cur.execute("PRAGMA journal_mode=WAL")  # a no-op once use_wal has converted the file
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=60000")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -139,7 +139,7 @@ def _sqlite_engine(url: URL) -> Engine:
                 hint=_WRITABLE_HINT,
             ) from exc
         try:
-            _use_wal(path)
+            use_wal(path)
         except (OSError, sqlite3.Error) as exc:
             raise StateError(
                 f"cannot use state DB {mask_url(url)}: {exc}", hint=_WRITABLE_HINT
@@ -153,35 +153,6 @@ def _sqlite_engine(url: URL) -> Engine:
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
-
-
-_WAL_HEADER_BYTE, _WAL = 18, 2  # the file format's "write version" byte; 2 means WAL
-
-
-def _is_wal(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            header = fh.read(_WAL_HEADER_BYTE + 1)
-    except FileNotFoundError:
-        return False
-    return len(header) > _WAL_HEADER_BYTE and header[_WAL_HEADER_BYTE] == _WAL
-
-
-def _use_wal(path: Path) -> None:
-    """Put the DB file at ``path`` in WAL mode (persistent), one process at a time.
-
-    Converting a new file to WAL takes a write lock that SQLite does not wait for when
-    another connection holds a read lock while converting it too: two processes opening a
-    fresh DB at once could fail with "database is locked" whatever the busy timeout.
-    """
-    if _is_wal(path):
-        return
-    with _sqlite_setup_lock(path):
-        conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-        finally:
-            conn.close()
 
 
 def _server_engine(url: URL) -> Engine:
@@ -236,25 +207,6 @@ def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-@contextlib.contextmanager
-def _sqlite_setup_lock(path: Path | None) -> Iterator[None]:
-    """Excludes other processes (and threads) setting up the same SQLite DB file."""
-    if path is None:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: SQLite's own locking still serialises the DDL
-        yield
-        return
-    with open(path.with_name(path.name + ".migrate.lock"), "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade the schema to ``revision`` (default head), keeping the data.
 
@@ -268,8 +220,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         if found == head_revision():
             return
         _check_known(found, engine.url)
-    sqlite = engine.dialect.name == "sqlite"
-    lock = _sqlite_setup_lock(_sqlite_path(engine.url)) if sqlite else contextlib.nullcontext()
+    path = _sqlite_path(engine.url) if engine.dialect.name == "sqlite" else None
+    lock = setup_lock(path) if path is not None else contextlib.nullcontext()
     with lock, write_engine(engine).begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
