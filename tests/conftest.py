@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,16 +13,37 @@ from pathlib import Path
 
 import pytest
 
-from mlstage.testing.postgres import check_postgres, throwaway_database
-from mlstage.testing.prefect_server import PrefectServer, prefect_server
-from mlstage.testing.s3 import S3Endpoint, moto_server
-
-# Prefect must never touch the developer's own profile or reach the network.
+# Prefect must never touch the developer's own profile or reach the network: its home (and
+# the ephemeral API's database) is a folder of this test session, set before Prefect is
+# imported and whatever the Makefile exported.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="mlstage-tests-"))
+atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
+os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # S3 endpoints remembered by tests that open sources outside a test home stay out of the
 # developer's own cache folder
-os.environ.setdefault("MLSTAGE_ENDPOINTS_DIR", tempfile.mkdtemp(prefix="mlstage-test-endpoints-"))
+os.environ.setdefault("MLSTAGE_ENDPOINTS_DIR", str(_SESSION_DIR / "endpoints"))
+
+from mlstage.testing.postgres import check_postgres, throwaway_database  # noqa: E402
+from mlstage.testing.prefect_server import PrefectServer, prefect_server  # noqa: E402
+from mlstage.testing.s3 import S3Endpoint, moto_server  # noqa: E402
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop Prefect's ephemeral API (in-process flow tests start one), quietly: left to its
+    own exit hook, it logs "Stopping temporary server" to a stream pytest has closed."""
+    import sys
+
+    if "prefect.server.api.server" in sys.modules:
+        from prefect.logging.handlers import APILogWorker
+        from prefect.logging.loggers import disable_logger
+        from prefect.server.api.server import SubprocessASGIServer
+
+        APILogWorker.drain_all(timeout=5)  # the flows' last logs reach the API before it stops
+        with disable_logger("prefect"):
+            for server in list(SubprocessASGIServer._instances.values()):
+                server.stop()
 
 
 @pytest.fixture

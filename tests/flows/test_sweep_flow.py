@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,18 @@ def read_artifact(api_url: str, key: str) -> object:
     return found[0]["data"]
 
 
+class _Collect(logging.Handler):
+    """Every record a logger hands it, formatted as a console would show it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
 def test_a_failing_model_does_not_sink_the_sweep(home: Path, prefect_api, tmp_path: Path) -> None:
     from flows.benchmark_sweep import SweepFailed, benchmark_sweep
 
@@ -51,11 +64,19 @@ def test_a_failing_model_does_not_sink_the_sweep(home: Path, prefect_api, tmp_pa
             ModelSpec(name="stream-b", dataset="b", entrypoint=COUNT, start="first-shard"),
         ],
     )
-    state = benchmark_sweep(sweep, return_state=True)
+    task_logs = _Collect()
+    logging.getLogger("prefect.task_runs").addHandler(task_logs)
+    try:
+        state = benchmark_sweep(sweep, return_state=True)
+    finally:
+        logging.getLogger("prefect.task_runs").removeHandler(task_logs)
     assert state.is_failed()
     failed = state.result(raise_on_failure=False)
     assert isinstance(failed, SweepFailed)
     assert "1 of 4 models failed" in str(failed) and "bad-a" in str(failed)
+    # the failed model is logged once, without a stray empty traceback under it
+    assert any("model bad-a failed" in line for line in task_logs.lines)
+    assert not any("NoneType: None" in line for line in task_logs.lines)
     rows = {r["model"]: r for r in failed.rows}
     assert rows["ok-a"]["status"] == rows["ok-b"]["status"] == "completed"
     assert rows["stream-b"]["status"] == "completed"
