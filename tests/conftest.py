@@ -119,8 +119,10 @@ def prefect_api(
     prefect_server_session: PrefectServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[PrefectServer]:
     """This test process talks to the session's Prefect server (flows called here report to it)."""
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     monkeypatch.setenv("PREFECT_API_URL", prefect_server_session.api_url)
     with temporary_settings(updates={PREFECT_API_URL: prefect_server_session.api_url}):
         yield prefect_server_session
+        APILogWorker.drain_all(timeout=5)  # the test's logs reach this server while it is up

@@ -282,3 +282,34 @@ def test_a_sweep_that_breaks_is_recorded_failed_not_left_running(
     with store.session() as s:
         (row,) = s.query(Sweep).all()
     assert row.name == "Müller Sweep" and row.status == "failed" and row.finished_at
+
+
+def test_ui_artifacts_that_cannot_be_written_do_not_fail_the_sweep(
+    home: Path, prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.artifacts
+    import flows.benchmark_sweep as module
+
+    def artifact_api_down(**kwargs: object) -> None:
+        raise RuntimeError("artifact API down")
+
+    for owner in (module, flows.artifacts):
+        monkeypatch.setattr(owner, "create_table_artifact", artifact_api_down)
+    sweep = SweepSpec(
+        name="no-tables",
+        datasets=[DatasetSpec(name="d", uri=str(make_dataset(tmp_path, "d", 4)), recipe=shard())],
+        models=[ModelSpec(name="m", dataset="d", entrypoint=COUNT)],
+    )
+    logs = _Collect()
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addHandler(logs)
+    try:
+        state = module.benchmark_sweep(sweep, return_state=True)
+    finally:
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).removeHandler(logs)
+    assert state.is_completed()
+    (row,) = state.result()
+    assert row["model"] == "m" and row["status"] == "completed"
+    assert any("summary artifact not published: artifact API down" in ln for ln in logs.lines)
+    assert any("consumption artifact not published" in ln for ln in logs.lines)
