@@ -128,6 +128,16 @@ def _whole_expected(obj: RemoteObject) -> str | None:
     return obj.meta.get(WHOLE_CHECKSUM) or _expected(obj)
 
 
+def _check_whole(obj: RemoteObject, hs: dict[str, _Hasher], uri: str) -> None:
+    """A whole read's checks: its response's checksum (else the listed one), and a listed
+    sha256 as well, since every read computes one (a response's checksum vouches only for
+    what the server holds now, not for the content the manifest names)."""
+    _check(obj.key, _whole_expected(obj), hs, uri)
+    listed = _expected(obj)
+    if listed and listed.startswith("sha256:"):
+        _check(obj.key, listed, hs, uri)
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -452,7 +462,7 @@ class Transfer:
                     )
                 if hs is None:
                     hs = _hashers(_whole_expected(obj))
-                _check(obj.key, _whole_expected(obj), hs, self.source.uri)
+                _check_whole(obj, hs, self.source.uri)
                 os.replace(tmp, final)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -499,14 +509,17 @@ class Transfer:
         data = self.workdir / f"{name}.part"
         journal = self.workdir / f"{name}.parts"
         nparts = (obj.size + self.part_size - 1) // self.part_size
+        header = f"part_size {self.part_size}"  # part i's bytes depend on it
         done: set[int] = set()
         if data.exists() and journal.exists() and data.stat().st_size == obj.size:
             # only whole lines count: a kill may interrupt the last one
-            done = {int(x) for x in journal.read_text().split("\n")[:-1] if x.isdigit()}
-        else:
+            lines = journal.read_text().split("\n")
+            if lines[0] == header:
+                done = {int(x) for x in lines[1:-1] if x.isdigit() and int(x) < nparts}
+        if not done:
             with open(data, "wb") as f:
                 f.truncate(obj.size)
-            journal.write_text("")
+            journal.write_text(header + "\n")
         todo = [i for i in range(nparts) if i not in done]
         copy = None if done else self._mirror_for(obj)  # parts of an earlier run: copy later
         remaining = [len(todo)]

@@ -121,6 +121,19 @@ def test_killed_multipart_transfer_resumes_from_completed_parts(tmp_path: Path) 
     assert set(src.reads) | set(first) == {("big", i * 4096) for i in range(10)}
 
 
+def test_parts_journalled_with_another_part_size_are_fetched_again(tmp_path: Path) -> None:
+    big = bytes(range(256)) * 160  # 40960 bytes: 10 parts of 4096, or 2 of 32768
+    src = MemorySource({"big": big}, md5=False)  # no checksum: only the journal vouches
+    src.die_after = 4
+    with pytest.raises(Killed):
+        _run(src, tmp_path)  # parts 0..3 (of 4096) journalled
+    src.die_after = None
+    t = Transfer(src, tmp_path, workers=4, part_size=32768, retry=FAST)  # another part size
+    [fetched] = list(t.fetch(src.objects(src.resolve().entries)))
+    assert fetched.path.read_bytes() == big  # before: "parts 0..3 done" covered it all, zeros
+    assert t.stats.bytes_fetched == len(big)
+
+
 def test_objects_stream_as_they_complete(tmp_path: Path) -> None:
     files = {f"f{i}": bytes([i]) * 500 for i in range(20)}
     src = MemorySource(files)
@@ -202,6 +215,17 @@ def test_a_response_checksum_replaces_the_md5_and_a_bad_body_is_refetched(tmp_pa
     assert fetched.path.read_bytes() == b"x" * 5000
     assert fetched.digest == hashlib.sha256(b"x" * 5000).hexdigest()
     assert t.stats.retries == 1
+
+
+def test_a_listed_sha256_is_checked_even_when_the_response_carries_a_checksum(
+    tmp_path: Path,
+) -> None:
+    src = CrcSource({"a": b"evil-bytes"})  # the server's CRC matches what it now holds
+    listed = "sha256:" + hashlib.sha256(b"the content the manifest names").hexdigest()
+    entry = src.resolve().entries[0].model_copy(update={"checksum": listed})
+    with pytest.raises(IntegrityError, match="sha256"):
+        list(Transfer(src, tmp_path, retry=FAST).fetch(src.objects([entry])))
+    assert not list(tmp_path.rglob("*.obj"))  # nothing was kept as verified
 
 
 def test_crc32_checker_matches_zlib_across_chunks() -> None:
