@@ -239,14 +239,84 @@ def test_crash_leftovers_are_recovered(tmp_path: Path) -> None:
     digest = hashlib.sha256(b"data").hexdigest()
     # an evictor died after moving the object aside, before its transaction committed
     os.rename(cache.object_path(digest), cache.root / "tmp/trash" / f"obj-{digest}.1-abcd")
-    # ... and another after moving the tree aside
+    # ... and another after moving the tree and the manifest aside
     os.rename(staged.path, cache.root / "tmp/trash" / f"ds-{staged.fingerprint}.1-abcd")
+    trash_manifest = cache.root / "tmp/trash" / f"mf-{staged.fingerprint}.1-abcd"
+    os.rename(cache.manifest_path(staged.fingerprint), trash_manifest)
     reopened = LocalCache(tmp_path / "cache")
     assert reopened.cached_object(
         str(tmp_path / "d"), reopened.manifest(staged.fingerprint).entries[0]
     )  # type: ignore[union-attr]
     assert reopened.lookup(staged.fingerprint) is not None
+    assert reopened.manifest(staged.fingerprint) is not None and not trash_manifest.exists()
     assert reopened.verify().problems == []
+
+
+def test_a_lease_recorded_just_before_eviction_keeps_the_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evictor, job = LocalCache(tmp_path / "cache"), LocalCache(tmp_path / "cache")
+    staged = stage_folder(evictor, make_dataset(tmp_path / "d", {"f": b"data"}))
+    drop = LocalCache._drop
+
+    def lease_lands_first(self: LocalCache, fingerprint: str) -> bool:
+        job.hold(fingerprint, 3600)  # another pod, after the evictor chose this dataset
+        return drop(self, fingerprint)
+
+    monkeypatch.setattr(LocalCache, "_drop", lease_lands_first)
+    assert evictor.evict(target_bytes=0) == []
+    assert job.lookup(staged.fingerprint) is not None
+
+
+def test_a_lease_is_never_recorded_on_a_dataset_that_is_not_ready(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    staged = stage_folder(cache, make_dataset(tmp_path / "d", {"f": b"data"}))
+    assert cache.index.add_lease(staged.fingerprint, "h", "host", None, None, 1e12)
+    assert cache.drop(staged.fingerprint) is False  # that lease holds it
+    cache.index.remove_lease(cache.index.leases()[0].id)
+    assert cache.drop(staged.fingerprint)
+    assert cache.index.add_lease(staged.fingerprint, "h", "host", None, None, 1e12) is None
+    assert cache.index.leases() == []
+    with pytest.raises(CacheError, match="not in the cache"):
+        cache.hold(staged.fingerprint, 60)
+
+
+def test_a_restage_during_a_drop_keeps_its_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlstage.cache.local as local
+
+    evictor, stager = LocalCache(tmp_path / "cache"), LocalCache(tmp_path / "cache")
+    src = FolderSource(make_dataset(tmp_path / "d", {"a": b"a" * 100, "b": b"b" * 100}))
+    manifest = src.resolve()
+    stager.stage(src, manifest)
+    real_rmtree = local._rmtree
+
+    def restage_meanwhile(path: Path) -> None:  # the evictor is still removing the old tree
+        real_rmtree(path)
+        if "trash" in str(path):
+            monkeypatch.setattr(local, "_rmtree", real_rmtree)
+            assert not stager.stage(src, manifest).hit
+
+    monkeypatch.setattr(local, "_rmtree", restage_meanwhile)
+    assert evictor.drop(manifest.fingerprint)
+    assert stager.lookup(manifest.fingerprint) is not None
+    assert stager.manifest(manifest.fingerprint) == manifest  # before: deleted by the drop
+    assert stager.verify().problems == []
+
+
+def test_verify_repair_keeps_a_dataset_in_use_that_only_dropping_could_fix(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    staged = stage_folder(cache, make_dataset(tmp_path / "d", {"f": b"data"}))
+    cache.manifest_path(staged.fingerprint).unlink()
+    with cache.lease(staged.fingerprint) as tree:  # a reader is using it
+        (problem,) = cache.verify(repair=True).problems
+        assert problem.kind == "missing_manifest" and not problem.repaired
+        assert "in use" in problem.detail and (tree / "f").read_bytes() == b"data"
+    (problem,) = LocalCache(tmp_path / "cache").verify(repair=True).problems
+    assert problem.repaired and cache.lookup(staged.fingerprint) is None
 
 
 def test_gc_reclaims_a_dead_staging_and_stray_folders(cache: LocalCache, tmp_path: Path) -> None:

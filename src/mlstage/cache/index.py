@@ -393,14 +393,16 @@ class CacheIndex:
         pid: int | None,
         pid_start: str | None,
         expires: float,
-    ) -> int:
+    ) -> int | None:
+        """Record a lease on a complete dataset; None (nothing recorded) when it is not one."""
         with self.tx() as db:
             cur = db.execute(
                 "INSERT INTO leases (fingerprint, holder, host, pid, pid_start, created, expires) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (fingerprint, holder, host, pid, pid_start, time.time(), expires),
+                "SELECT ?,?,?,?,?,?,? WHERE EXISTS "
+                "(SELECT 1 FROM datasets WHERE fingerprint=? AND state='ready')",
+                (fingerprint, holder, host, pid, pid_start, time.time(), expires, fingerprint),
             )
-            return int(cur.lastrowid or 0)
+            return int(cur.lastrowid) if cur.rowcount == 1 and cur.lastrowid else None
 
     def remove_lease(self, lease_id: int) -> bool:
         with self.tx() as db:

@@ -620,17 +620,17 @@ class LocalCache:
         """
         if ttl_seconds <= 0:
             raise ConfigError("a lease needs a positive ttl", hint="pass ttl_seconds > 0")
-        if self.index.dataset(fingerprint) is None:
-            raise CacheError(
-                f"dataset {fingerprint[:12]} is not in the cache at {self.root}",
-                hint="stage it first",
-            )
         pid = os.getpid() if bind_pid else None
         holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         expires = time.time() + ttl_seconds
         lease_id = self.index.add_lease(
             fingerprint, holder, self.host, pid, _pid_start(pid) if pid else None, expires
         )
+        if lease_id is None:  # checked in the lease's own transaction: no race with eviction
+            raise CacheError(
+                f"dataset {fingerprint[:12]} is not in the cache at {self.root}",
+                hint="stage it first",
+            )
         return Lease(lease_id, fingerprint, holder, expires)
 
     def release(self, lease_id: int) -> bool:
@@ -690,10 +690,8 @@ class LocalCache:
                 with _flock(
                     self._lock(f"lease-{row.fingerprint}"), fcntl.LOCK_EX | fcntl.LOCK_NB
                 ) as free:
-                    if not free or self._recorded_lease(row.fingerprint):
-                        continue
-                    self._drop(row.fingerprint)
-                    evicted.append(row.fingerprint)
+                    if free and self._drop(row.fingerprint):
+                        evicted.append(row.fingerprint)
         return evicted
 
     def _recorded_lease(self, fingerprint: str) -> bool:
@@ -706,22 +704,31 @@ class LocalCache:
             if self.index.dataset(fingerprint) is None:
                 raise ConfigError(f"dataset {fingerprint} is not in the cache at {self.root}")
             with _flock(self._lock(f"lease-{fingerprint}"), fcntl.LOCK_EX | fcntl.LOCK_NB) as free:
-                if not free or self._recorded_lease(fingerprint):
-                    return False
-                self._drop(fingerprint)
-                return True
+                return bool(free) and self._drop(fingerprint)
 
-    def _drop(self, fingerprint: str) -> None:
-        # forget and move aside in one transaction: lookups miss from the commit on
+    def _drop(self, fingerprint: str) -> bool:
+        """Forget and remove a dataset unless a live recorded lease holds it; True if removed.
+
+        The lease check, forgetting the row and moving the tree and manifest aside share one
+        transaction: lookups miss from its commit on, a ``hold()`` either lands before it (and
+        keeps the dataset) or finds it gone, and a re-stage that follows the commit writes a
+        manifest nothing removes. A crash inside it is undone by ``_recover_trash``.
+        """
         path = self.dataset_path(fingerprint)
         trash = self._trash(f"ds-{fingerprint}")
+        manifest_trash = self._trash(f"mf-{fingerprint}")
         with self.index.tx() as db:
+            if self._recorded_lease(fingerprint):
+                return False
             digests = self.index.forget_dataset(db, fingerprint)
             if path.exists():
                 os.rename(path, trash)
+            with suppress(FileNotFoundError):
+                os.rename(self.manifest_path(fingerprint), manifest_trash)
         _rmtree(trash)
-        self.manifest_path(fingerprint).unlink(missing_ok=True)
+        manifest_trash.unlink(missing_ok=True)
         self._delete_objects(digests)
+        return True
 
     def _delete_orphans(self, target: int) -> None:
         while self.index.object_bytes() > target:
@@ -766,6 +773,10 @@ class LocalCache:
                 os.rename(path, self.object_path(name))
             elif kind == "ds" and self.index.dataset(name) and not self.dataset_path(name).exists():
                 os.rename(path, self.dataset_path(name))
+            elif (
+                kind == "mf" and self.index.dataset(name) and not self.manifest_path(name).exists()
+            ):
+                os.rename(path, self.manifest_path(name))
             elif item.is_dir(follow_symlinks=False):
                 _rmtree(path)
             else:
@@ -858,12 +869,13 @@ class LocalCache:
                 bad_objects[digest] = "corrupt_object"
 
         referenced: set[str] = set()
+        unfixable: list[Problem] = []
         for row in self.index.datasets_lru():
             with _flock(self._lock(f"lease-{row.fingerprint}"), fcntl.LOCK_SH):
                 if self.index.dataset(row.fingerprint) is None:
                     continue  # evicted since the listing: nothing to check
                 report.datasets += 1
-                self._verify_dataset(
+                problem = self._verify_dataset(
                     row.fingerprint,
                     bad_objects,
                     inodes,
@@ -873,6 +885,15 @@ class LocalCache:
                     open_source,
                     workers,
                 )
+            if problem is not None and repair:
+                unfixable.append(problem)
+        for problem in unfixable:  # dropped once this check no longer holds them itself
+            fp = problem.fingerprint or ""
+            if self.index.dataset(fp) is None or self.drop(fp):
+                problem.repaired = True
+                problem.detail += "; dropped it (the next stage fetches it again)"
+            else:
+                problem.detail += "; in use, so kept: repair again once it is released"
 
         for digest, kind in bad_objects.items():
             if digest in referenced or not self.index.has_object(digest):
@@ -912,7 +933,9 @@ class LocalCache:
         repair: bool,
         open_source: SourceOpener,
         workers: int,
-    ) -> None:
+    ) -> Problem | None:
+        """Check (and with ``repair`` fix) one dataset; the problem only dropping it can fix
+        (its manifest is gone), left to the caller, who drops it once no one holds it."""
         try:
             record = self._record(fp)
         except CacheError:
@@ -924,13 +947,8 @@ class LocalCache:
                 str(self.manifest_path(fp)),
                 "cannot check or repair this dataset",
             )
-            if repair:
-                with _flock(self._lock("evict"), fcntl.LOCK_EX):
-                    self._drop(fp)
-                problem.repaired = True
-                problem.detail += "; dropped it (the next stage fetches it again)"
             report.problems.append(problem)
-            return
+            return problem
         manifest, digests = record
         referenced.update(digests)
         tree = self.dataset_path(fp)
@@ -986,7 +1004,7 @@ class LocalCache:
         report.problems.extend(problems)
         need = {d for _, d in pairs if d in bad_objects}
         if not repair or not any(not p.repaired for p in problems):
-            return
+            return None
         still_bad = set(need)
         try:
             with _flock(self._lock(f"stage-{fp}"), fcntl.LOCK_EX):
@@ -1006,7 +1024,7 @@ class LocalCache:
             for p in problems:
                 if not p.repaired:
                     p.detail += f"; repair failed: {exc}"
-            return
+            return None
         by_path = {e.path: d for e, d in pairs}
         for p in problems:
             if p.kind in ("missing_tree", "foreign_link"):
@@ -1015,6 +1033,7 @@ class LocalCache:
                 p.repaired = True
             if not p.repaired:
                 p.detail += "; the source no longer has these bytes"
+        return None
 
     def _refetch(
         self,
