@@ -165,6 +165,8 @@ class Materializer:
     def finish(self, tree: Path) -> None:
         """Complete the folder from the staged ``tree`` and move it to ``dest``."""
         try:
+            if not tree.is_dir():  # os.walk would make an empty folder of a vanished tree
+                raise FileNotFoundError(errno.ENOENT, "the staged dataset is gone", str(tree))
             self._make_tmp()
             wait(list(self._early.values()))
             placed = {rel for rel, f in self._early.items() if f.exception() is None}

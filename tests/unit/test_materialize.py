@@ -248,3 +248,35 @@ def test_stage_usage_errors_stage_nothing(
     assert not (tmp_path / "home" / "cache").exists() or not any(
         (tmp_path / "home" / "cache").rglob("a.bin")
     )
+
+
+def test_stage_to_keeps_the_dataset_leased_until_the_copy_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process evicting between the staging and the copy cannot empty --to DIR."""
+    from typer.testing import CliRunner
+
+    from mlstage.cli import app
+    from mlstage.settings import get_settings
+
+    monkeypatch.setenv("MLSTAGE_HOME", str(tmp_path / "home"))
+    files = {"a.bin": os.urandom(3000), "b.bin": os.urandom(5000)}
+    _write_tree(tmp_path / "src", files)
+    assert CliRunner().invoke(app, ["stage", str(tmp_path / "src")]).exit_code == 0  # a hit next
+    finish = Materializer.finish
+    evicted: list[str] = []
+
+    def evicted_meanwhile(self: Materializer, tree: Path) -> None:
+        evicted.extend(LocalCache(get_settings().resolved_cache_dir).evict(target_bytes=0))
+        finish(self, tree)
+
+    monkeypatch.setattr(Materializer, "finish", evicted_meanwhile)
+    res = CliRunner().invoke(app, ["stage", str(tmp_path / "src"), "--to", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert evicted == [] and _files(tmp_path / "out") == files  # before: an empty folder, exit 0
+
+
+def test_a_tree_that_vanished_is_an_error_not_an_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="the staged dataset is gone"):
+        materialize(tmp_path / "evicted-tree", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

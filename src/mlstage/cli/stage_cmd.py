@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import typer
@@ -65,20 +65,25 @@ def stage(
                 src = cache.object_path(fetched.digest)
                 placing.add(fetched.entry.path, src, mirrored=fetched.mirrored)
 
-        with ByteProgress(manifest.total_bytes, f"staging {uri}", enabled=not as_json) as progress:
-            staged = cache.stage(
-                source,
-                manifest,
-                workers=workers or settings.workers,
-                part_size=settings.part_size,
-                on_bytes=progress.advance,
-                on_object=on_object,
-                mirror=placing.mirror if placing is not None else None,
-            )
-        path = staged.path
-        if placing is not None and to is not None:
-            placing.finish(staged.path)
-            path = to
+        with ExitStack() as leased:  # kept from eviction until the copy at --to is whole
+            with ByteProgress(
+                manifest.total_bytes, f"staging {uri}", enabled=not as_json
+            ) as progress:
+                staged = leased.enter_context(
+                    cache.use(
+                        source,
+                        manifest,
+                        workers=workers or settings.workers,
+                        part_size=settings.part_size,
+                        on_bytes=progress.advance,
+                        on_object=on_object,
+                        mirror=placing.mirror if placing is not None else None,
+                    )
+                )
+            path = staged.path
+            if placing is not None and to is not None:
+                placing.finish(staged.path)
+                path = to
     result = {
         "uri": uri,
         "version": staged.fingerprint,
