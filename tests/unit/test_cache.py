@@ -319,6 +319,57 @@ def test_verify_repair_keeps_a_dataset_in_use_that_only_dropping_could_fix(
     assert problem.repaired and cache.lookup(staged.fingerprint) is None
 
 
+def test_a_staging_that_fails_after_publishing_leaves_no_tree(
+    cache: LocalCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def index_broke(*args: object) -> None:
+        raise RuntimeError("index broke")
+
+    monkeypatch.setattr(cache.index, "finish_staging", index_broke)
+    with pytest.raises(RuntimeError, match="index broke"):
+        stage_folder(cache, make_dataset(tmp_path / "d", {"f": b"data" * 100}))
+    assert list((cache.root / "datasets").iterdir()) == []
+
+
+def test_a_staging_killed_after_publishing_leaves_no_tree_once_reclaimed(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", {"f": b"data" * 100})
+    child = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from mlstage.cache import LocalCache\n"
+        "from mlstage.sources.local import FolderSource\n"
+        "c = LocalCache(Path(sys.argv[1]))\n"
+        "c.index.finish_staging = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "s = FolderSource(sys.argv[2])\n"
+        "c.stage(s, s.resolve())\n"
+    )
+    cache_dir = tmp_path / "cache"
+    done = subprocess.run([sys.executable, "-c", child, str(cache_dir), str(root)], check=False)
+    assert done.returncode == -9
+    assert len(list((cache_dir / "datasets").iterdir())) == 1  # published, never indexed
+    cache = LocalCache(cache_dir)
+    cache.evict(target_bytes=0)  # reclaims the dead staging, and now its tree
+    assert list((cache_dir / "datasets").iterdir()) == []
+    assert cache.stats().bytes == 0
+
+
+def test_a_manifest_that_cannot_be_written_leaves_no_temp_file(
+    cache: LocalCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_replace = os.replace
+
+    def disk_full(src: object, dst: object) -> None:
+        if "manifests" in str(dst):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(CacheError, match="No space left on device") as info:
+        stage_folder(cache, make_dataset(tmp_path / "d", {"f": b"data"}))
+    assert "MLSTAGE_CACHE_LIMIT_BYTES" in str(info.value) and "\n" not in str(info.value)
+    assert list((cache.root / "manifests").iterdir()) == []
+
+
 def test_gc_reclaims_a_dead_staging_and_stray_folders(cache: LocalCache, tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "d", {"f": b"1", "g": b"2"})
     src = FolderSource(root)
@@ -326,11 +377,14 @@ def test_gc_reclaims_a_dead_staging_and_stray_folders(cache: LocalCache, tmp_pat
     cache.index.begin_staging(m.fingerprint, m.source, 2, 2, [])
     (cache.root / "datasets" / f".tmp-{m.fingerprint}").mkdir()
     (cache.root / "tmp" / f"xfer-{m.fingerprint}").mkdir()
+    half_written = cache.root / "manifests" / f".{m.fingerprint}.json.12345"
+    half_written.write_text('{"manif')
     with _flock(cache._lock(f"stage-{m.fingerprint}"), 2 | 4) as got:  # LOCK_EX|LOCK_NB
         assert got  # nobody is staging it: the row is a crash leftover
     report = cache.gc()
     assert report.stagings_reclaimed == [m.fingerprint]
     assert report.stray_dirs_removed == 2
+    assert report.stray_files_removed == 1 and not half_written.exists()
     assert cache.index.any_dataset(m.fingerprint) is None
     assert not cache.stage(src, m).hit
 

@@ -164,6 +164,19 @@ class GcReport:
     objects_removed: int = 0
     bytes_removed: int = 0
     stray_dirs_removed: int = 0
+    stray_files_removed: int = 0  # manifests a writer left half-written
+
+
+def _disk_error(root: Path, exc: OSError) -> CacheError:
+    """A write into the cache that the file system refused, as one line naming the file."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free space there, or cap the cache with MLSTAGE_CACHE_LIMIT_BYTES"
+    else:
+        hint = "check the cache folder is writable (MLSTAGE_CACHE_DIR)"
+    return CacheError(
+        f"cannot write to the cache at {root}{where}: {exc.strerror or exc}", hint=hint
+    )
 
 
 def _source_key(source_uri: str, entry: Entry) -> str:
@@ -360,8 +373,12 @@ class LocalCache:
             "manifest": manifest.model_dump(mode="json"),
             "digests": [digests[e.path] for e in manifest.entries],
         }
-        tmp.write_text(json.dumps(body, separators=(",", ":")))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(body, separators=(",", ":")))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     # -- staging ------------------------------------------------------------------------
     def stage(
@@ -407,6 +424,9 @@ class LocalCache:
                     started,
                     mirror,
                 )
+            except OSError as exc:  # the cache's own disk: full, read-only, gone
+                self._abandon(fp)
+                raise _disk_error(self.root, exc) from exc
             except BaseException:
                 self._abandon(fp)
                 raise
@@ -419,10 +439,22 @@ class LocalCache:
         try:
             with self.index.tx() as db:
                 row = self.index.any_dataset(fingerprint)
-                if row is not None and row.state == "staging":
-                    self.index.forget_dataset(db, fingerprint)
+                if row is None or row.state != "staging":
+                    return
+                self.index.forget_dataset(db, fingerprint)
+            self._discard_unindexed_tree(fingerprint)
         except Exception:  # noqa: BLE001 - the original error matters more; gc reclaims it
             pass
+
+    def _discard_unindexed_tree(self, fingerprint: str) -> None:
+        """Remove a tree a staging published but never indexed (it failed or died in between):
+        its hard links would keep the objects' disk space after eviction frees their rows.
+        Only with the dataset's stage lock held and its row gone."""
+        path = self.dataset_path(fingerprint)
+        if path.exists():
+            trash = self._trash(f"ds-{fingerprint}")
+            os.rename(path, trash)
+            _rmtree(trash)
 
     @contextmanager
     def use(
@@ -796,6 +828,7 @@ class LocalCache:
                     continue
                 with self.index.tx() as db:
                     self.index.forget_dataset(db, row.fingerprint)
+                self._discard_unindexed_tree(row.fingerprint)
                 reclaimed.append(row.fingerprint)
         return reclaimed
 
@@ -831,6 +864,14 @@ class LocalCache:
                     if free:
                         _rmtree(Path(item.path))
                         report.stray_dirs_removed += 1
+            for item in os.scandir(self.root / "manifests"):
+                if not item.name.startswith("."):  # .<fp>.json.<pid>: a writer died mid-write
+                    continue
+                fp = item.name[1:].split(".", 1)[0]
+                with _flock(self._lock(f"stage-{fp}"), fcntl.LOCK_EX | fcntl.LOCK_NB) as free:
+                    if free:
+                        Path(item.path).unlink(missing_ok=True)
+                        report.stray_files_removed += 1
         return report
 
     # -- verification ---------------------------------------------------------------------
