@@ -12,6 +12,7 @@ A folder (NFS, a PVC) is the default; ``s3://bucket/prefix`` for teams.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -153,8 +154,19 @@ class FolderSharedTier:
             (tmp / "manifest.json").write_text(manifest.to_json())
             try:
                 os.rename(tmp, final)
-            except OSError:  # someone else published it first: theirs is identical by construction
+            except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
+                published = self.get(artifact_id)
+                if published is not None:  # published first by another node: the same bytes
+                    return published
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                raise SharedTierError(
+                    f"cannot publish {artifact_id}: {final} is in the way, a folder without "
+                    "a manifest.json (not written by mlstage, or copied in part)",
+                    hint="remove that folder; mlstage publishes into a temporary one and "
+                    "renames it",
+                ) from exc
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise SharedTierError(
@@ -162,7 +174,11 @@ class FolderSharedTier:
                 hint="check the shared folder is mounted and writable",
             ) from exc
         published = self.get(artifact_id)
-        assert published is not None
+        if published is None:
+            raise SharedTierError(
+                f"published {artifact_id} to {self.root} but cannot read it back",
+                hint="check the shared folder is mounted and writable",
+            )
         return published
 
     def source(self, artifact: Artifact) -> Source:

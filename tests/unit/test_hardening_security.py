@@ -112,6 +112,21 @@ def test_manifest_of_dir_refuses_links(tmp_path: Path) -> None:
         manifest_of_dir(tmp_path / "d", source="x")
 
 
+def test_a_folder_in_the_way_of_a_publish_is_a_clear_error(tmp_path: Path) -> None:
+    from mlstage.errors import SharedTierError
+
+    artifact_id = "0" * 32
+    in_the_way = tmp_path / "tier" / "artifacts" / artifact_id
+    (in_the_way / "data").mkdir(parents=True)  # copied in part by another tool: no manifest
+    (in_the_way / "data" / "x").write_text("partial")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("full")
+    with pytest.raises(SharedTierError, match="in the way") as info:
+        FolderSharedTier(tmp_path / "tier").publish(artifact_id, tmp_path / "out", {})
+    assert str(in_the_way) in str(info.value) and "remove that folder" in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "tier" / "artifacts").iterdir()) == [artifact_id]
+
+
 # 2. shard patterns ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "pattern", ["shard.tar", "../escape-{index}.tar", "/tmp/x-{index}.tar", "{index}-{other}.tar"]
