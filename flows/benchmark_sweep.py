@@ -36,8 +36,8 @@ from flows.tasks import run_deployment_task, run_task, stage_task
 from mlstage import pipeline
 from mlstage.errors import ConfigError
 from mlstage.pipeline import Prepared, Ready, RunOutcome, Workspace, validate_sweep
+from mlstage.redact import scrub_text
 from mlstage.specs import ModelSpec, SweepSpec
-from mlstage.state.redact import scrub_text
 from mlstage.state.report import key_slug
 
 PROGRESS_EVERY_S = 0.5

@@ -9,7 +9,7 @@ from typing import Any
 from prefect.states import Failed, State
 
 from mlstage.pipeline import RunOutcome
-from mlstage.state.redact import scrub_text
+from mlstage.redact import scrub_text
 
 
 class _NoEmptyTraceback(logging.Filter):

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlstage.state.redact import scrub_params, scrub_uri
+from mlstage.redact import scrub_params, scrub_uri
 
 DATASET_CHANGED = "mlstage.dataset.changed"
 DATASET_RESTAGED = "mlstage.dataset.restaged"

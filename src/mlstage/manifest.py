@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path, PurePosixPath
@@ -16,6 +17,7 @@ from mlstage.errors import MlstageError, UnsafePathError
 from mlstage.paths import safe_relpath
 
 MANIFEST_FORMAT = 1
+_CONTENT_ALGOS = ("sha256", "md5")
 
 
 class Entry(BaseModel):
@@ -36,6 +38,15 @@ class Entry(BaseModel):
     def _safe(cls, v: str) -> str:
         return safe_relpath(v)
 
+    @field_validator("checksum")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        # a content checksum names cache files: it must be a lowercase hex digest
+        algo, _, digest = (v or "").partition(":")
+        if algo in _CONTENT_ALGOS and not re.fullmatch("[0-9a-f]+", digest):
+            raise ValueError(f"{v!r} is not a {algo} hex digest")
+        return v
+
     @property
     def version_tag(self) -> str:
         """What identifies this entry's content: its checksum, else its ETag, else its size."""
@@ -44,7 +55,7 @@ class Entry(BaseModel):
     @property
     def content_addressed(self) -> bool:
         """True when the version tag is a content checksum (the same bytes wherever they live)."""
-        return bool(self.checksum) and self.checksum.split(":", 1)[0] in ("sha256", "md5")
+        return bool(self.checksum) and self.checksum.split(":", 1)[0] in _CONTENT_ALGOS
 
 
 class Manifest(BaseModel):

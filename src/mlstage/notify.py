@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from mlstage.errors import ConfigError
+from mlstage.redact import scrub_text
 from mlstage.sources import scheme_of
-from mlstage.state.redact import scrub_text
 from mlstage.watch import Change, WatchEntry, Watcher, WatchList
 
 log = logging.getLogger("mlstage.notify")

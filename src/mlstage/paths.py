@@ -7,12 +7,16 @@ from pathlib import Path, PurePosixPath
 
 from mlstage.errors import UnsafePathError
 
+# Linux's limits (ext4, XFS, NFS): a longer name would fail half-way through a staging.
+NAME_MAX, PATH_MAX = 255, 4096
+
 
 def safe_relpath(name: str, *, origin: str = "") -> str:
     """Return ``name`` as a normalised relative POSIX path, or refuse it.
 
     Refused: empty names, absolute paths (``/x``, ``C:\\x``), any ``..`` component,
-    backslashes and NUL bytes. ``origin`` (a URI) is named in the error.
+    backslashes, NUL bytes, and names longer than NAME_MAX bytes (paths than PATH_MAX).
+    ``origin`` (a URI) is named in the error.
     """
     where = f" from {origin}" if origin else ""
     if not name or "\x00" in name or "\\" in name:
@@ -34,6 +38,14 @@ def safe_relpath(name: str, *, origin: str = "") -> str:
     if norm in (".", "") or norm.startswith("../"):
         raise UnsafePathError(
             f"refusing unsafe path {name!r}{where}", hint="names must be inside the destination"
+        )
+    longest = max(len(p.encode()) for p in norm.split("/"))
+    if longest > NAME_MAX or len(norm.encode()) > PATH_MAX:
+        raise UnsafePathError(
+            f"refusing path {name[:80]!r}...{where}: a name of {longest} bytes or a path of "
+            f"{len(norm.encode())} bytes is longer than a file system allows "
+            f"({NAME_MAX} per name, {PATH_MAX} in all)",
+            hint="rename the key or member",
         )
     return norm
 

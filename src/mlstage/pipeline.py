@@ -21,6 +21,7 @@ from mlstage.cache import LocalCache, StagedDataset
 from mlstage.errors import ConfigError, MlstageError
 from mlstage.manifest import Manifest
 from mlstage.recipes import load_recipe
+from mlstage.redact import scrub_params_json, scrub_text, scrub_uri
 from mlstage.runner import Metrics, check_entrypoint, run_entrypoint
 from mlstage.settings import Settings, get_settings
 from mlstage.shared import Artifact, SharedTier, open_shared
@@ -29,7 +30,6 @@ from mlstage.sources.base import Source
 from mlstage.specs import DatasetSpec, ModelSpec, SweepSpec
 from mlstage.state import StateStore
 from mlstage.state.models import BenchmarkRun
-from mlstage.state.redact import scrub_params_json, scrub_text, scrub_uri
 
 log = logging.getLogger("mlstage.pipeline")
 

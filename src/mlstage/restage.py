@@ -18,11 +18,11 @@ from sqlmodel import col, select
 from mlstage import pipeline
 from mlstage.cache import LocalCache
 from mlstage.events import EventSpec, benchmark_stale, dataset_restaged
+from mlstage.redact import MASK
 from mlstage.specs import ModelSpec
 from mlstage.state import StateStore
 from mlstage.state.claims import Coordination
 from mlstage.state.models import BenchmarkRun, Consumption, Dataset, DatasetVersion
-from mlstage.state.redact import MASK
 from mlstage.watch import WatchEntry
 
 LOCAL = "local"

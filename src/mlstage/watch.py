@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mlstage.errors import ConfigError, MlstageError
 from mlstage.events import EventSpec, dataset_changed
 from mlstage.manifest import Manifest
+from mlstage.redact import scrub_text, scrub_uri
 from mlstage.specs import DatasetSpec
 from mlstage.state import StateStore
 from mlstage.state.claims import Coordination, Observation
-from mlstage.state.redact import scrub_text, scrub_uri
 
 WATCHLIST_ENV = "MLSTAGE_WATCHLIST"
 

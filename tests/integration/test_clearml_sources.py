@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mlstage.cache import LocalCache
-from mlstage.errors import IntegrityError, ObjectNotFound, UnsafePathError
+from mlstage.errors import IntegrityError, ObjectNotFound, SourceError, UnsafePathError
 from mlstage.retry import RetryPolicy
 from mlstage.sources import open_source
 from mlstage.testing.s3 import S3Endpoint
@@ -112,6 +112,16 @@ def test_escaping_names_in_state_json_are_refused(storage: Path, tmp_path: Path)
     state["dataset_file_entries"][0]["relative_path"] = "../../outside.txt"
     state_path.write_text(json.dumps(state))
     with pytest.raises(UnsafePathError, match="outside.txt"):
+        open_source(f"clearml+file://{folder}").resolve()
+
+
+def test_a_hash_in_state_json_that_is_no_digest_is_refused(storage: Path) -> None:
+    folder = storage / DATASETS / f"tiny.{META['child']}"
+    state_path = folder / "artifacts" / "state" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["dataset_file_entries"][0]["hash"] = "../../../etc/passwd"  # names a cache file
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(SourceError, match="no sha256 hex digest"):
         open_source(f"clearml+file://{folder}").resolve()
 
 

@@ -21,6 +21,7 @@ from mlstage import pipeline
 from mlstage.errors import ConfigError, UnsafePathError
 from mlstage.events import dataset_changed
 from mlstage.recipes import ShardParams, load_recipe
+from mlstage.redact import scrub_text
 from mlstage.restage import StaleRun, masked_reason, restage
 from mlstage.runner import check_entrypoint
 from mlstage.settings import get_settings
@@ -28,7 +29,6 @@ from mlstage.shared import FolderSharedTier, S3SharedTier, check_artifact_id, ma
 from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec, SweepSpec
 from mlstage.state.claims import Coordination
 from mlstage.state.db import mask_url
-from mlstage.state.redact import scrub_text
 from mlstage.watch import WatchEntry, Watcher, WatchList, WatchReport
 
 SECRET = "s3cr3t-Value-42"

@@ -185,6 +185,29 @@ def test_failed_staging_reaches_the_reader(cache: LocalCache, tmp_path: Path) ->
     assert cache.lookup(manifest.fingerprint) is None
 
 
+def test_a_failure_is_logged_and_written_without_its_secrets(
+    cache: LocalCache, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class LeakySource(GatedSource):
+        def read(
+            self, obj: RemoteObject, start: int = 0, end: int | None = None
+        ) -> Iterator[bytes]:
+            raise SourceError(f"GET https://u:hunter2@host/{obj.key}?X-Amz-Signature=SIG1 failed")
+
+    src = LeakySource(make_folder(tmp_path / "remote", n=1))
+    manifest = src.resolve()
+    with (
+        caplog.at_level("WARNING", logger="mlstage.stream"),
+        open_stream(cache, src, manifest, workers=1) as s,
+    ):
+        with pytest.raises(SourceError):
+            s.wait(timeout=10)
+        written = Path(s.view.ready_list).read_text()
+    assert "streaming" in caplog.text and '"end": "failed"' in written
+    for leaked in ("hunter2", "SIG1"):
+        assert leaked not in caplog.text and leaked not in written
+
+
 def test_view_reads_from_another_process_and_reports_its_stall(
     cache: LocalCache, tmp_path: Path
 ) -> None:

@@ -307,6 +307,12 @@ class ClearMLSource:
             art = f.get("artifact_name") or ""
             if not f.get("hash") or f.get("size") is None:
                 raise SourceError(f"{self.uri}: state.json entry {rel!r} lacks a hash or size")
+            if not re.fullmatch("[0-9a-f]{64}", str(f["hash"])):
+                raise SourceError(
+                    f"{self.uri}: state.json entry {rel!r} has a hash that is no sha256 "
+                    f"hex digest: {str(f['hash'])[:80]!r}",
+                    hint="the dataset's state.json is corrupt or was not written by ClearML",
+                )
             if (pid, art) not in layout.chunks:
                 raise ObjectNotFound(
                     f"{self.uri}: chunk {art!r} of dataset {pid} (holding {rel!r}) is missing",

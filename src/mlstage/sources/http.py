@@ -14,11 +14,12 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from mlstage.errors import AccessDenied, ConfigError, ObjectNotFound, SourceError, TransientError
 from mlstage.manifest import Entry, Manifest
 from mlstage.paths import safe_relpath
+from mlstage.redact import is_secret_name, scrub_uri
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import FileObjectSource, RemoteObject
 
@@ -113,6 +114,12 @@ def _map_status(status: int, url: str, what: str) -> Exception:
     return SourceError(f"{url}: {what}: unexpected HTTP {status}")
 
 
+def _secret_query_keys(query: str) -> list[str]:
+    """The query's keys that hold credentials (X-Amz-Signature, token, sig, ...)."""
+    keys = [unquote_plus(pair.split("=", 1)[0]) for pair in re.split(r"[&;]", query) if pair]
+    return [k for k in keys if is_secret_name(k)]
+
+
 class HttpSource(FileObjectSource):
     """A fixed list of URLs (shards), fetched as files."""
 
@@ -128,6 +135,13 @@ class HttpSource(FileObjectSource):
         if parts.username or parts.password:
             raise ConfigError(
                 "credentials do not belong in a URL", hint="put them in ~/.netrc for this host"
+            )
+        signed = _secret_query_keys(parts.query)
+        if signed:  # kept, they would be written to the cache index, manifests and logs
+            raise ConfigError(
+                f"{scrub_uri(pattern)}: the URL carries credentials in its query ({signed[0]})",
+                hint="a signed URL expires and names no stable dataset: stage the objects by "
+                "s3:// (AWS credentials from the environment or a block) or serve them unsigned",
             )
         self.uri = pattern
         self.urls = expand_braces(pattern)

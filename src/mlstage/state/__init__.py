@@ -1,7 +1,7 @@
 """The state DB: lineage of datasets, versions, artifacts, stagings and benchmark runs."""
 
+from mlstage.redact import scrub_params, scrub_uri
 from mlstage.state.db import head_revision, make_engine, mask_url, migrate
-from mlstage.state.redact import scrub_params, scrub_uri
 from mlstage.state.store import LineageRow, StateStore, VersionRow
 
 __all__ = [

@@ -19,8 +19,8 @@ from typing import Literal
 from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
+from mlstage.redact import scrub_text
 from mlstage.state.models import RestageClaim, WatchState, utcnow
-from mlstage.state.redact import scrub_text
 from mlstage.state.store import StateStore
 
 Verdict = Literal["baseline", "unchanged", "pending", "changed", "lost"]

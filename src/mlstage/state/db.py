@@ -22,8 +22,8 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import create_engine
 
 from mlstage.errors import StateError
+from mlstage.redact import MASK, is_secret_name
 from mlstage.sqlite_setup import setup_lock, use_wal
-from mlstage.state.redact import MASK, is_secret_name
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 FIRST_REVISION = "0001"

@@ -1,7 +1,7 @@
 """Recording what happened and answering lineage questions, over one engine.
 
 Every value that could carry a credential (source URIs, run parameters, sweep specs, error
-messages) passes through ``mlstage.state.redact`` before it is stored.
+messages) passes through ``mlstage.redact`` before it is stored.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from mlstage.errors import ConfigError, StateError
+from mlstage.redact import scrub_params, scrub_params_json, scrub_text, scrub_uri
 from mlstage.state.db import first_line, make_engine, mask_url, write_engine
 from mlstage.state.models import (
     Artifact,
@@ -33,7 +34,6 @@ from mlstage.state.models import (
     Sweep,
     utcnow,
 )
-from mlstage.state.redact import scrub_params, scrub_params_json, scrub_text, scrub_uri
 
 MIN_ID_PREFIX = 6
 

@@ -20,6 +20,7 @@ from mlstage.cache import LocalCache, StagedDataset
 from mlstage.cache.local import _flock, _pid_alive, _pid_start
 from mlstage.errors import CacheError, ConfigError, MlstageError
 from mlstage.manifest import Entry, Manifest
+from mlstage.redact import scrub_text, scrub_uri
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import Source
 from mlstage.stream._priority import Admission, PrioritySource
@@ -362,8 +363,9 @@ class StreamingDataset:
             self._finish({"end": "cancelled"})
         except BaseException as exc:  # noqa: BLE001 - handed to the readers
             self._error = exc
-            log.warning("streaming %s failed: %s", self.manifest.source, exc)
-            self._finish({"end": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            error = scrub_text(f"{type(exc).__name__}: {exc}")  # logged and written to disk
+            log.warning("streaming %s failed: %s", scrub_uri(self.manifest.source), error)
+            self._finish({"end": "failed", "error": error})
         finally:
             stop.set()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
+from mlstage.redact import is_secret_name, scrub_text
 from mlstage.state import mask_url, scrub_params, scrub_uri
-from mlstage.state.redact import is_secret_name, scrub_text
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,9 @@ from mlstage.state.redact import is_secret_name, scrub_text
             "https://acct.blob.core.windows.net/c/x?sv=2024",
         ),
         ("https://h/api?token=t&access_token=a&page=2", "https://h/api?page=2"),
+        ("https://h/x?a=1;X-Amz-Signature=SIG;b=2", "https://h/x?a=1&b=2"),
+        ("https://h/x#access_token=TOK&state=s", "https://h/x#state=s"),
+        ("https://h/x#section-2", "https://h/x#section-2"),
         ("/data/local/folder", "/data/local/folder"),
         ("clearml://project/dataset", "clearml://project/dataset"),
         ("file:///srv/nfs/ds", "file:///srv/nfs/ds"),
@@ -85,6 +88,15 @@ def test_scrub_text_removes_userinfo_from_urls_in_messages() -> None:
     assert scrub_text(msg) == "GET https://host/x failed; retry postgresql://db/x"
 
 
+def test_scrub_params_scrubs_free_text_values_too() -> None:
+    params = {"cmd": "train --db-password=hunter2 --token abc", "passphrase": "P1", "jwt": "J1"}
+    assert scrub_params(params) == {
+        "cmd": "train --db-password=*** --token ***",
+        "passphrase": "***",
+        "jwt": "***",
+    }
+
+
 def test_mask_url_hides_the_password() -> None:
     assert mask_url("postgresql+psycopg://bob:hunter2@db:5432/state") == (
         "postgresql+psycopg://bob:***@db:5432/state"
@@ -104,6 +116,16 @@ def test_mask_url_hides_the_password() -> None:
         ("host=db password=abc123 dbname=x", "host=db password=*** dbname=x"),
         ("Tokenizer failed on sample 3", "Tokenizer failed on sample 3"),
         ("python train.py --epochs 3 {data_dir}", "python train.py --epochs 3 {data_dir}"),
+        ("https://user:p@ss@host/x failed", "https://host/x failed"),
+        ("{'password': 'hunter2', 'api_key': 'K123'}", "{'password': '***', 'api_key': '***'}"),
+        ('{"secret_key": "S3CR3T", "lr": 0.1}', '{"secret_key": "***", "lr": 0.1}'),
+        ("input_value={'password': 'hunter2'}", "input_value={'password': '***'}"),
+        ("Authorization: Bearer hf_LIVE_TOKEN", "Authorization: ***"),
+        ("sent bearer hf_LIVE_TOKEN_123", "sent bearer ***"),
+        (
+            "the basic model failed; authorization is fine",
+            "the basic model failed; authorization is fine",
+        ),
     ],
 )
 def test_scrub_text_masks_secret_assignments_and_flags(text: str, expected: str) -> None:

@@ -1,4 +1,4 @@
-"""Keeping secrets out of the state DB: credentials in URIs, secret-looking parameters.
+"""Keeping secrets out of the state DB, logs and files: credentials in URIs, parameters, text.
 
 Everything the state DB stores outlives the run that wrote it and is read by anyone who can
 query lineage, so the store passes every URI, parameter set and error message through here.
@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -31,6 +31,9 @@ _SECRET_WORDS = {
     "signature",
     "sig",
     "cookie",
+    "passphrase",
+    "jwt",
+    "bearer",
 }
 # Whole query keys used by presigned/SAS URLs that the word rule alone would miss.
 _SECRET_QUERY_KEYS = {
@@ -41,10 +44,19 @@ _SECRET_QUERY_KEYS = {
     "x-goog-signature",
     "x-goog-credential",
 }
-_URL_WITH_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
-_SECRETISH = r"(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key)"
-# name=value and name: value, e.g. "password=abc" in a DSN or "--hf-token=abc" in a command
-_SECRET_ASSIGNMENT = re.compile(rf"(?i)([\w.-]*{_SECRETISH}[\w.-]*)(=|:[ \t]*)([^\s'\"&,;]+)")
+# userinfo runs to the last @ before the host's end: a password may itself hold an @
+_URL_WITH_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]+@")
+_SECRETISH = (
+    r"(?:password|passwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key)"
+)
+# name=value and name: value, quoted or not: "password=abc" in a DSN, "--hf-token=abc" in a
+# command, {'password': 'abc'} or {"secret_key": "abc"} in a printed dict or a pydantic error
+_SECRET_ASSIGNMENT = re.compile(
+    rf"(?i)([\w.-]*{_SECRETISH}[\w.-]*['\"]?)(\s*=\s*|\s*:[ \t]*)(['\"]?)([^\s'\"&,;}}]+)"
+)
+# an Authorization or Cookie header's value, and a bearer token anywhere
+_SECRET_HEADER = re.compile(r"(?i)\b(authorization|cookie)(['\"]?\s*[:=]\s*['\"]?)([^\n'\"]+)")
+_BEARER = re.compile(r"(?i)\b(bearer)([ \t]+)([A-Za-z0-9._~+/=-]{8,})")
 # presigned/SAS query keys: X-Amz-Signature=..., X-Amz-Credential=..., Signature=..., sig=...
 _SECRET_QUERY_ASSIGNMENT = re.compile(
     r"(?i)(?<![\w-])(x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature"
@@ -77,17 +89,24 @@ def scrub_uri(uri: str) -> str:
     try:
         parts = urlsplit(uri)
     except ValueError:
-        return _URL_WITH_USERINFO.sub(r"\1", uri)
+        return scrub_text(uri)
     if not parts.scheme or not parts.netloc and not parts.query:
         return uri
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = parts.query
-    if query:
-        kept = [
-            (k, v) for k, v in parse_qsl(query, keep_blank_values=True) if not is_secret_name(k)
-        ]
-        query = urlencode(kept)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    query = _without_secret_pairs(parts.query) if parts.query else ""
+    fragment = _without_secret_pairs(parts.fragment) if "=" in parts.fragment else parts.fragment
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _without_secret_pairs(query: str) -> str:
+    """``a=1&X-Amz-Signature=s;b=2`` without its secret pairs (``&`` or ``;`` separated)."""
+    if ";" not in query:  # the usual form: re-encoded as it always was
+        pairs = parse_qsl(query, keep_blank_values=True)
+        return urlencode([(k, v) for k, v in pairs if not is_secret_name(k)])
+    kept = [
+        p for p in re.split(r"[&;]", query) if not is_secret_name(unquote_plus(p.split("=")[0]))
+    ]
+    return "&".join(kept)
 
 
 def scrub_text(text: str) -> str:
@@ -97,7 +116,9 @@ def scrub_text(text: str) -> str:
     (``password=...``, ``--api-key ...``).
     """
     text = _URL_WITH_USERINFO.sub(r"\1", text)
-    text = _SECRET_ASSIGNMENT.sub(rf"\1\2{MASK}", text)
+    text = _SECRET_HEADER.sub(rf"\1\2{MASK}", text)
+    text = _BEARER.sub(rf"\1\2{MASK}", text)
+    text = _SECRET_ASSIGNMENT.sub(rf"\1\2\3{MASK}", text)
     text = _SECRET_QUERY_ASSIGNMENT.sub(rf"\1\2{MASK}", text)
     return _SECRET_FLAG.sub(rf"\1{MASK}", text)
 
@@ -116,8 +137,9 @@ def scrub_params(value: Any) -> Any:
         return [scrub_params(v) for v in value]
     if type(value).__name__ in {"SecretStr", "SecretBytes"}:
         return MASK
-    if isinstance(value, str) and "://" in value:
-        return scrub_uri(value)
+    if isinstance(value, str):  # a URL, or free text such as a command line
+        is_url = "://" in value and not any(c.isspace() for c in value)
+        return scrub_uri(value) if is_url else scrub_text(value)
     return value
 
 
