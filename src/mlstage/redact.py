@@ -46,14 +46,11 @@ _SECRET_QUERY_KEYS = {
 }
 # userinfo runs to the last @ before the host's end: a password may itself hold an @
 _URL_WITH_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]+@")
-_SECRETISH = (
-    r"(?:password|passwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key)"
-)
 # name=value and name: value, quoted or not: "password=abc" in a DSN, "--hf-token=abc" in a
-# command, {'password': 'abc'} or {"secret_key": "abc"} in a printed dict or a pydantic error
-_SECRET_ASSIGNMENT = re.compile(
-    rf"(?i)([\w.-]*{_SECRETISH}[\w.-]*['\"]?)(\s*=\s*|\s*:[ \t]*)(['\"]?)([^\s'\"&,;}}]+)"
-)
+# command, {'password': 'abc'} or {"secret_key": "abc"} in a printed dict or a pydantic error;
+# masked when the name is secret by ``is_secret_name`` (so "tokenizer=bert" stays readable)
+_NAME_AND_SEPARATOR = re.compile(r"([\w.-]+)['\"]?(?:\s*=\s*|\s*:[ \t]*)['\"]?")
+_VALUE = re.compile(r"[^\s'\"&,;}]+")
 # an Authorization or Cookie header's value, and a bearer token anywhere
 _SECRET_HEADER = re.compile(r"(?i)\b(authorization|cookie)(['\"]?\s*[:=]\s*['\"]?)([^\n'\"]+)")
 _BEARER = re.compile(r"(?i)\b(bearer)([ \t]+)([A-Za-z0-9._~+/=-]{8,})")
@@ -63,7 +60,25 @@ _SECRET_QUERY_ASSIGNMENT = re.compile(
     r"|x-goog-credential|awsaccesskeyid|signature|credential|sig)(=)([^\s'\"&,;]+)"
 )
 # --name value
-_SECRET_FLAG = re.compile(rf"(?i)(--[\w-]*{_SECRETISH}[\w-]*[ \t]+)([^\s-]\S*)")
+_FLAG = re.compile(r"(--[\w-]+)([ \t]+)([^\s-]\S*)")
+
+
+def _mask_assignments(text: str) -> str:
+    out, pos = [], 0
+    for m in _NAME_AND_SEPARATOR.finditer(text):  # names only: a value may hold the next one
+        if m.start() < pos or not is_secret_name(m.group(1).lstrip("-")):
+            continue
+        value = _VALUE.match(text, m.end())
+        if value is not None:
+            out += [text[pos : m.end()], MASK]
+            pos = value.end()
+    return "".join(out) + text[pos:]
+
+
+def _masked_if_secret(m: re.Match[str]) -> str:
+    if not is_secret_name(m.group(1).lstrip("-")):
+        return m.group(0)
+    return "".join(m.groups()[:-1]) + MASK
 
 
 def _words(name: str) -> list[str]:
@@ -118,9 +133,9 @@ def scrub_text(text: str) -> str:
     text = _URL_WITH_USERINFO.sub(r"\1", text)
     text = _SECRET_HEADER.sub(rf"\1\2{MASK}", text)
     text = _BEARER.sub(rf"\1\2{MASK}", text)
-    text = _SECRET_ASSIGNMENT.sub(rf"\1\2\3{MASK}", text)
+    text = _mask_assignments(text)
     text = _SECRET_QUERY_ASSIGNMENT.sub(rf"\1\2{MASK}", text)
-    return _SECRET_FLAG.sub(rf"\1{MASK}", text)
+    return _FLAG.sub(_masked_if_secret, text)
 
 
 def scrub_params(value: Any) -> Any:

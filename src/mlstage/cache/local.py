@@ -167,10 +167,17 @@ class GcReport:
     stray_files_removed: int = 0  # manifests a writer left half-written
 
 
-def _disk_error(root: Path, exc: OSError) -> CacheError:
-    """A write into the cache that the file system refused, as one line naming the file."""
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_error(root: Path, exc: OSError) -> CacheError | None:
+    """A write into the cache that the file system refused (full, read-only, a file of the
+    cache it cannot make), as one line naming the file; None for any other OSError."""
+    mine = exc.filename is not None and os.fspath(exc.filename).startswith(os.fspath(root))
+    if exc.errno not in (*_DISK_FULL, errno.EROFS) and not mine:
+        return None
     where = f" ({exc.filename})" if exc.filename else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if exc.errno in _DISK_FULL:
         hint = "free space there, or cap the cache with MLSTAGE_CACHE_LIMIT_BYTES"
     else:
         hint = "check the cache folder is writable (MLSTAGE_CACHE_DIR)"
@@ -426,7 +433,10 @@ class LocalCache:
                 )
             except OSError as exc:  # the cache's own disk: full, read-only, gone
                 self._abandon(fp)
-                raise _disk_error(self.root, exc) from exc
+                mapped = _disk_error(self.root, exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
             except BaseException:
                 self._abandon(fp)
                 raise
