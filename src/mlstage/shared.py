@@ -3,11 +3,14 @@
 An artifact is content-addressed (its id is the hash of its inputs, see recipes) and written
 manifest-last, so a reader either finds ``manifest.json`` and a complete artifact, or nothing::
 
-    <root>/artifacts/<artifact_id>/data/...       the files
+    <root>/artifacts/<artifact_id>/data/...       the files (S3: data-<nonce>/, see below)
     <root>/artifacts/<artifact_id>/artifact.json  provenance: source version, recipe, params
     <root>/artifacts/<artifact_id>/manifest.json  written last: the files with sha256
 
-A folder (NFS, a PVC) is the default; ``s3://bucket/prefix`` for teams.
+A folder (NFS, a PVC) is the default, published by one atomic rename; ``s3://bucket/prefix``
+for teams, where each publisher uploads under its own ``data-<nonce>/`` and the manifest (which
+names that prefix) is written only if absent, so nodes publishing one artifact at once from a
+recipe that is not deterministic never mix their files.
 """
 
 from __future__ import annotations
@@ -228,19 +231,22 @@ class S3SharedTier:
             raise map_client_error(exc, f"s3://{self.bucket}/{key}", "GET") from exc
 
     def publish(self, artifact_id: str, data_dir: Path, info: dict[str, Any]) -> Artifact:
+        """Upload under a prefix of this publisher's own, then write the manifest only if no
+        other publisher's is there (a conditional PUT): publishers racing on one artifact never
+        mix their files, and the first complete manifest wins; a loser removes its prefix and
+        returns the winner's artifact. A store without conditional writes lets the last
+        manifest win, still naming a prefix whose files are all its own."""
         from mlstage.sources.s3 import map_client_error
 
         existing = self.get(artifact_id)
         if existing is not None:
             return existing
-        manifest = manifest_of_dir(
-            data_dir, source=f"s3://{self.bucket}/{self._key(artifact_id, 'data')}"
-        )
+        regular_files(data_dir)  # refuse links before anything is uploaded
+        data = self._key(artifact_id, f"data-{os.urandom(6).hex()}")
+        manifest = manifest_of_dir(data_dir, source=f"s3://{self.bucket}/{data}")
 
         def put(e: Entry) -> None:
-            self.client.upload_file(
-                str(data_dir / e.path), self.bucket, self._key(artifact_id, f"data/{e.path}")
-            )
+            self.client.upload_file(str(data_dir / e.path), self.bucket, f"{data}/{e.path}")
 
         try:
             with ThreadPoolExecutor(max_workers=16) as pool:
@@ -250,23 +256,75 @@ class S3SharedTier:
                 Key=self._key(artifact_id, "artifact.json"),
                 Body=json.dumps(info, indent=2, sort_keys=True).encode(),
             )
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=self._key(artifact_id, "manifest.json"),
-                Body=manifest.to_json().encode(),
-            )
+            won = self._put_if_absent(self._key(artifact_id, "manifest.json"), manifest.to_json())
         except Exception as exc:
+            self._remove_prefix(f"{data}/")
             raise SharedTierError(
                 f"cannot publish {artifact_id} to {self.uri}: {map_client_error(exc, self.uri, 'PUT')}"
             ) from exc
+        if not won:
+            self._remove_prefix(f"{data}/")
         published = self.get(artifact_id)
-        assert published is not None
+        if published is None:
+            raise SharedTierError(
+                f"published {artifact_id} to {self.uri} but cannot read it back",
+                hint="check the bucket's permissions (GetObject) and that nothing removes it",
+            )
         return published
 
-    def source(self, artifact: Artifact) -> Source:
-        from mlstage.sources.s3 import S3Source
+    def _put_if_absent(self, key: str, body: str) -> bool:
+        """PUT ``key`` unless it exists (If-None-Match: *); False when another writer's is there."""
+        import time
 
-        return S3Source(self.bucket, self._key(artifact.artifact_id, "data/"), client=self.client)
+        from botocore.exceptions import ClientError
+
+        for attempt in range(6):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body.encode(), IfNoneMatch="*"
+                )
+                return True
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code == "PreconditionFailed":
+                    return False
+                if code == "ConditionalRequestConflict":  # another conditional PUT in flight
+                    time.sleep(0.1 * 2**attempt)
+                    continue
+                if code == "NotImplemented":  # a store without conditional writes
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body.encode())
+                    return True
+                raise
+        return False
+
+    def _remove_prefix(self, prefix: str) -> None:
+        """Best effort: delete every object under ``prefix`` (a publish that lost or failed)."""
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+        except Exception:  # noqa: BLE001 - left behind, it is garbage no manifest names
+            pass
+
+    def source(self, artifact: Artifact) -> Source:
+        """The artifact's files, under the prefix its manifest names (``data/`` for artifacts
+        published before per-publisher prefixes), which must lie inside the artifact."""
+        from mlstage.sources.s3 import S3Source, parse_s3_uri
+
+        bucket, key = parse_s3_uri(artifact.manifest.source)
+        inside = self._key(artifact.artifact_id, "")
+        rest = key[len(inside) :] if key.startswith(inside) else ""
+        if bucket != self.bucket or not re.fullmatch(r"data(-[0-9a-f]+)?/?", rest):
+            raise SharedTierError(
+                f"artifact {artifact.artifact_id}'s manifest names {artifact.manifest.source}, "
+                f"outside the artifact at s3://{self.bucket}/{inside}",
+                hint="the manifest was not written by mlstage; remove the artifact to rebuild it",
+            )
+        return S3Source(self.bucket, key.rstrip("/") + "/", client=self.client)
 
 
 def open_shared(location: str, *, client: Any | None = None) -> SharedTier:

@@ -39,3 +39,85 @@ def test_s3_publish_refuses_links_and_uploads_nothing(
     os.unlink(data / "leak")
     published = tier.publish(artifact_id, data, {"dataset": "d"})
     assert [e.path for e in published.manifest.entries] == ["ok.txt"]
+
+
+def _files(tier: S3SharedTier, artifact_id: str, cache_dir: Path) -> dict[str, bytes]:
+    from mlstage.cache import LocalCache
+
+    artifact = tier.get(artifact_id)
+    assert artifact is not None
+    source = tier.source(artifact)
+    staged = LocalCache(cache_dir).stage(source, artifact.manifest)
+    return {p.name: p.read_bytes() for p in staged.path.iterdir()}
+
+
+def test_racing_s3_publishers_never_mix_their_files(
+    tmp_path: Path, s3_env: S3Endpoint, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes publish one artifact at once from a recipe that is not deterministic."""
+    tier = S3SharedTier(f"s3://{bucket}/shared", client=s3_env.client())
+    artifact_id = "cd" * 16
+    first, second = tmp_path / "first", tmp_path / "second"
+    for out, tag in ((first, b"A"), (second, b"B")):
+        out.mkdir()
+        (out / "x.bin").write_bytes(tag * 1000)
+        (out / "y.bin").write_bytes(tag * 2000)
+    tier.publish(artifact_id, first, {"dataset": "d"})
+    late = S3SharedTier(f"s3://{bucket}/shared", client=s3_env.client())
+    looks: list[str] = []
+
+    def looked_too_early(aid: str):  # type: ignore[no-untyped-def]
+        looks.append(aid)  # the second publisher looked before the first had finished
+        return None if len(looks) == 1 else tier.get(aid)
+
+    monkeypatch.setattr(late, "get", looked_too_early)
+    won = late.publish(artifact_id, second, {"dataset": "d"})
+    first_manifest = tier.get(artifact_id)
+    assert first_manifest is not None and won.manifest == first_manifest.manifest
+    assert _files(tier, artifact_id, tmp_path / "cache") == {
+        "x.bin": b"A" * 1000,
+        "y.bin": b"A" * 2000,
+    }  # before: B's files under A's manifest, failing their checksums on every stage
+    keys = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert len({k.split("/")[3] for k in keys if "/data-" in k}) == 1  # the loser's are gone
+
+
+def test_an_artifact_published_in_the_old_layout_still_stages(
+    tmp_path: Path, s3_env: S3Endpoint, bucket: str
+) -> None:
+    from mlstage.shared import manifest_of_dir
+
+    client = s3_env.client()
+    tier = S3SharedTier(f"s3://{bucket}/shared", client=client)
+    artifact_id = "ef" * 16
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.bin").write_bytes(b"old" * 100)
+    base = f"shared/artifacts/{artifact_id}"
+    client.upload_file(str(out / "x.bin"), bucket, f"{base}/data/x.bin")
+    client.put_object(Bucket=bucket, Key=f"{base}/artifact.json", Body=b"{}")
+    manifest = manifest_of_dir(out, source=f"s3://{bucket}/{base}/data")
+    client.put_object(Bucket=bucket, Key=f"{base}/manifest.json", Body=manifest.to_json().encode())
+    assert _files(tier, artifact_id, tmp_path / "cache") == {"x.bin": b"old" * 100}
+
+
+def test_a_manifest_naming_files_outside_its_artifact_is_refused(
+    tmp_path: Path, s3_env: S3Endpoint, bucket: str
+) -> None:
+    from mlstage.errors import SharedTierError
+    from mlstage.shared import manifest_of_dir
+
+    client = s3_env.client()
+    tier = S3SharedTier(f"s3://{bucket}/shared", client=client)
+    artifact_id = "12" * 16
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.bin").write_bytes(b"x")
+    base = f"shared/artifacts/{artifact_id}"
+    client.put_object(Bucket=bucket, Key=f"{base}/artifact.json", Body=b"{}")
+    manifest = manifest_of_dir(out, source=f"s3://{bucket}/private/secrets")
+    client.put_object(Bucket=bucket, Key=f"{base}/manifest.json", Body=manifest.to_json().encode())
+    artifact = tier.get(artifact_id)
+    assert artifact is not None
+    with pytest.raises(SharedTierError, match="outside the artifact"):
+        tier.source(artifact)

@@ -173,6 +173,8 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 def _disk_error(root: Path, exc: OSError) -> CacheError | None:
     """A write into the cache that the file system refused (full, read-only, a file of the
     cache it cannot make), as one line naming the file; None for any other OSError."""
+    if isinstance(exc, MlstageError):  # a source's ObjectNotFound, AccessDenied: its own
+        return None
     mine = exc.filename is not None and os.fspath(exc.filename).startswith(os.fspath(root))
     if exc.errno not in (*_DISK_FULL, errno.EROFS) and not mine:
         return None
