@@ -63,10 +63,22 @@ _SECRET_QUERY_ASSIGNMENT = re.compile(
 _FLAG = re.compile(r"(--[\w-]+)([ \t]+)([^\s-]\S*)")
 
 
+# In free text a name is secret when its last word is one of these (api_key, hf_token,
+# db-password, X-Amz-Signature), not when any word is: "KeyError: 'x'" is no key.
+_TEXT_SECRET_LAST_WORDS = _SECRET_WORDS - {"pass", "auth", "authorization", "bearer"}
+
+
+def _secret_in_text(name: str) -> bool:
+    words = _words(name)
+    return name.lower() in _SECRET_QUERY_KEYS or (
+        bool(words) and words[-1] in _TEXT_SECRET_LAST_WORDS
+    )
+
+
 def _mask_assignments(text: str) -> str:
     out, pos = [], 0
     for m in _NAME_AND_SEPARATOR.finditer(text):  # names only: a value may hold the next one
-        if m.start() < pos or not is_secret_name(m.group(1).lstrip("-")):
+        if m.start() < pos or not _secret_in_text(m.group(1).lstrip("-")):
             continue
         value = _VALUE.match(text, m.end())
         if value is not None:
@@ -76,7 +88,7 @@ def _mask_assignments(text: str) -> str:
 
 
 def _masked_if_secret(m: re.Match[str]) -> str:
-    if not is_secret_name(m.group(1).lstrip("-")):
+    if not _secret_in_text(m.group(1).lstrip("-")):
         return m.group(0)
     return "".join(m.groups()[:-1]) + MASK
 

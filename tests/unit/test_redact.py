@@ -127,7 +127,12 @@ def test_mask_url_hides_the_password() -> None:
             "the basic model failed; authorization is fine",
         ),
         ("train --tokenizer=bert --tokenizer-dir /m", "train --tokenizer=bert --tokenizer-dir /m"),
-        ("hf_token: abc, key_column=id, retries: 3", "hf_token: ***, key_column=***, retries: 3"),
+        ("hf_token: abc, key_column=id, retries: 3", "hf_token: ***, key_column=id, retries: 3"),
+        ("fit failed: KeyError: 'nope'", "fit failed: KeyError: 'nope'"),
+        (
+            "aws_secret_access_key = AbC, X-Amz-Signature=s",
+            "aws_secret_access_key = ***, X-Amz-Signature=***",
+        ),
     ],
 )
 def test_scrub_text_masks_secret_assignments_and_flags(text: str, expected: str) -> None:
