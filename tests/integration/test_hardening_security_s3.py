@@ -82,22 +82,32 @@ def test_racing_s3_publishers_never_mix_their_files(
     assert len({k.split("/")[3] for k in keys if "/data-" in k}) == 1  # the loser's are gone
 
 
-def test_an_artifact_published_in_the_old_layout_still_stages(
-    tmp_path: Path, s3_env: S3Endpoint, bucket: str
-) -> None:
+def _write_by_hand(
+    s3: S3Endpoint, bucket: str, artifact_id: str, tmp_path: Path, data_key: str
+) -> S3SharedTier:
+    """An artifact whose manifest names ``data_key`` (as an older mlstage, or not mlstage,
+    would write it), with one file x.bin uploaded there."""
     from mlstage.shared import manifest_of_dir
 
-    client = s3_env.client()
-    tier = S3SharedTier(f"s3://{bucket}/shared", client=client)
-    artifact_id = "ef" * 16
+    client = s3.client()
     out = tmp_path / "out"
     out.mkdir()
     (out / "x.bin").write_bytes(b"old" * 100)
     base = f"shared/artifacts/{artifact_id}"
-    client.upload_file(str(out / "x.bin"), bucket, f"{base}/data/x.bin")
+    client.upload_file(str(out / "x.bin"), bucket, f"{data_key}/x.bin")
     client.put_object(Bucket=bucket, Key=f"{base}/artifact.json", Body=b"{}")
-    manifest = manifest_of_dir(out, source=f"s3://{bucket}/{base}/data")
+    manifest = manifest_of_dir(out, source=f"s3://{bucket}/{data_key}")
     client.put_object(Bucket=bucket, Key=f"{base}/manifest.json", Body=manifest.to_json().encode())
+    return S3SharedTier(f"s3://{bucket}/shared", client=client)
+
+
+def test_an_artifact_published_in_the_old_layout_still_stages(
+    tmp_path: Path, s3_env: S3Endpoint, bucket: str
+) -> None:
+    artifact_id = "ef" * 16
+    tier = _write_by_hand(
+        s3_env, bucket, artifact_id, tmp_path, f"shared/artifacts/{artifact_id}/data"
+    )
     assert _files(tier, artifact_id, tmp_path / "cache") == {"x.bin": b"old" * 100}
 
 
@@ -105,18 +115,9 @@ def test_a_manifest_naming_files_outside_its_artifact_is_refused(
     tmp_path: Path, s3_env: S3Endpoint, bucket: str
 ) -> None:
     from mlstage.errors import SharedTierError
-    from mlstage.shared import manifest_of_dir
 
-    client = s3_env.client()
-    tier = S3SharedTier(f"s3://{bucket}/shared", client=client)
     artifact_id = "12" * 16
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "x.bin").write_bytes(b"x")
-    base = f"shared/artifacts/{artifact_id}"
-    client.put_object(Bucket=bucket, Key=f"{base}/artifact.json", Body=b"{}")
-    manifest = manifest_of_dir(out, source=f"s3://{bucket}/private/secrets")
-    client.put_object(Bucket=bucket, Key=f"{base}/manifest.json", Body=manifest.to_json().encode())
+    tier = _write_by_hand(s3_env, bucket, artifact_id, tmp_path, "private/secrets")
     artifact = tier.get(artifact_id)
     assert artifact is not None
     with pytest.raises(SharedTierError, match="outside the artifact"):
