@@ -248,54 +248,68 @@ class S3SharedTier:
         def put(e: Entry) -> None:
             self.client.upload_file(str(data_dir / e.path), self.bucket, f"{data}/{e.path}")
 
+        failed: Exception | None = None
         try:
             with ThreadPoolExecutor(max_workers=16) as pool:
                 list(pool.map(put, manifest.entries))
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=self._key(artifact_id, "artifact.json"),
-                Body=json.dumps(info, indent=2, sort_keys=True).encode(),
-            )
-            won = self._put_if_absent(self._key(artifact_id, "manifest.json"), manifest.to_json())
-        except Exception as exc:
-            self._remove_prefix(f"{data}/")
+            provenance = json.dumps(info, indent=2, sort_keys=True)
+            self._put_if_absent(self._key(artifact_id, "artifact.json"), provenance)
+            self._put_if_absent(self._key(artifact_id, "manifest.json"), manifest.to_json())
+        except Exception as exc:  # noqa: BLE001 - what the bucket holds decides, below
+            failed = exc
+        published = self._forget_unless_named(artifact_id, data)
+        if published is not None:  # ours, or another node's: published either way
+            return published
+        if failed is not None:
             raise SharedTierError(
-                f"cannot publish {artifact_id} to {self.uri}: {map_client_error(exc, self.uri, 'PUT')}"
-            ) from exc
-        if not won:
+                f"cannot publish {artifact_id} to {self.uri}: "
+                f"{map_client_error(failed, self.uri, 'PUT')}"
+            ) from failed
+        raise SharedTierError(
+            f"published {artifact_id} to {self.uri} but cannot read it back",
+            hint="check the bucket's permissions (GetObject) and that nothing removes it",
+        )
+
+    def _forget_unless_named(self, artifact_id: str, data: str) -> Artifact | None:
+        """The artifact as published; our ``data`` prefix is removed unless its manifest names
+        it. Decided from what the bucket holds, not from the PUT's answer: a PUT that landed
+        and was retried (botocore does, on a timeout or a 5xx) answers PreconditionFailed."""
+        try:
+            published = self.get(artifact_id)
+        except Exception:  # noqa: BLE001 - cannot tell: keep the files (garbage at worst)
+            return None
+        if published is None or published.manifest.source != f"s3://{self.bucket}/{data}":
             self._remove_prefix(f"{data}/")
-        published = self.get(artifact_id)
-        if published is None:
-            raise SharedTierError(
-                f"published {artifact_id} to {self.uri} but cannot read it back",
-                hint="check the bucket's permissions (GetObject) and that nothing removes it",
-            )
         return published
 
-    def _put_if_absent(self, key: str, body: str) -> bool:
-        """PUT ``key`` unless it exists (If-None-Match: *); False when another writer's is there."""
+    def _put_if_absent(self, key: str, body: str) -> None:
+        """PUT ``key`` unless it exists (If-None-Match: *): the first writer's stays. Stores
+        (and botocore releases) without conditional writes get a plain PUT: the last stays."""
         import time
 
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError, ParamValidationError
 
         for attempt in range(6):
             try:
                 self.client.put_object(
                     Bucket=self.bucket, Key=key, Body=body.encode(), IfNoneMatch="*"
                 )
-                return True
+                return
+            except ParamValidationError:  # a botocore older than S3's conditional writes
+                break
             except ClientError as exc:
                 code = str(exc.response.get("Error", {}).get("Code", ""))
-                if code == "PreconditionFailed":
-                    return False
                 if code == "ConditionalRequestConflict":  # another conditional PUT in flight
                     time.sleep(0.1 * 2**attempt)
                     continue
-                if code == "NotImplemented":  # a store without conditional writes
-                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body.encode())
-                    return True
+                if code == "NotImplemented":
+                    break
+                if code == "PreconditionFailed":  # there already: the caller reads it back
+                    return
                 raise
-        return False
+        else:
+            return  # still in conflict: the other writer's PUT decides
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body.encode())
 
     def _remove_prefix(self, prefix: str) -> None:
         """Best effort: delete every object under ``prefix`` (a publish that lost or failed)."""

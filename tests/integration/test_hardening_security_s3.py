@@ -82,6 +82,32 @@ def test_racing_s3_publishers_never_mix_their_files(
     assert len({k.split("/")[3] for k in keys if "/data-" in k}) == 1  # the loser's are gone
 
 
+def test_a_manifest_put_that_landed_and_was_retried_keeps_its_files(
+    tmp_path: Path, s3_env: S3Endpoint, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore retries a PUT after a timeout; the retry of one that landed answers 412."""
+    tier = S3SharedTier(f"s3://{bucket}/shared", client=s3_env.client())
+    real_put = tier.client.put_object
+
+    def landed_then_retried(**kwargs: object) -> object:
+        if str(kwargs["Key"]).endswith("manifest.json"):
+            real_put(**kwargs)  # the first attempt landed; its answer was lost
+        return real_put(**kwargs)  # the retry: PreconditionFailed
+
+    monkeypatch.setattr(tier.client, "put_object", landed_then_retried)
+    out = tmp_path / "first"
+    out.mkdir()
+    (out / "x.bin").write_bytes(b"A" * 1000)
+    (out / "y.bin").write_bytes(b"A" * 2000)
+    artifact_id = "34" * 16
+    published = tier.publish(artifact_id, out, {"dataset": "d"})
+    assert published.manifest.source.startswith(f"s3://{bucket}/shared/artifacts/{artifact_id}/")
+    assert _files(tier, artifact_id, tmp_path / "cache") == {
+        "x.bin": b"A" * 1000,
+        "y.bin": b"A" * 2000,
+    }  # before: the publisher took the 412 for a rival's and deleted its own files
+
+
 def _write_by_hand(
     s3: S3Endpoint, bucket: str, artifact_id: str, tmp_path: Path, data_key: str
 ) -> S3SharedTier:
