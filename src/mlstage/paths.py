@@ -39,6 +39,8 @@ def safe_relpath(name: str, *, origin: str = "") -> str:
         raise UnsafePathError(
             f"refusing unsafe path {name!r}{where}", hint="names must be inside the destination"
         )
+    if len(norm) * 4 <= NAME_MAX:  # UTF-8 takes at most 4 bytes a character: short enough
+        return norm
     longest = max(len(p.encode()) for p in norm.split("/"))
     if longest > NAME_MAX or len(norm.encode()) > PATH_MAX:
         raise UnsafePathError(

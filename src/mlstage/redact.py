@@ -49,8 +49,8 @@ _URL_WITH_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]+@")
 # name=value and name: value, quoted or not: "password=abc" in a DSN, "--hf-token=abc" in a
 # command, {'password': 'abc'} or {"secret_key": "abc"} in a printed dict or a pydantic error;
 # masked when the name is secret by ``is_secret_name`` (so "tokenizer=bert" stays readable)
-_NAME_AND_SEPARATOR = re.compile(r"([\w.-]+)['\"]?(?:\s*=\s*|\s*:[ \t]*)['\"]?")
-_VALUE = re.compile(r"[^\s'\"&,;}]+")
+_NAME_AND_SEPARATOR = re.compile(r"([\w.-]+)['\"]?(?:[ \t]*=(?!=)[ \t]*|[ \t]*:[ \t]*)(['\"]?)")
+_VALUE = re.compile(r"[^\s'\"&,;]+")
 # an Authorization or Cookie header's value, and a bearer token anywhere
 _SECRET_HEADER = re.compile(r"(?i)\b(authorization|cookie)(['\"]?\s*[:=]\s*['\"]?)([^\n'\"]+)")
 _BEARER = re.compile(r"(?i)\b(bearer)([ \t]+)([A-Za-z0-9._~+/=-]{8,})")
@@ -65,14 +65,21 @@ _FLAG = re.compile(r"(--[\w-]+)([ \t]+)([^\s-]\S*)")
 
 # In free text a name is secret when its last word is one of these (api_key, hf_token,
 # db-password, X-Amz-Signature), not when any word is: "KeyError: 'x'" is no key.
-_TEXT_SECRET_LAST_WORDS = _SECRET_WORDS - {"pass", "auth", "authorization", "bearer"}
+# "key" alone names too much (sort_key, key=2024-01 in a path): only these kinds of key.
+_TEXT_SECRET_LAST_WORDS = _SECRET_WORDS - {"pass", "auth", "authorization", "bearer", "sig", "key"}
+_SECRET_KEY_KINDS = {"api", "secret", "access", "private", "account", "master", "encryption"}
+_SECRET_KEY_KINDS |= {"signing", "ssh", "client", "session", "license", "subscription", "hf"}
 
 
 def _secret_in_text(name: str) -> bool:
+    if name.lower() in _SECRET_QUERY_KEYS:
+        return True
     words = _words(name)
-    return name.lower() in _SECRET_QUERY_KEYS or (
-        bool(words) and words[-1] in _TEXT_SECRET_LAST_WORDS
-    )
+    if not words:
+        return False
+    if words[-1] == "key":
+        return len(words) > 1 and words[-2] in _SECRET_KEY_KINDS
+    return words[-1] in _TEXT_SECRET_LAST_WORDS
 
 
 def _mask_assignments(text: str) -> str:
@@ -80,10 +87,16 @@ def _mask_assignments(text: str) -> str:
     for m in _NAME_AND_SEPARATOR.finditer(text):  # names only: a value may hold the next one
         if m.start() < pos or not _secret_in_text(m.group(1).lstrip("-")):
             continue
-        value = _VALUE.match(text, m.end())
-        if value is not None:
+        quote = m.group(2)
+        if quote:  # a quoted value runs to its closing quote, spaces and all
+            end = text.find(quote, m.end())
+            value_end = len(text) if end < 0 else end
+        else:
+            value = _VALUE.match(text, m.end())
+            value_end = value.end() if value is not None else m.end()
+        if value_end > m.end():
             out += [text[pos : m.end()], MASK]
-            pos = value.end()
+            pos = value_end
     return "".join(out) + text[pos:]
 
 

@@ -370,6 +370,37 @@ def test_a_manifest_that_cannot_be_written_leaves_no_temp_file(
     assert list((cache.root / "manifests").iterdir()) == []
 
 
+def test_only_the_cache_disks_own_errors_become_disk_errors(tmp_path: Path) -> None:
+    import errno
+
+    from mlstage.cache.local import _disk_error
+    from mlstage.errors import AccessDenied
+
+    root = tmp_path / "cache"
+    assert _disk_error(root, OSError(errno.ENOSPC, "No space left on device")) is not None
+    inside = PermissionError(errno.EACCES, "Permission denied", str(root / "objects" / "ab"))
+    assert _disk_error(root, inside) is not None
+    sibling = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "cache2" / "x"))
+    assert _disk_error(root, sibling) is None  # /cache2 is not inside /cache
+    assert _disk_error(root, AccessDenied("s3://b/k: access denied")) is None
+
+
+def test_verify_repair_counts_a_dataset_evicted_meanwhile_as_dropped(
+    cache: LocalCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staged = stage_folder(cache, make_dataset(tmp_path / "d", {"f": b"data"}))
+    cache.manifest_path(staged.fingerprint).unlink()
+    drop = LocalCache.drop
+
+    def evicted_first(self: LocalCache, fingerprint: str) -> bool:
+        assert drop(self, fingerprint)  # another process's eviction, just before
+        return drop(self, fingerprint)  # raises: not in the cache
+
+    monkeypatch.setattr(LocalCache, "drop", evicted_first)
+    (problem,) = cache.verify(repair=True).problems
+    assert problem.repaired and cache.lookup(staged.fingerprint) is None
+
+
 def test_gc_reclaims_a_dead_staging_and_stray_folders(cache: LocalCache, tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "d", {"f": b"1", "g": b"2"})
     src = FolderSource(root)

@@ -129,6 +129,13 @@ def test_mask_url_hides_the_password() -> None:
         ("train --tokenizer=bert --tokenizer-dir /m", "train --tokenizer=bert --tokenizer-dir /m"),
         ("hf_token: abc, key_column=id, retries: 3", "hf_token: ***, key_column=id, retries: 3"),
         ("fit failed: KeyError: 'nope'", "fit failed: KeyError: 'nope'"),
+        ("s3://b/raw/key=7/p.parquet: not found", "s3://b/raw/key=7/p.parquet: not found"),
+        (
+            "eval --key-column id --pass-k 10 --sig-level 0.05",
+            "eval --key-column id --pass-k 10 --sig-level 0.05",
+        ),
+        ("HF_TOKEN='abc def' then", "HF_TOKEN='***' then"),
+        ("password=ab}cd token == None", "password=*** token == None"),
         (
             "aws_secret_access_key = AbC, X-Amz-Signature=s",
             "aws_secret_access_key = ***, X-Amz-Signature=***",

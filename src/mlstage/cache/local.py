@@ -175,7 +175,7 @@ def _disk_error(root: Path, exc: OSError) -> CacheError | None:
     cache it cannot make), as one line naming the file; None for any other OSError."""
     if isinstance(exc, MlstageError):  # a source's ObjectNotFound, AccessDenied: its own
         return None
-    mine = exc.filename is not None and os.fspath(exc.filename).startswith(os.fspath(root))
+    mine = exc.filename is not None and Path(os.fsdecode(exc.filename)).is_relative_to(root)
     if exc.errno not in (*_DISK_FULL, errno.EROFS) and not mine:
         return None
     where = f" ({exc.filename})" if exc.filename else ""
@@ -942,7 +942,11 @@ class LocalCache:
                 unfixable.append(problem)
         for problem in unfixable:  # dropped once this check no longer holds them itself
             fp = problem.fingerprint or ""
-            if self.index.dataset(fp) is None or self.drop(fp):
+            try:
+                dropped = self.drop(fp)
+            except ConfigError:  # evicted meanwhile: gone all the same
+                dropped = True
+            if dropped:
                 problem.repaired = True
                 problem.detail += "; dropped it (the next stage fetches it again)"
             else:

@@ -202,6 +202,8 @@ class DatasetLayout:
 
 def _chunks_in(store: BlobStore, folder: str) -> dict[str, Chunk]:
     """Zip chunks of the dataset stored in ``folder`` (ending in '/'), by artifact name."""
+    from mlstage.sources.s3 import etag_md5
+
     found: dict[str, Chunk] = {}
     for key, size, etag in store.list(folder + "artifacts/"):
         parts = key[len(folder) :].split("/")
@@ -212,8 +214,7 @@ def _chunks_in(store: BlobStore, folder: str) -> dict[str, Chunk]:
                 f"{store.uri}{folder}: two zips for chunk {parts[1]}",
                 hint="the dataset folder holds leftovers of an interrupted upload",
             )
-        md5 = f"md5:{etag}" if etag and len(etag) == 32 and "-" not in etag else None
-        found[parts[1]] = Chunk(key, size, md5, etag)
+        found[parts[1]] = Chunk(key, size, etag_md5(etag), etag)
     return found
 
 

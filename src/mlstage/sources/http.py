@@ -114,9 +114,12 @@ def _map_status(status: int, url: str, what: str) -> Exception:
     return SourceError(f"{url}: {what}: unexpected HTTP {status}")
 
 
-def _secret_query_keys(query: str) -> list[str]:
-    """The query's keys that hold credentials (X-Amz-Signature, token, sig, ...)."""
-    keys = [unquote_plus(pair.split("=", 1)[0]) for pair in re.split(r"[&;]", query) if pair]
+def _secret_query_keys(path: str, query: str) -> list[str]:
+    """The keys that hold credentials (X-Amz-Signature, token, sig, ...) in the query or in
+    a path segment's ``;name=value`` parameters."""
+    pairs = [p for seg in path.split("/") for p in seg.split(";")[1:]]
+    pairs += re.split(r"[&;]", query)
+    keys = [unquote_plus(pair.split("=", 1)[0]) for pair in pairs if pair]
     return [k for k in keys if is_secret_name(k)]
 
 
@@ -136,10 +139,10 @@ class HttpSource(FileObjectSource):
             raise ConfigError(
                 "credentials do not belong in a URL", hint="put them in ~/.netrc for this host"
             )
-        signed = _secret_query_keys(parts.query)
+        signed = _secret_query_keys(parts.path, parts.query)
         if signed:  # kept, they would be written to the cache index, manifests and logs
             raise ConfigError(
-                f"{scrub_uri(pattern)}: the URL carries credentials in its query ({signed[0]})",
+                f"{scrub_uri(pattern)}: the URL carries credentials ({signed[0]}=...)",
                 hint="a signed URL expires and names no stable dataset: stage the objects by "
                 "s3:// (AWS credentials from the environment or a block) or serve them unsigned",
             )

@@ -58,6 +58,14 @@ _REGION_CODES = {"PermanentRedirect", "TemporaryRedirect", "AuthorizationHeaderM
 _UNSET: Any = object()
 
 
+_MD5_ETAG = re.compile("[0-9a-f]{32}")
+
+
+def etag_md5(etag: str | None) -> str | None:
+    """``md5:<hex>`` when an S3 ETag is its object's MD5 (a single-part upload), else None."""
+    return f"md5:{etag}" if etag and _MD5_ETAG.fullmatch(etag) else None
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/prefix`` -> (bucket, prefix without leading slash)."""
     parsed = urlparse(uri)
@@ -305,7 +313,7 @@ class S3Source(FileObjectSource):
             if not rel or rel.endswith("/"):
                 continue  # folder markers
             etag = etag.strip('"')
-            md5 = f"md5:{etag}" if len(etag) == 32 and "-" not in etag else None
+            md5 = etag_md5(etag)
             entries.append(
                 Entry(
                     path=safe_relpath(rel, origin=self.uri),
