@@ -48,7 +48,7 @@ _SECRET_QUERY_KEYS = {
 _URL_WITH_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]+@")
 # name=value and name: value, quoted or not: "password=abc" in a DSN, "--hf-token=abc" in a
 # command, {'password': 'abc'} or {"secret_key": "abc"} in a printed dict or a pydantic error;
-# masked when the name is secret by ``is_secret_name`` (so "tokenizer=bert" stays readable)
+# masked when the name is secret by ``_secret_in_text`` (so "tokenizer=bert" stays readable)
 _NAME_AND_SEPARATOR = re.compile(r"([\w.-]+)['\"]?(?:[ \t]*=(?!=)[ \t]*|[ \t]*:[ \t]*)(['\"]?)")
 _VALUE = re.compile(r"[^\s'\"&,;]+")
 # an Authorization or Cookie header's value, and a bearer token anywhere

@@ -160,7 +160,7 @@ class FolderSharedTier:
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 published = self.get(artifact_id)
-                if published is not None:  # published first by another node: the same bytes
+                if published is not None:  # another node published it first: theirs stands
                     return published
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
