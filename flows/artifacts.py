@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from mlstage.state import StateStore
 from mlstage.state.report import artifact_key, consumption_markdown, consumption_table
+
+T = TypeVar("T")
+
+
+def best_effort(what: str, api: Callable[..., T], **kwargs: Any) -> T | None:
+    """``api(**kwargs)``, a Prefect artifact call; a failure is a warning ("<what>: ...") and
+    None: artifacts are for the UI, and what they show is already in the state DB."""
+    try:
+        return api(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the run's outcome stands without its artifact
+        get_run_logger().warning("%s: %s", what, exc)
+        return None
 
 
 def publish_consumption(state: StateStore, run_id: str) -> UUID | None:

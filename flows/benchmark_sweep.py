@@ -30,6 +30,7 @@ from prefect.utilities.annotations import opaque
 
 from flows._dask import dask_problems, preprocess_runner, submit_preprocess
 from flows._workspace import using_blocks, workspace
+from flows.artifacts import best_effort
 from flows.outcomes import model_outcome
 from flows.streaming import run_streaming_task
 from flows.tasks import run_deployment_task, run_task, stage_task
@@ -198,15 +199,14 @@ def benchmark_sweep(
             raise
         failed = [r for r in rows if r["status"] != "completed"]
         ws.state.finish_sweep(record.id, "failed" if failed else "completed")
+    best_effort(
+        "summary artifact not published",
+        create_table_artifact,
+        table=rows,
+        key=artifact_key(sweep, "summary"),
+        description=f"benchmark-sweep {sweep.name}: what each model consumed and scored",
+    )
     logger = get_run_logger()
-    try:
-        create_table_artifact(
-            table=rows,
-            key=artifact_key(sweep, "summary"),
-            description=f"benchmark-sweep {sweep.name}: what each model consumed and scored",
-        )
-    except Exception as exc:  # noqa: BLE001 - the outcomes are recorded; the UI table is extra
-        logger.warning("summary artifact not published: %s", exc)
     for r in failed:
         logger.error("model %s failed: %s", r["model"], r["error"])
     if failed:
@@ -238,6 +238,9 @@ def waits_for_staging(model: ModelSpec) -> bool:
     return model.launch == "inline" and model.start == "ready"
 
 
+_NOT_UPDATED = "progress artifact not updated"
+
+
 class ProgressBar:
     """The sweep's progress artifact (models finished): moved at most every PROGRESS_EVERY_S,
     as each move is an API call, and best effort: the UI's bar never fails the sweep."""
@@ -245,17 +248,13 @@ class ProgressBar:
     def __init__(self, key: str, description: str, total: int) -> None:
         self.total, self.done = total, 0
         self._shown, self._at = 0, 0.0
-        self._id = self._call(
-            create_progress_artifact, progress=0.0, key=key, description=description
+        self._id = best_effort(
+            _NOT_UPDATED,
+            create_progress_artifact,
+            progress=0.0,
+            key=key,
+            description=description,
         )
-
-    @staticmethod
-    def _call(api: Callable[..., Any], **kwargs: Any) -> Any:
-        try:
-            return api(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - the bar is for the UI; the sweep goes on
-            get_run_logger().warning("progress artifact not updated: %s", exc)
-            return None
 
     def advance(self, finished: int) -> None:
         self.done += finished
@@ -267,7 +266,8 @@ class ProgressBar:
             return
         if self.done < self.total and time.monotonic() - self._at < PROGRESS_EVERY_S:
             return
-        self._call(
+        best_effort(
+            _NOT_UPDATED,
             update_progress_artifact,
             artifact_id=self._id,
             progress=100.0 * self.done / self.total,

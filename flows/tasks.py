@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
 
 from flows._workspace import apply_clearml, workspace
-from flows.artifacts import publish_consumption
+from flows.artifacts import best_effort, publish_consumption
 from flows.outcomes import shown_in_ui
 from mlstage import pipeline
 from mlstage.errors import RunError
@@ -56,10 +56,12 @@ def run_task(
     (a failed model's task run ends Failed, with its outcome: see ``flows.outcomes``)."""
     ws = workspace()
     outcome = pipeline.run(ws, model, ready, sweep_id=sweep_id, flow_run_id=flow_run.get_id())
-    try:
-        publish_consumption(ws.state, outcome.run_id)
-    except Exception as exc:  # noqa: BLE001 - the run is recorded; the UI table is extra
-        get_run_logger().warning("%s: consumption artifact not published: %s", model.name, exc)
+    best_effort(
+        f"{model.name}: consumption artifact not published",
+        publish_consumption,
+        state=ws.state,
+        run_id=outcome.run_id,
+    )
     return shown_in_ui(outcome)
 
 
