@@ -138,15 +138,17 @@ def scrub_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
+def is_secret_pair(pair: str) -> bool:
+    """Whether ``name=value`` (a query or ``;`` parameter, still URL-encoded) is a secret."""
+    return is_secret_name(unquote_plus(pair.split("=", 1)[0]))
+
+
 def _without_secret_pairs(query: str) -> str:
     """``a=1&X-Amz-Signature=s;b=2`` without its secret pairs (``&`` or ``;`` separated)."""
     if ";" not in query:  # the usual form: re-encoded as it always was
         pairs = parse_qsl(query, keep_blank_values=True)
         return urlencode([(k, v) for k, v in pairs if not is_secret_name(k)])
-    kept = [
-        p for p in re.split(r"[&;]", query) if not is_secret_name(unquote_plus(p.split("=")[0]))
-    ]
-    return "&".join(kept)
+    return "&".join(p for p in re.split(r"[&;]", query) if not is_secret_pair(p))
 
 
 def scrub_text(text: str) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import unquote_plus, urlsplit
 from mlstage.errors import AccessDenied, ConfigError, ObjectNotFound, SourceError, TransientError
 from mlstage.manifest import Entry, Manifest
 from mlstage.paths import safe_relpath
-from mlstage.redact import is_secret_name, scrub_uri
+from mlstage.redact import is_secret_pair, scrub_uri
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import FileObjectSource, RemoteObject
 
@@ -119,8 +119,7 @@ def _secret_query_keys(path: str, query: str) -> list[str]:
     a path segment's ``;name=value`` parameters."""
     pairs = [p for seg in path.split("/") for p in seg.split(";")[1:]]
     pairs += re.split(r"[&;]", query)
-    keys = [unquote_plus(pair.split("=", 1)[0]) for pair in pairs if pair]
-    return [k for k in keys if is_secret_name(k)]
+    return [unquote_plus(p.split("=", 1)[0]) for p in pairs if p and is_secret_pair(p)]
 
 
 class HttpSource(FileObjectSource):
