@@ -459,9 +459,10 @@ class LocalCache:
             pass
 
     def _discard_unindexed_tree(self, fingerprint: str) -> None:
-        """Remove a tree a staging published but never indexed (it failed or died in between):
-        its hard links would keep the objects' disk space after eviction frees their rows.
-        Only with the dataset's stage lock held and its row gone."""
+        """Remove a dataset's tree the index does not hold as ready: one a staging published but
+        never indexed (it failed or died in between; its hard links would keep the objects'
+        disk space after eviction frees their rows), or a crash's leftover before a publish.
+        Only with the dataset's stage lock held."""
         path = self.dataset_path(fingerprint)
         if path.exists():
             trash = self._trash(f"ds-{fingerprint}")
@@ -627,10 +628,7 @@ class LocalCache:
     def _publish_tree(self, fingerprint: str) -> None:
         final = self.dataset_path(fingerprint)
         tmp = final.with_name(f".tmp-{fingerprint}")
-        if final.exists():  # a tree left by a crash before it was indexed, or a broken one
-            old = self._trash(f"ds-{fingerprint}")
-            os.rename(final, old)
-            _rmtree(old)
+        self._discard_unindexed_tree(fingerprint)  # a crash's leftover, or a broken tree
         os.rename(tmp, final)
 
     # -- leases -------------------------------------------------------------------------
