@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from mlstage.cache import LocalCache
-from mlstage.cache.local import _source_key
+from mlstage.cache.index import ObjectRow
+from mlstage.cache.objects import source_key
+from mlstage.cache.records import write_record
 from mlstage.manifest import Entry, Manifest
 from mlstage.sources.local import FolderSource
 
@@ -160,12 +162,15 @@ class Corpus:
             path = self.cache.object_path(digest)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
             os.write(fd, data)
+            st = os.fstat(fd)
             os.close(fd)
             os.link(
                 path,
                 self.clearml_files / CacheManager.CacheContext.get_hashed_url_file(self.url(entry)),
             )
-            rows.append((digest, len(data), _source_key(BASE_URL, entry)))
+            rows.append(
+                ObjectRow(digest, len(data), source_key(BASE_URL, entry), st.st_ino, st.st_mtime_ns)
+            )
             self.entries.append(entry)
             self.digests.append(digest)
         self.cache.index.add_objects_bulk(rows)
@@ -191,10 +196,10 @@ def _materialise(cache: LocalCache, manifest: Manifest, digests: dict[str, str])
     cache.index.begin_staging(
         fp, manifest.source, len(manifest), manifest.total_bytes, digests.values()
     )
-    cache._build_tree(manifest, digests, manifest.source, fp)
-    cache._write_record(manifest, digests, fp)
-    cache._publish_tree(fp)
-    cache.index.finish_staging(fp, digests.values())
+    ordered = [digests[e.path] for e in manifest.entries]
+    cache.trees.build(manifest, ordered, fp)
+    write_record(cache.manifest_path(fp), manifest, ordered)
+    cache.index.finish_staging(fp, ordered, cache.trees.publish(fp))
     return time.perf_counter() - started
 
 

@@ -293,7 +293,7 @@ def _park(marker: str) -> None:
 
 
 def _child_main(mode: str, args: dict[str, Any]) -> None:
-    from mlstage.cache import LocalCache, local
+    from mlstage.cache import LocalCache, eviction, objects, trees
     from mlstage.sources import open_source
 
     cache = LocalCache(Path(args["cache"]), limit_bytes=int(args.get("limit", 0)))
@@ -311,18 +311,18 @@ def _child_main(mode: str, args: dict[str, Any]) -> None:
                 if "trash" in str(dst) and kind in str(dst):
                     _park(args["marker"])  # moved aside, transaction not committed
 
-            local.os.rename = rename  # type: ignore[assignment]
+            eviction.os.rename = rename  # type: ignore[assignment]
         else:
 
             def rmtree(path: Path) -> None:
                 if "trash" in str(path):
                     _park(args["marker"])
 
-            local._rmtree = rmtree  # type: ignore[assignment]
+            eviction.rmtree = rmtree  # type: ignore[assignment]
         cache.evict(target_bytes=0)
         raise SystemExit("eviction finished without reaching the kill point")
     if kill_at == "ingest":
-        real_ingest = local.LocalCache._ingest
+        real_ingest = objects.Objects.ingest
         seen = [0]
 
         def ingest(self: Any, *a: Any) -> None:
@@ -331,7 +331,7 @@ def _child_main(mode: str, args: dict[str, Any]) -> None:
             if seen[0] == 5:
                 _park(args["marker"])
 
-        local.LocalCache._ingest = ingest  # type: ignore[method-assign]
+        objects.Objects.ingest = ingest  # type: ignore[method-assign]
     elif kill_at == "ingest-in-transaction":
         real_replace = os.replace
 
@@ -340,23 +340,24 @@ def _child_main(mode: str, args: dict[str, Any]) -> None:
             if "/objects/" in str(dst):
                 _park(args["marker"])  # object file placed, its row not committed
 
-        local.os.replace = replace  # type: ignore[assignment]
+        objects.os.replace = replace  # type: ignore[assignment]
     elif kill_at == "tree-built":
-        real_publish = local.LocalCache._build_tree
+        real_publish = trees.Trees.build
 
         def build(self: Any, *a: Any) -> None:
             real_publish(self, *a)
             _park(args["marker"])  # tree built under .tmp-<fp>, not renamed
 
-        local.LocalCache._build_tree = build  # type: ignore[method-assign]
+        trees.Trees.build = build  # type: ignore[method-assign]
     elif kill_at == "tree-renamed":
-        real = local.LocalCache._publish_tree
+        real = trees.Trees.publish
 
-        def publish(self: Any, fp: str) -> None:
-            real(self, fp)
+        def publish(self: Any, fp: str) -> bytes:
+            sealed = real(self, fp)
             _park(args["marker"])  # tree in place, index still says 'staging'
+            return sealed
 
-        local.LocalCache._publish_tree = publish  # type: ignore[method-assign]
+        trees.Trees.publish = publish  # type: ignore[method-assign]
 
     source = open_source(args["uri"])
     manifest = source.resolve()

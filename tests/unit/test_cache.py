@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from mlstage.cache import LocalCache
-from mlstage.cache.local import _flock
+from mlstage.cache.eviction import Eviction
+from mlstage.cache.files import flock
 from mlstage.errors import CacheError
 from mlstage.sources.base import RemoteObject
 from mlstage.sources.local import FolderSource
@@ -257,13 +258,13 @@ def test_a_lease_recorded_just_before_eviction_keeps_the_dataset(
 ) -> None:
     evictor, job = LocalCache(tmp_path / "cache"), LocalCache(tmp_path / "cache")
     staged = stage_folder(evictor, make_dataset(tmp_path / "d", {"f": b"data"}))
-    drop = LocalCache._drop
+    drop = Eviction._drop
 
-    def lease_lands_first(self: LocalCache, fingerprint: str) -> bool:
+    def lease_lands_first(self: Eviction, fingerprint: str) -> bool:
         job.hold(fingerprint, 3600)  # another pod, after the evictor chose this dataset
         return drop(self, fingerprint)
 
-    monkeypatch.setattr(LocalCache, "_drop", lease_lands_first)
+    monkeypatch.setattr(Eviction, "_drop", lease_lands_first)
     assert evictor.evict(target_bytes=0) == []
     assert job.lookup(staged.fingerprint) is not None
 
@@ -285,21 +286,21 @@ def test_a_lease_is_never_recorded_on_a_dataset_that_is_not_ready(
 def test_a_restage_during_a_drop_keeps_its_manifest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mlstage.cache.local as local
+    import mlstage.cache.eviction as eviction
 
     evictor, stager = LocalCache(tmp_path / "cache"), LocalCache(tmp_path / "cache")
     src = FolderSource(make_dataset(tmp_path / "d", {"a": b"a" * 100, "b": b"b" * 100}))
     manifest = src.resolve()
     stager.stage(src, manifest)
-    real_rmtree = local._rmtree
+    real_rmtree = eviction.rmtree
 
     def restage_meanwhile(path: Path) -> None:  # the evictor is still removing the old tree
         real_rmtree(path)
         if "trash" in str(path):
-            monkeypatch.setattr(local, "_rmtree", real_rmtree)
+            monkeypatch.setattr(eviction, "rmtree", real_rmtree)
             assert not stager.stage(src, manifest).hit
 
-    monkeypatch.setattr(local, "_rmtree", restage_meanwhile)
+    monkeypatch.setattr(eviction, "rmtree", restage_meanwhile)
     assert evictor.drop(manifest.fingerprint)
     assert stager.lookup(manifest.fingerprint) is not None
     assert stager.manifest(manifest.fingerprint) == manifest  # before: deleted by the drop
@@ -373,7 +374,7 @@ def test_a_manifest_that_cannot_be_written_leaves_no_temp_file(
 def test_only_the_cache_disks_own_errors_become_disk_errors(tmp_path: Path) -> None:
     import errno
 
-    from mlstage.cache.local import _disk_error
+    from mlstage.cache.files import disk_error as _disk_error
     from mlstage.errors import AccessDenied
 
     root = tmp_path / "cache"
@@ -410,12 +411,14 @@ def test_gc_reclaims_a_dead_staging_and_stray_folders(cache: LocalCache, tmp_pat
     (cache.root / "tmp" / f"xfer-{m.fingerprint}").mkdir()
     half_written = cache.root / "manifests" / f".{m.fingerprint}.json.12345"
     half_written.write_text('{"manif')
-    with _flock(cache._lock(f"stage-{m.fingerprint}"), 2 | 4) as got:  # LOCK_EX|LOCK_NB
+    with flock(cache.files.lock(f"stage-{m.fingerprint}"), 2 | 4) as got:  # LOCK_EX|LOCK_NB
         assert got  # nobody is staging it: the row is a crash leftover
     report = cache.gc()
     assert report.stagings_reclaimed == [m.fingerprint]
     assert report.stray_dirs_removed == 2
     assert report.stray_files_removed == 1 and not half_written.exists()
+    assert report.locks_removed == 1  # the dead staging's stage lock
+    assert not cache.files.lock(f"stage-{m.fingerprint}").exists()
     assert cache.index.any_dataset(m.fingerprint) is None
     assert not cache.stage(src, m).hit
 

@@ -9,6 +9,7 @@ removing an object file) run inside ``tx()``, whose ``BEGIN IMMEDIATE`` serialis
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -20,13 +21,15 @@ from pathlib import Path
 from mlstage.errors import CacheError
 from mlstage.sqlite_setup import use_wal
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     digest   TEXT PRIMARY KEY,
     size     INTEGER NOT NULL,
-    created  REAL NOT NULL
+    created  REAL NOT NULL,
+    ino      INTEGER,
+    mtime_ns INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS source_objects (
     source_key TEXT PRIMARY KEY,
@@ -60,6 +63,10 @@ CREATE TABLE IF NOT EXISTS leases (
     expires     REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS leases_fp ON leases(fingerprint);
+CREATE TABLE IF NOT EXISTS seals (
+    fingerprint TEXT PRIMARY KEY,
+    seal        BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -89,6 +96,25 @@ class DatasetRow:
     created: float
     last_used: float
     state: str = "ready"
+
+
+@dataclass(frozen=True)
+class ObjectRow:
+    """One object: its content's digest and size, how a source named it, its file's identity.
+
+    ``ino`` and ``mtime_ns`` are its file's as placed or last verified: a file that no longer
+    has them was written to (or replaced) since.
+    """
+
+    digest: str
+    size: int
+    source_key: str | None
+    ino: int | None
+    mtime_ns: int | None
+
+    def matches(self, st: os.stat_result) -> bool:
+        """True when ``st`` (an ``lstat`` of the object's file) is the file as recorded."""
+        return st.st_ino == self.ino and st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
 
 
 @dataclass(frozen=True)
@@ -128,6 +154,10 @@ class CacheIndex:
             cols = {r[1] for r in db.execute("PRAGMA table_info(datasets)")}
             if cols and "state" not in cols:  # version 1 (walking skeleton)
                 db.execute("ALTER TABLE datasets ADD COLUMN state TEXT NOT NULL DEFAULT 'ready'")
+            object_cols = {r[1] for r in db.execute("PRAGMA table_info(objects)")}
+            if object_cols and "ino" not in object_cols:  # version 2: objects not sealed yet
+                db.execute("ALTER TABLE objects ADD COLUMN ino INTEGER")
+                db.execute("ALTER TABLE objects ADD COLUMN mtime_ns INTEGER")
             had_counters = db.execute(
                 "SELECT 1 FROM sqlite_master WHERE name='counters'"
             ).fetchone()
@@ -174,10 +204,12 @@ class CacheIndex:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT (disk full) may leave it open
+                with suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def close(self) -> None:
         """Close this thread's connections."""
@@ -212,10 +244,10 @@ class CacheIndex:
 
     def begin_staging(
         self, fingerprint: str, source: str, files: int, nbytes: int, pins: Iterable[str]
-    ) -> set[str]:
+    ) -> dict[str, ObjectRow]:
         """Record a staging in progress and pin the objects it means to reuse.
 
-        Returns which of ``pins`` the index holds. Pinning and checking happen in one
+        Returns the rows of the ``pins`` the index holds. Pinning and checking happen in one
         transaction, so an evictor either removed an object before (and it is reported
         missing) or sees the pin and keeps it.
         """
@@ -232,14 +264,17 @@ class CacheIndex:
                 "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
                 ((fingerprint, d) for d in pins),
             )
-            return {
-                d
-                for d in pins
-                if db.execute("SELECT 1 FROM objects WHERE digest=?", (d,)).fetchone()
-            }
+            found: dict[str, ObjectRow] = {}
+            for d in pins:
+                row = db.execute(
+                    "SELECT size, ino, mtime_ns FROM objects WHERE digest=?", (d,)
+                ).fetchone()
+                if row is not None:
+                    found[d] = ObjectRow(d, int(row[0]), None, row[1], row[2])
+            return found
 
-    def finish_staging(self, fingerprint: str, digests: Iterable[str]) -> None:
-        """Mark the dataset complete, referencing exactly ``digests``."""
+    def finish_staging(self, fingerprint: str, digests: Iterable[str], seal: bytes) -> None:
+        """Mark the dataset complete, referencing exactly ``digests``, its tree sealed."""
         keep = set(digests)
         now = time.time()
         with self.tx() as db:
@@ -257,10 +292,22 @@ class CacheIndex:
                 "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
                 ((fingerprint, d) for d in keep - have),
             )
+            self.set_seal(db, fingerprint, seal)
             db.execute(
                 "UPDATE datasets SET state='ready', created=?, last_used=? WHERE fingerprint=?",
                 (now, now, fingerprint),
             )
+
+    def set_seal(self, db: sqlite3.Connection, fingerprint: str, seal: bytes) -> None:
+        """Inside ``tx()``: record the seal of a dataset's tree (``mlstage.cache.seal``)."""
+        db.execute("INSERT OR REPLACE INTO seals VALUES (?,?)", (fingerprint, seal))
+
+    def seal(self, fingerprint: str) -> bytes | None:
+        """The seal of a dataset's tree, as recorded when it was published or repaired."""
+        row = self.db.execute(
+            "SELECT seal FROM seals WHERE fingerprint=?", (fingerprint,)
+        ).fetchone()
+        return bytes(row[0]) if row else None
 
     def forget_dataset(self, db: sqlite3.Connection, fingerprint: str) -> list[str]:
         """Inside ``tx()``: forget a dataset; return the digests it referenced."""
@@ -272,6 +319,7 @@ class CacheIndex:
         ]
         db.execute("DELETE FROM dataset_objects WHERE fingerprint=?", (fingerprint,))
         db.execute("DELETE FROM datasets WHERE fingerprint=?", (fingerprint,))
+        db.execute("DELETE FROM seals WHERE fingerprint=?", (fingerprint,))
         return digests
 
     def datasets_lru(self, state: str | None = "ready") -> list[DatasetRow]:
@@ -325,27 +373,40 @@ class CacheIndex:
     def insert_objects(
         self,
         db: sqlite3.Connection,
-        rows: Sequence[tuple[str, int, str | None]],
+        rows: Sequence[ObjectRow],
         fingerprint: str | None,
     ) -> None:
-        """Inside ``tx()``: record objects (digest, size, source key) and who uses them."""
+        """Inside ``tx()``: record objects as their files are now, and who uses them.
+
+        An object already recorded gets its file's current inode and mtime (its file was
+        replaced by a verified copy).
+        """
         now = time.time()
         db.executemany(
-            "INSERT OR IGNORE INTO objects VALUES (?,?,?)", [(d, n, now) for d, n, _ in rows]
+            "INSERT INTO objects VALUES (?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
+            "ino=excluded.ino, mtime_ns=excluded.mtime_ns",
+            [(r.digest, r.size, now, r.ino, r.mtime_ns) for r in rows],
         )
-        keyed = [(k, d) for d, _n, k in rows if k]
+        keyed = [(r.source_key, r.digest) for r in rows if r.source_key]
         if keyed:
             db.executemany("INSERT OR REPLACE INTO source_objects VALUES (?,?)", keyed)
         if fingerprint:
             db.executemany(
                 "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
-                [(fingerprint, d) for d, _n, _k in rows],
+                [(fingerprint, r.digest) for r in rows],
             )
 
-    def add_objects_bulk(self, rows: Iterable[tuple[str, int, str | None]]) -> None:
-        """Record many objects at once (digest, size, source key); for imports and benchmarks."""
+    def add_objects_bulk(self, rows: Iterable[ObjectRow]) -> None:
+        """Record many objects at once; for imports and benchmarks."""
         with self.tx() as db:
             self.insert_objects(db, list(rows), None)
+
+    def object_row(self, digest: str) -> ObjectRow | None:
+        """What the index knows of one object: size and the inode and mtime of its file."""
+        row = self.db.execute(
+            "SELECT size, ino, mtime_ns FROM objects WHERE digest=?", (digest,)
+        ).fetchone()
+        return ObjectRow(digest, int(row[0]), None, row[1], row[2]) if row else None
 
     def unreferenced(self, db: sqlite3.Connection, digests: Iterable[str]) -> list[str]:
         """Inside ``tx()``: which of ``digests`` no dataset (ready or staging) references."""
@@ -371,9 +432,32 @@ class CacheIndex:
     def object_count(self) -> int:
         return int(self.db.execute("SELECT value FROM counters WHERE name='objects'").fetchone()[0])
 
-    def objects(self) -> list[tuple[str, int]]:
-        """Every object (digest, size); for verification only."""
-        return [(r[0], int(r[1])) for r in self.db.execute("SELECT digest, size FROM objects")]
+    def iter_objects(self, batch: int = 1000) -> Iterator[list[ObjectRow]]:
+        """Every object, in batches of ``batch`` (digest order); for verification only."""
+        last = ""
+        while True:
+            rows = self.db.execute(
+                "SELECT digest, size, ino, mtime_ns FROM objects WHERE digest > ? "
+                "ORDER BY digest LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            yield [ObjectRow(d, int(n), None, i, m) for d, n, i, m in rows]
+            last = rows[-1][0]
+
+    def object_rows(self, digests: Iterable[str]) -> dict[str, ObjectRow]:
+        """The rows of those of ``digests`` the index holds (a few queries per thousand)."""
+        wanted = list(dict.fromkeys(digests))
+        out: dict[str, ObjectRow] = {}
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for d, n, ino, m in self.db.execute(
+                f"SELECT digest, size, ino, mtime_ns FROM objects WHERE digest IN ({marks})", chunk
+            ):
+                out[d] = ObjectRow(d, int(n), None, ino, m)
+        return out
 
     def orphan_objects(self, limit: int = 1000) -> list[str]:
         """Objects no dataset references, oldest first."""

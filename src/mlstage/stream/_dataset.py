@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlstage.cache import LocalCache, StagedDataset
-from mlstage.cache.local import _flock, _pid_alive, _pid_start
+from mlstage.cache.leases import pid_alive, pid_start
 from mlstage.errors import CacheError, ConfigError, MlstageError
 from mlstage.manifest import Entry, Manifest
 from mlstage.redact import scrub_text, scrub_uri
@@ -326,11 +326,10 @@ class StreamingDataset:
         # LocalCache.stage blocks in flock while another process stages this dataset, and a
         # thread stuck there cannot see a cancel: wait here instead, where close() is heard.
         fp = self.manifest.fingerprint
-        lock = self.cache._lock(f"stage-{fp}")
         while not self._cancelled.is_set():
             if self.cache.lookup(fp) is not None:
                 return
-            with _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB) as free:
+            with self.cache.stage_lock(fp, fcntl.LOCK_EX | fcntl.LOCK_NB) as free:
                 pass
             if free:
                 return
@@ -382,7 +381,7 @@ class StreamingDataset:
 
 def _write_owner(root: Path, host: str) -> None:
     pid = os.getpid()
-    body = {"host": host, "pid": pid, "start": _pid_start(pid)}
+    body = {"host": host, "pid": pid, "start": pid_start(pid)}
     tmp = root / f".{OWNER_FILE}.tmp"
     tmp.write_text(json.dumps(body))
     os.replace(tmp, root / OWNER_FILE)
@@ -408,7 +407,7 @@ def _stream_is_dead(d: Path, host: str, now: float) -> bool:
     pid = owner.get("pid")
     if not isinstance(pid, int) or pid == os.getpid():
         return False
-    return not _pid_alive(pid, owner.get("start"))
+    return not pid_alive(pid, owner.get("start"))
 
 
 def _remove_stale_streams(folder: Path, host: str) -> None:

@@ -1,0 +1,126 @@
+"""The seal of a published dataset tree: what its files and folders looked like, to catch writes.
+
+A tree's files are hard links to the cache's objects, read-only by mode only, and root
+ignores modes (most pods run as root): a job that writes into its data folder changes the
+cached object itself, and every later job on the node would be handed those bytes under the
+verified version's name. So each tree is sealed when it is published, and the seal is checked
+every time the tree is handed out (``LocalCache.stage`` on a hit, ``lease``, ``use``).
+
+The seal lists, in the tree's walk order, each file's inode, size and mtime and each folder's
+mtime. Checking it reads no data: one ``lstat`` per file and folder (about 2.5 us a file on
+the reference VM: 0.25 s for 100,000 files). Writing into a file changes its mtime (and its
+size if it grows or shrinks); a file replaced by another has another inode; a file added,
+removed or renamed changes its folder's mtime; a link or a special file is never what was
+sealed. Not caught: a write by someone who also sets the mtime back on purpose (``utime``),
+which ``mlstage cache verify`` (it hashes every byte) finds.
+
+The walk order is the manifest's order (paths sorted as strings): siblings are sorted by name,
+a folder's name compared as ``name + '/'``, so a folder's contents come exactly where its
+paths sort among its siblings' (``a-b`` < ``a/x`` < ``a0``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+_HEADER = struct.Struct("<4sQQ")
+_MAGIC = b"SEA1"
+
+
+def _sorted_entries(folder: str) -> list[os.DirEntry[str]]:
+    entries = list(os.scandir(folder))
+    entries.sort(key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
+    return entries
+
+
+def walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """Every file, folder and other entry below ``root`` with its ``lstat``, in manifest order.
+
+    Folders come before their contents; links are returned, never followed.
+    """
+    stack: list[Iterator[os.DirEntry[str]]] = [iter(_sorted_entries(root))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        st = entry.stat(follow_symlinks=False)
+        yield entry.path, st
+        if stat.S_ISDIR(st.st_mode):
+            stack.append(iter(_sorted_entries(entry.path)))
+
+
+@dataclass(frozen=True)
+class Seal:
+    """Inode, size and mtime of every file (flattened), and every folder's mtime, in order."""
+
+    files: array[int]
+    folders: array[int]
+
+    @property
+    def file_count(self) -> int:
+        return len(self.files) // 3
+
+    def to_bytes(self) -> bytes:
+        header = _HEADER.pack(_MAGIC, len(self.files), len(self.folders))
+        return header + self.files.tobytes() + self.folders.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Seal | None:
+        """The seal in ``data``, or None when it is not one (then the tree is checked slowly)."""
+        if len(data) < _HEADER.size:
+            return None
+        magic, nfiles, nfolders = _HEADER.unpack_from(data)
+        body = memoryview(data)[_HEADER.size :]
+        if magic != _MAGIC or len(body) != 8 * (nfiles + nfolders):
+            return None
+        files, folders = array("q"), array("q")
+        files.frombytes(body[: 8 * nfiles])
+        folders.frombytes(body[8 * nfiles :])
+        return cls(files, folders)
+
+
+def take(root: str) -> Seal:
+    """The seal of the tree at ``root`` as it is now (the root folder's own mtime included)."""
+    files, folders = array("q"), array("q", [os.lstat(root).st_mtime_ns])
+    for _path, st in walk(root):
+        if stat.S_ISDIR(st.st_mode):
+            folders.append(st.st_mtime_ns)
+        else:
+            files.extend((st.st_ino, st.st_size, st.st_mtime_ns))
+    return Seal(files, folders)
+
+
+def intact(root: str, seal: Seal) -> bool:
+    """True when the tree at ``root`` is exactly as sealed (see the module docstring)."""
+    files, folders = seal.files, seal.folders
+    try:
+        if os.lstat(root).st_mtime_ns != folders[0]:
+            return False
+        f = 0
+        d = 1
+        for _path, st in walk(root):
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                if (
+                    f + 3 > len(files)
+                    or st.st_ino != files[f]
+                    or st.st_size != files[f + 1]
+                    or st.st_mtime_ns != files[f + 2]
+                ):
+                    return False
+                f += 3
+            elif stat.S_ISDIR(mode):
+                if d >= len(folders) or st.st_mtime_ns != folders[d]:
+                    return False
+                d += 1
+            else:
+                return False  # a link, FIFO, socket or device: never part of a tree
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return f == len(files) and d == len(folders)
