@@ -108,7 +108,7 @@ MLSTAGE_LIBRARY = textwrap.dedent(
                     f.entry.path, cache.object_path(f.digest), mirrored=f.mirrored
                 ),
             )
-            placing.finish(staged.path)
+            placing.finish(cache.staged_files(staged.fingerprint))
     with ThreadPoolExecutor(len(pairs) // 2) as pool:
         list(pool.map(one, pairs[0::2], pairs[1::2]))
     """

@@ -20,15 +20,9 @@ _READ = 1024 * 1024
 # linux/fs.h: _IOW(0x94, 9, int) in the x86/arm encoding; elsewhere ENOTTY: a plain copy
 _FICLONE = 0x40049409
 # a clone refused (not failed): no reflinks on this filesystem, across filesystems, ...
-_NO_CLONE = {
-    errno.EOPNOTSUPP,
-    errno.ENOTTY,
-    errno.EXDEV,
-    errno.EINVAL,
-    errno.ENOSYS,
-    errno.EPERM,
-    errno.EBADF,
-}
+# (ioctl_ficlone(2)); EPERM (an immutable destination) and EBADF (a descriptor not open for
+# it) are real errors that a plain copy would hit too, so they are raised, not copied around
+_NO_CLONE = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, pos: int) -> None:

@@ -5,9 +5,11 @@ object straight into its folder as it downloads it (``mirror``, passed as
 ``LocalCache.stage(mirror=)``), so a private copy costs no second pass over the cache's file;
 objects it could not mirror are copied as soon as the cache holds them (``add``, from the
 per-object callback), overlapping the rest of the transfer. ``finish`` copies whatever was not
-added (cache hits, or a copy that failed) from the staged tree and renames the folder into
-place. Until then everything lives in a hidden sibling folder, made on
-the first file, that ``abort`` (or an exception or SIGTERM in the ``with`` block) removes.
+added (cache hits, or a copy that failed) from the cache's objects, entry by entry as the
+manifest lists them (``LocalCache.staged_files``): nothing a folder holds besides is copied,
+no link is followed, and each file must have the size its entry lists. Then it renames the
+folder into place. Until then everything lives in a hidden sibling folder, made on the first
+file, that ``abort`` (or an exception or SIGTERM in the ``with`` block) removes.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import threading
 import uuid
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from mlstage.errors import ConfigError
+from mlstage.errors import CacheError, ConfigError
 from mlstage.fileio import can_reflink, copy_file
 
 if TYPE_CHECKING:
@@ -162,32 +166,23 @@ class Materializer:
             return  # finish() tries again and reports it
         self._early[rel] = self._pool.submit(self._place_at, rel, str(src))
 
-    def finish(self, tree: Path) -> None:
-        """Complete the folder from the staged ``tree`` and move it to ``dest``."""
+    def finish(self, files: Iterable[tuple[Entry, Path]]) -> None:
+        """Complete the folder with every entry of ``files`` (each dataset entry and the
+        cache file holding its bytes, as ``LocalCache.staged_files`` lists them) and move it
+        to ``dest``. A cache file that is not a regular file of its entry's size is an error,
+        and nothing is left at ``dest``."""
         try:
-            if not tree.is_dir():  # os.walk would make an empty folder of a vanished tree
-                raise FileNotFoundError(errno.ENOENT, "the staged dataset is gone", str(tree))
             self._make_tmp()
             wait(list(self._early.values()))
             placed = {rel for rel, f in self._early.items() if f.exception() is None}
-            folders, todo = [], []
-            for dirpath, _dirs, files in os.walk(tree):
-                base = os.path.relpath(dirpath, tree)
-                if base != ".":
-                    folders.append(base)  # empty folders of the tree too
-                for name in files:
-                    rel = name if base == "." else f"{base}/{name}"
-                    if rel not in placed:  # a cache hit, or an early copy that failed
-                        todo.append((rel, os.path.join(dirpath, name)))
-            for base in folders:
-                os.makedirs(os.path.join(self._tmp, base), 0o755, exist_ok=True)
-            with self._lock:
-                self._dirs.update(folders)
-            for rel, _src in todo:
-                if rel in self._early:  # its early copy failed: start over
+            rest = []
+            for entry, src in files:
+                if entry.path in placed:
+                    continue
+                if entry.path in self._early:  # its early copy failed: start over
                     with suppress(FileNotFoundError):
-                        os.unlink(os.path.join(self._tmp, rel))
-            rest = [self._pool.submit(self._place_at, rel, src) for rel, src in todo]
+                        os.unlink(os.path.join(self._tmp, entry.path))
+                rest.append(self._pool.submit(self._place_checked, entry.path, entry.size, src))
             for f in rest:
                 f.result()  # re-raises the first error
             self._pool.shutdown()
@@ -214,6 +209,17 @@ class Materializer:
         self._make_parent(rel)
         self._place(src, os.path.join(self._tmp, rel))
 
+    def _place_checked(self, rel: str, size: int, src: Path) -> None:
+        """Place ``src`` at ``rel`` if it is a regular file of ``size`` bytes (never a link)."""
+        st = os.lstat(src)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            what = "a link" if stat.S_ISLNK(st.st_mode) else f"{st.st_size} bytes"
+            raise CacheError(
+                f"{src}: the cache file for {rel} is {what}, its manifest lists {size} bytes",
+                hint="run `mlstage cache verify --repair`, then stage again",
+            )
+        self._place_at(rel, str(src))
+
     def _make_parent(self, rel: str) -> None:
         """The folders above ``rel`` inside the hidden folder, never the hidden folder itself
         (after an abort, a late fetch thread gets FileNotFoundError, not a new folder)."""
@@ -235,6 +241,9 @@ class Materializer:
         )
 
 
-def materialize(src: Path, dest: Path, *, link: bool = False, workers: int = 8) -> None:
-    """Put the staged tree ``src`` at ``dest`` atomically: private copies, or hard links."""
-    Materializer(dest, link=link, workers=workers).finish(src)
+def materialize(
+    files: Iterable[tuple[Entry, Path]], dest: Path, *, link: bool = False, workers: int = 8
+) -> None:
+    """Put a staged dataset's ``files`` (``LocalCache.staged_files``) at ``dest`` atomically:
+    private copies, or hard links."""
+    Materializer(dest, link=link, workers=workers).finish(files)

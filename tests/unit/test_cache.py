@@ -472,3 +472,38 @@ def test_repairing_a_shared_object_fixes_every_tree_that_links_it(
     assert (a.path / "x").read_bytes() == (b.path / "y/x").read_bytes() == b"shared" * 10
     assert (a.path / "x").stat().st_ino == (b.path / "y/x").stat().st_ino == obj.stat().st_ino
     assert cache.verify().problems == []
+
+
+def test_a_lease_hands_out_a_written_tree_only_after_repairing_it(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    staged = stage_folder(cache, make_dataset(tmp_path / "d", {"a/x": b"x" * 50, "y": b"y"}))
+    with open(staged.path / "a/x", "r+b") as f:  # a job writing through its hard link
+        f.write(b"!")
+    with cache.lease(staged.fingerprint) as tree:
+        assert (tree / "a/x").read_bytes() == b"x" * 50
+    assert cache.verify().problems == []
+
+
+def test_cached_object_never_hands_out_a_changed_object(cache: LocalCache, tmp_path: Path) -> None:
+    src = FolderSource(make_dataset(tmp_path / "d", {"f": b"content"}))
+    m = src.resolve()
+    cache.stage(src, m)
+    obj = cache.cached_object(src.uri, m.entries[0])
+    assert obj is not None
+    with open(obj, "r+b") as f:
+        f.write(b"C")
+    assert cache.cached_object(src.uri, m.entries[0]) is None
+    restaged = cache.stage(src, m)  # the hit is repaired: the object fetched again
+    assert restaged.repaired and (restaged.path / "f").read_bytes() == b"content"
+    assert cache.cached_object(src.uri, m.entries[0]) is not None
+
+
+def test_a_touched_file_is_hashed_not_fetched_again(cache: LocalCache, tmp_path: Path) -> None:
+    src = CountingSource(make_dataset(tmp_path / "d", {"f": b"content", "g": b"other"}))
+    m = src.resolve()
+    staged = cache.stage(src, m)
+    os.utime(staged.path / "f")  # metadata only: the bytes are right
+    again = cache.stage(src, m)
+    assert again.repaired and again.objects_fetched == 0 and src.reads["f"] == 1
+    assert cache.stage(src, m).hit

@@ -105,3 +105,22 @@ def test_can_reflink_answers_without_leaving_files(tmp_path: Path) -> None:
     assert isinstance(fileio.can_reflink(str(tmp_path / "a"), str(tmp_path / "b")), bool)
     assert not fileio.can_reflink(str(tmp_path / "missing"), str(tmp_path / "b"))
     assert list((tmp_path / "a").iterdir()) == list((tmp_path / "b").iterdir()) == []
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EBADF])
+def test_a_clone_that_fails_is_an_error_not_a_reason_to_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """EPERM (an immutable destination) and EBADF are failures, not 'no reflinks here'."""
+    import mlstage.fileio as fileio
+
+    src = tmp_path / "src"
+    src.write_bytes(b"data")
+
+    def refuse(*_args: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fileio.fcntl, "ioctl", refuse)
+    with pytest.raises(OSError) as info:
+        fileio.copy_file(str(src), str(tmp_path / "dst"))
+    assert info.value.errno == code

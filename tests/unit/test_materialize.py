@@ -1,4 +1,5 @@
-"""--to folders: early copies overlap staging, the rest come from the tree, all or nothing."""
+"""--to folders: early copies overlap staging, the rest come from the cache entry by entry as
+the manifest lists them, all or nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from mlstage.cache import LocalCache
-from mlstage.errors import ConfigError
+from mlstage.errors import CacheError, ConfigError
+from mlstage.manifest import Entry
 from mlstage.materialize import Materializer, materialize
 from mlstage.sources import open_source
 
@@ -33,85 +35,108 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+class Staged:
+    """A staged dataset: its tree (read-only hard links into objects/), what it holds, and
+    the entries with their cache files as ``--to`` gets them."""
+
+    def __init__(self, cache: LocalCache, fingerprint: str, files: dict[str, bytes]) -> None:
+        self.cache = cache
+        self.fingerprint = fingerprint
+        self.tree = cache.dataset_path(fingerprint)
+        self.files = files
+
+    def listing(self) -> list[tuple[Entry, Path]]:
+        return list(self.cache.staged_files(self.fingerprint))
+
+
 @pytest.fixture
-def staged(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
-    """A staged tree (read-only hard links into objects/) and what it holds."""
+def staged(tmp_path: Path) -> Staged:
     src = tmp_path / "src"
     files = {"a.bin": b"a" * 100, "sub/b.bin": b"b" * 50, "sub/deeper/c.txt": b"c", "e": b""}
     _write_tree(src, files)
     source = open_source(str(src))
-    result = LocalCache(tmp_path / "cache").stage(source, source.resolve())
-    return result.path, files
+    cache = LocalCache(tmp_path / "cache")
+    result = cache.stage(source, source.resolve())
+    return Staged(cache, result.fingerprint, files)
 
 
-def test_early_copies_and_the_rest_from_the_tree(
-    staged: tuple[Path, dict[str, bytes]], tmp_path: Path
-) -> None:
-    tree, files = staged
+def test_early_copies_and_the_rest_from_the_cache(staged: Staged, tmp_path: Path) -> None:
+    tree, files = staged.tree, staged.files
     dest = tmp_path / "out" / "data"
     with Materializer(dest) as placing:
         placing.add("a.bin", tree / "a.bin")  # as the cache's per-object callback does
         placing.add("sub/deeper/c.txt", tree / "sub/deeper/c.txt")
         placing.add("sub/b.bin", tmp_path / "vanished")  # an early copy that fails: redone
         assert not dest.exists()  # nothing visible before finish
-        placing.finish(tree)
+        placing.finish(staged.listing())
     assert _files(dest) == files
     assert not list(dest.parent.glob(".data.mlstage-tmp-*"))
     (dest / "a.bin").write_bytes(b"mine")  # private copies: the cache is untouched
     assert (tree / "a.bin").read_bytes() == b"a" * 100
 
 
-def test_what_an_early_copy_placed_is_kept(
-    staged: tuple[Path, dict[str, bytes]], tmp_path: Path
-) -> None:
-    tree, files = staged
+def test_what_an_early_copy_placed_is_kept(staged: Staged, tmp_path: Path) -> None:
+    files = staged.files
     marked = tmp_path / "marked"
     marked.write_bytes(b"from the early copy")  # distinguishable from the tree's a.bin
     with Materializer(tmp_path / "out") as placing:
         placing.add("a.bin", marked)
-        placing.finish(tree)
+        placing.finish(staged.listing())
     got = _files(tmp_path / "out")
     assert got.pop("a.bin") == b"from the early copy"  # not copied a second time
     assert got == {k: v for k, v in files.items() if k != "a.bin"}
 
 
 def test_dot_is_a_destination_like_any_other(
-    staged: tuple[Path, dict[str, bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    staged: Staged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tree, files = staged
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
-    materialize(tree, Path("."))
-    assert _files(tmp_path / "here") == files
+    materialize(staged.listing(), Path("."))
+    assert _files(tmp_path / "here") == staged.files
 
 
-def test_links_share_the_cache_files(staged: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
-    tree, files = staged
-    materialize(tree, tmp_path / "linked", link=True)
-    assert _files(tmp_path / "linked") == files
-    assert os.stat(tmp_path / "linked" / "a.bin").st_ino == os.stat(tree / "a.bin").st_ino
+def test_links_share_the_cache_files(staged: Staged, tmp_path: Path) -> None:
+    materialize(staged.listing(), tmp_path / "linked", link=True)
+    assert _files(tmp_path / "linked") == staged.files
+    assert os.stat(tmp_path / "linked" / "a.bin").st_ino == os.stat(staged.tree / "a.bin").st_ino
 
 
-def test_a_failure_leaves_nothing(staged: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
-    tree, _files_ = staged
+def test_a_failure_leaves_nothing(staged: Staged, tmp_path: Path) -> None:
     dest = tmp_path / "out"
     with pytest.raises(RuntimeError), Materializer(dest) as placing:
-        placing.add("a.bin", tree / "a.bin")
+        placing.add("a.bin", staged.tree / "a.bin")
         raise RuntimeError("staging failed")
     assert list(tmp_path.glob("*out*")) == []
-    broken = tmp_path / "broken-tree"
-    broken.mkdir()
-    (broken / "ok.bin").write_bytes(b"ok")
-    (broken / "gone.bin").symlink_to(tmp_path / "nowhere")  # cannot be copied
+    vanished = [(Entry(path="gone.bin", size=3, locator="gone.bin"), tmp_path / "nowhere")]
     with pytest.raises(ConfigError, match=r"out: cannot materialise the dataset there"):
-        materialize(broken, dest)
+        materialize(staged.listing() + vanished, dest)
     assert list(tmp_path.glob("*out*")) == []
 
 
-def test_a_non_empty_destination_is_refused_before_anything(
-    staged: tuple[Path, dict[str, bytes]], tmp_path: Path
+@pytest.mark.parametrize("damage", ["link", "truncated"])
+def test_a_cache_file_that_is_not_what_the_manifest_lists_is_never_placed(
+    staged: Staged, tmp_path: Path, damage: str
 ) -> None:
-    tree, _files_ = staged
+    """--to copies the manifest's entries from the cache's objects, checked one by one: a link
+    is never followed (nor linked), a file of another size never copied."""
+    secret = tmp_path / "host-file"
+    secret.write_bytes(b"not the dataset's")
+    listing = staged.listing()
+    entry, obj = listing[0]
+    os.chmod(obj.parent, 0o755)
+    obj.unlink()
+    if damage == "link":
+        obj.symlink_to(secret)
+    else:
+        obj.write_bytes(b"short")
+    for link in (False, True):
+        with pytest.raises(CacheError, match=f"cache file for {entry.path} is"):
+            materialize(listing, tmp_path / "out", link=link)
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_non_empty_destination_is_refused_before_anything(staged: Staged, tmp_path: Path) -> None:
     dest = tmp_path / "full"
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
@@ -143,7 +168,7 @@ def test_staging_with_a_mirror_copies_nothing_a_second_time(
                     f.entry.path, cache.object_path(f.digest), mirrored=f.mirrored
                 ),
             )
-            placing.finish(staged.path)
+            placing.finish(cache.staged_files(staged.fingerprint))
 
     old_umask = os.umask(0o077)  # a copy is 0644 whatever the umask, so is a mirrored file
     try:
@@ -167,14 +192,11 @@ def test_links_are_never_mirrored(tmp_path: Path) -> None:
         placing.abort()
 
 
-def test_a_mirrored_file_that_is_missing_is_copied(
-    staged: tuple[Path, dict[str, bytes]], tmp_path: Path
-) -> None:
-    tree, files = staged
+def test_a_mirrored_file_that_is_missing_is_copied(staged: Staged, tmp_path: Path) -> None:
     with Materializer(tmp_path / "out") as placing:
-        placing.add("a.bin", tree / "a.bin", mirrored=True)  # claimed, but never written
-        placing.finish(tree)
-    assert _files(tmp_path / "out") == files
+        placing.add("a.bin", staged.tree / "a.bin", mirrored=True)  # claimed, never written
+        placing.finish(staged.listing())
+    assert _files(tmp_path / "out") == staged.files
 
 
 def test_where_reflinks_work_the_fetch_writes_no_second_copy(
@@ -266,9 +288,9 @@ def test_stage_to_keeps_the_dataset_leased_until_the_copy_is_whole(
     finish = Materializer.finish
     evicted: list[str] = []
 
-    def evicted_meanwhile(self: Materializer, tree: Path) -> None:
+    def evicted_meanwhile(self: Materializer, listing: list[tuple[Entry, Path]]) -> None:
         evicted.extend(LocalCache(get_settings().resolved_cache_dir).evict(target_bytes=0))
-        finish(self, tree)
+        finish(self, listing)
 
     monkeypatch.setattr(Materializer, "finish", evicted_meanwhile)
     res = CliRunner().invoke(app, ["stage", str(tmp_path / "src"), "--to", str(tmp_path / "out")])
@@ -276,7 +298,8 @@ def test_stage_to_keeps_the_dataset_leased_until_the_copy_is_whole(
     assert evicted == [] and _files(tmp_path / "out") == files  # before: an empty folder, exit 0
 
 
-def test_a_tree_that_vanished_is_an_error_not_an_empty_folder(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="the staged dataset is gone"):
-        materialize(tmp_path / "evicted-tree", tmp_path / "out")
+def test_a_dataset_that_vanished_is_an_error_not_an_empty_folder(tmp_path: Path) -> None:
+    cache = LocalCache(tmp_path / "cache")
+    with pytest.raises(CacheError, match="has no manifest"):
+        materialize(cache.staged_files("0" * 64), tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -82,7 +82,7 @@ def stage(
                 )
             path = staged.path
             if placing is not None and to is not None:
-                placing.finish(staged.path)
+                placing.finish(cache.staged_files(staged.fingerprint))
                 path = to
     result = {
         "uri": uri,
@@ -93,6 +93,7 @@ def stage(
         "objects_fetched": staged.objects_fetched,
         "cache_hits": staged.files if staged.hit else staged.files - delivered[0],
         "hit": staged.hit,
+        "repaired": staged.repaired,
         "retries": staged.retries,
         "seconds": round(time.monotonic() - started, 3),
         "path": str(path),
