@@ -184,6 +184,18 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
+def _open_deleted_files(under: Path) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:  # the listing's own descriptor, closed since
+            continue
+        if target.startswith(str(under)) and target.endswith("(deleted)"):
+            found.append(target)
+    return found
+
+
 def test_a_full_disk_at_any_step_is_one_error_and_leaves_the_cache_consistent(
     small_disk: Path, tmp_path: Path
 ) -> None:
@@ -193,25 +205,26 @@ def test_a_full_disk_at_any_step_is_one_error_and_leaves_the_cache_consistent(
     src = FolderSource(_dataset(tmp_path / "src", n=8))
     manifest = src.resolve()
     outcomes: set[str] = set()
-    for leave in range(0, 256 * 1024, 12 * 1024):
+    for leave in range(0, 512 * 1024, 16 * 1024):  # staging needs ~400 KB here (WAL included)
         cache_dir = small_disk / "cache"
         subprocess.run(["rm", "-rf", str(cache_dir)], check=True)
         filler = _fill(small_disk, leave)
         try:
-            cache = LocalCache(cache_dir)
-            cache.stage(src, manifest, workers=2)
+            with LocalCache(cache_dir) as cache:
+                cache.stage(src, manifest, workers=2)
             outcomes.add("staged")
         except CacheError as exc:
             assert "\n" not in str(exc) and "hint:" in str(exc), exc
             outcomes.add("full")
+        assert not _open_deleted_files(small_disk), leave  # a failed cache keeps no file open
         filler.unlink()
-        cache = LocalCache(cache_dir)
-        cache.gc()
-        report = cache.verify()
-        assert report.problems == [], (leave, report.problems)
-        on_disk = sum(len(files) for _d, _s, files in os.walk(cache_dir / "objects"))
-        assert on_disk == cache.stats().objects, leave  # no unindexed object left behind
-        assert _tree(cache.stage(src, manifest).path) == _tree(src.root)
+        with LocalCache(cache_dir) as cache:
+            cache.gc()
+            report = cache.verify()
+            assert report.problems == [], (leave, report.problems)
+            on_disk = sum(len(files) for _d, _s, files in os.walk(cache_dir / "objects"))
+            assert on_disk == cache.stats().objects, leave  # no unindexed object left behind
+            assert _tree(cache.stage(src, manifest).path) == _tree(src.root)
     assert outcomes == {"staged", "full"}  # the sweep crossed from failing to staging
 
 

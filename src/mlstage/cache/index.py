@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlstage.cache.files import disk_error
 from mlstage.errors import CacheError
 from mlstage.sqlite_setup import use_wal
 
@@ -141,9 +142,11 @@ class CacheIndex:
             use_wal(path)
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
+            self.close()  # a connection is freed only by closing it (or the cyclic gc)
+            refused = disk_error(path.parent, exc)  # full, read-only: the disk's own hint
             raise CacheError(
                 f"cannot open the cache index {path}: {exc}",
-                hint="check the folder is writable; `mlstage cache verify --repair` rebuilds trees",
+                hint=refused.hint if refused else "remove the index to start the cache afresh",
             ) from exc
 
     def _migrate(self) -> None:
@@ -179,11 +182,15 @@ class CacheIndex:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot B-tree pages stay in memory
-            conn.execute("PRAGMA mmap_size=268435456")  # reads without a syscall per page
+            try:
+                conn.execute("PRAGMA busy_timeout=60000")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: hot B-tree pages stay in memory
+                conn.execute("PRAGMA mmap_size=268435456")  # reads without a syscall per page
+            except BaseException:
+                conn.close()  # never left to the cyclic gc (see close)
+                raise
             self._local.conn = conn
         return conn
 
@@ -212,7 +219,8 @@ class CacheIndex:
             raise
 
     def close(self) -> None:
-        """Close this thread's connections."""
+        """Close this thread's connections (sqlite3 frees a connection only when it is closed
+        or the cyclic garbage collector runs: its statement cache refers back to it)."""
         for name in ("conn", "quick"):
             conn = getattr(self._local, name, None)
             if conn is not None:

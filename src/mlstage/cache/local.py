@@ -116,12 +116,26 @@ class LocalCache:
         self.leases = Leases(self.files, self.index)
         self.host = self.leases.host
         self.eviction = Eviction(self.files, self.index, self.leases, self.trees)
-        with (
-            mapped_disk_errors(self.root),
-            flock(self.files.lock("evict"), fcntl.LOCK_EX | fcntl.LOCK_NB) as got,
-        ):
-            if got:
-                self.eviction.recover()
+        try:
+            with (
+                mapped_disk_errors(self.root),
+                flock(self.files.lock("evict"), fcntl.LOCK_EX | fcntl.LOCK_NB) as got,
+            ):
+                if got:
+                    self.eviction.recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close this thread's index connections (a later call opens them again)."""
+        self.index.close()
+
+    def __enter__(self) -> LocalCache:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     # -- paths --------------------------------------------------------------------------
     def object_path(self, digest: str) -> Path:
