@@ -95,6 +95,8 @@ def upgrade() -> None:
             f"{after.url}: at schema revision {after.revision}, newer than this mlstage's "
             f"{after.head}; nothing to do"
         )
+    elif before.state == "empty":
+        typer.echo(f"{after.url}: created the schema at revision {after.revision}")
     elif before.revision == after.revision:
         typer.echo(f"{after.url}: already at schema revision {after.revision}")
     else:
