@@ -26,7 +26,7 @@ from mlstage.errors import StateError
 from mlstage.sqlite_setup import use_wal
 from mlstage.state.url import URL_HINT, mask_url, parse_state_url, without_secrets
 
-__all__ = ["make_engine", "mask_url", "mapped_errors", "sqlite_path", "write_engine"]
+__all__ = ["first_line", "make_engine", "mapped_errors", "mask_url", "sqlite_path", "write_engine"]
 
 WRITE_OPTION = "mlstage_write"
 _WRITABLE_HINT = "set MLSTAGE_STATE_URL or MLSTAGE_HOME to a writable place"
