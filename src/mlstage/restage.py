@@ -2,7 +2,8 @@
 find (and, when asked, re-run) the benchmarks it made stale.
 
 Exactly one caller re-stages a (dataset, version), however many events or machines ask: the
-work starts with a claim in the state DB (see ``mlstage.state.claims``). Prefect-free; the
+work starts with a claim in the state DB (see ``mlstage.state.claims``), renewed while the
+work runs, so only a dead claimant's claim is ever taken over. Prefect-free; the
 restage-dataset flow wraps ``restage`` and emits the events.
 """
 
@@ -21,7 +22,7 @@ from mlstage.events import EventSpec, benchmark_stale, dataset_restaged
 from mlstage.redact import MASK
 from mlstage.specs import ModelSpec
 from mlstage.state import StateStore
-from mlstage.state.claims import Coordination
+from mlstage.state.claims import DEFAULT_LEASE_SECONDS, Coordination, default_owner
 from mlstage.state.models import BenchmarkRun, Consumption, Dataset, DatasetVersion
 from mlstage.watch import WatchEntry
 
@@ -143,40 +144,56 @@ def restage(
     rerun_stale: bool | None = None,
     owner: str | None = None,
     flow_run_id: str | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> RestageResult:
     """Preprocess, publish and warm ``version`` of ``entry``'s dataset; list stale benchmarks
     and, when asked (``rerun_stale`` or the entry's option), re-run them on it.
 
     ``duplicate``: another caller claimed this version. ``superseded``: the source moved on
-    since the change was announced (the watcher announces the newer version in turn).
+    since the change was announced (the watcher announces the newer version in turn). The
+    claim is renewed while the work runs; another caller takes it over only when it was not
+    renewed for ``lease_seconds`` (this process died).
     """
     name = entry.name
+    owner = owner or default_owner()
     coord = Coordination(ws.state)
-    if not coord.claim(name, version, owner=owner):
+    if not coord.claim(name, version, owner=owner, lease_seconds=lease_seconds):
         return RestageResult(name, version, "duplicate")
     try:
-        resolved = pipeline.resolve(ws, entry.dataset)
-        if resolved.version != version:
-            coord.finish(name, version, "superseded", f"source is now at {resolved.version}")
-            return RestageResult(name, version, "superseded")
-        # warming this node's cache is staging it here: from the recipe's output, no read back
-        prepared = pipeline.preprocess(ws, resolved, stage_here=LOCAL in entry.warm_caches)
-        result = RestageResult(name, version, "restaged", prepared.artifact.artifact_id)
-        result.warmed, ready = warm(ws, prepared, entry.warm_caches)
-        result.stale = stale_benchmarks(ws.state, name, version)
-        if result.stale and (entry.rerun_stale if rerun_stale is None else rerun_stale):
-            for s in result.stale:
-                why = masked_reason(s)
-                if why is not None:
-                    result.not_rerun.append((s, why))
-                    continue
-                ready = ready or pipeline.stage(ws, prepared)
-                model = ModelSpec(
-                    name=s.model, dataset=name, entrypoint=s.entrypoint, params=s.params
-                )
-                result.reran.append(pipeline.run(ws, model, ready, flow_run_id=flow_run_id))
+        with coord.hold(name, version, owner=owner, lease_seconds=lease_seconds):
+            result, detail = _restage_claimed(ws, entry, version, rerun_stale, flow_run_id)
     except BaseException as exc:
-        coord.finish(name, version, "failed", f"{type(exc).__name__}: {exc}"[:2000])
+        coord.finish(name, version, "failed", f"{type(exc).__name__}: {exc}"[:2000], owner=owner)
         raise
-    coord.finish(name, version, "done")
+    status = "done" if result.status == "restaged" else result.status
+    coord.finish(name, version, status, detail, owner=owner)
     return result
+
+
+def _restage_claimed(
+    ws: pipeline.Workspace,
+    entry: WatchEntry,
+    version: str,
+    rerun_stale: bool | None,
+    flow_run_id: str | None,
+) -> tuple[RestageResult, str | None]:
+    """The work ``restage`` does once it holds the claim; the result and the claim's detail."""
+    name = entry.name
+    resolved = pipeline.resolve(ws, entry.dataset)
+    if resolved.version != version:
+        return RestageResult(name, version, "superseded"), f"source is now at {resolved.version}"
+    # warming this node's cache is staging it here: from the recipe's output, no read back
+    prepared = pipeline.preprocess(ws, resolved, stage_here=LOCAL in entry.warm_caches)
+    result = RestageResult(name, version, "restaged", prepared.artifact.artifact_id)
+    result.warmed, ready = warm(ws, prepared, entry.warm_caches)
+    result.stale = stale_benchmarks(ws.state, name, version)
+    if result.stale and (entry.rerun_stale if rerun_stale is None else rerun_stale):
+        for s in result.stale:
+            why = masked_reason(s)
+            if why is not None:
+                result.not_rerun.append((s, why))
+                continue
+            ready = ready or pipeline.stage(ws, prepared)
+            model = ModelSpec(name=s.model, dataset=name, entrypoint=s.entrypoint, params=s.params)
+            result.reran.append(pipeline.run(ws, model, ready, flow_run_id=flow_run_id))
+    return result, None

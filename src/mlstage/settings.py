@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,9 +21,10 @@ class Settings(BaseSettings):
         default_factory=_default_home,
         description="Root folder for the embedded defaults (state DB, cache, shared tier).",
     )
-    state_url: str | None = Field(
+    state_url: SecretStr | None = Field(
         default=None,
-        description="SQLAlchemy URL of the state DB; default: a SQLite file under home.",
+        description="SQLAlchemy URL of the state DB; default: a SQLite file under home. "
+        "Secret: it may hold a password; revealed only where the engine is made.",
     )
     shared: str | None = Field(
         default=None,
@@ -51,8 +52,9 @@ class Settings(BaseSettings):
     )
 
     @property
-    def resolved_state_url(self) -> str:
-        return self.state_url or f"sqlite:///{self.home / 'state.db'}"
+    def resolved_state_url(self) -> SecretStr:
+        """The state DB URL, still secret: ``StateStore.open`` / ``make_engine`` reveal it."""
+        return self.state_url or SecretStr(f"sqlite:///{self.home / 'state.db'}")
 
     @property
     def resolved_shared(self) -> str:
@@ -75,7 +77,7 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = f"MLSTAGE_{str(err['loc'][0]).upper()}" if err.get("loc") else "MLSTAGE_*"
-        raise ConfigError(
-            f"{name}={err.get('input')!r}: {err['msg']}", hint=f"fix or unset {name}"
-        ) from exc
+        field = str(err["loc"][0]) if err.get("loc") else "*"
+        name = f"MLSTAGE_{field.upper()}"
+        value = "***" if field == "state_url" else repr(err.get("input"))
+        raise ConfigError(f"{name}={value}: {err['msg']}", hint=f"fix or unset {name}") from exc

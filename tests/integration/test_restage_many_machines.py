@@ -1,10 +1,16 @@
 """Several watchers and re-stagers at once on one PostgreSQL state DB (as on several machines):
-each change is announced once and each version re-staged once."""
+each change is announced once and each version re-staged once.
+
+Every watcher thread and claimer process must finish cleanly: a claimer that crashed is no
+loser, and "exactly one won" proves nothing if the others never got to ask.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -28,21 +34,62 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-def run_together(fn, n: int) -> list:  # type: ignore[no-untyped-def, type-arg]
-    """Call ``fn(i)`` from ``n`` threads released at the same moment."""
+def run_together(fn: Callable[[int], Any], n: int) -> list[Any]:
+    """``fn(i)`` from ``n`` threads released at the same moment; every call must return."""
     barrier = threading.Barrier(n)
-    out: list = [None] * n  # type: ignore[type-arg]
+    out: list[Any] = [None] * n
+    errors: list[str] = []
 
     def body(i: int) -> None:
-        barrier.wait()
-        out[i] = fn(i)
+        try:
+            barrier.wait(30)
+            out[i] = fn(i)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(f"thread {i}: {exc!r}")
 
     threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
+    hung = [i for i, t in enumerate(threads) if t.is_alive()]
+    assert not hung and not errors, f"hung: {hung}, failed: {errors}"
     return out
+
+
+def _claimer(url: str, i: int, start: Any, results: Any, crash: bool) -> None:
+    """One machine: open the state DB, wait for the others, claim (d, v1)."""
+    coord = Coordination(StateStore.open(url))
+    start.wait(60)
+    if crash:
+        raise RuntimeError(f"claimer {i} crashed")
+    results.put((i, coord.claim("d", "v1", owner=f"m{i}")))
+    coord.store.close()
+
+
+def claim_in_processes(url: str, n: int, crash: int | None = None) -> list[bool]:
+    """What each of ``n`` claimer processes, released together, got from ``claim``.
+
+    Fails unless every process exited with 0 and reported its answer.
+    """
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once Prefect has run
+    start, results = ctx.Barrier(n), ctx.Queue()
+    procs = [
+        ctx.Process(target=_claimer, args=(url, i, start, results, i == crash)) for i in range(n)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    for p in procs:
+        if p.is_alive():  # hung: fail below, but leave nothing behind
+            p.kill()
+            p.join(5)
+    codes = [p.exitcode for p in procs]
+    assert codes == [0] * n, f"claimer exit codes: {codes}"
+    got = dict(results.get(timeout=10) for _ in range(n))
+    assert sorted(got) == list(range(n))
+    return [got[i] for i in range(n)]
 
 
 def test_concurrent_watchers_announce_each_change_once(pg_url: str) -> None:
@@ -65,9 +112,17 @@ def test_concurrent_watchers_announce_each_change_once(pg_url: str) -> None:
 
 
 def test_concurrent_restage_claims_have_one_winner(pg_url: str) -> None:
-    coords = [Coordination(StateStore.open(pg_url)) for _ in range(N)]
-    won = run_together(lambda i: coords[i].claim("d", "v1", owner=f"m{i}"), N)
-    assert won.count(True) == 1
-    coords[0].finish("d", "v1", "failed")
-    won = run_together(lambda i: coords[i].claim("d", "v1", owner=f"m{i}"), N)
-    assert won.count(True) == 1
+    StateStore.open(pg_url).close()  # the schema, before the machines race
+    won = claim_in_processes(pg_url, N)
+    assert won.count(True) == 1, won
+    Coordination(StateStore.open(pg_url)).finish("d", "v1", "failed")
+    won = claim_in_processes(pg_url, N)  # a failed claim is taken over, once
+    assert won.count(True) == 1, won
+
+
+def test_a_crashed_claimer_fails_the_check(pg_url: str) -> None:
+    StateStore.open(pg_url).close()
+    with pytest.raises(AssertionError, match="claimer exit codes"):
+        claim_in_processes(pg_url, 3, crash=1)
+    with pytest.raises(AssertionError, match="thread 1: ZeroDivisionError"):
+        run_together(lambda i: 1 / 0 if i == 1 else None, 3)

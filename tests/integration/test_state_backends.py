@@ -19,8 +19,8 @@ from sqlmodel import Session, SQLModel
 
 from mlstage.errors import ConfigError, StateError
 from mlstage.state import StateStore, head_revision, make_engine, migrate
-from mlstage.state.db import FIRST_REVISION, current_revision
 from mlstage.state.models import DatasetVersion, Sweep
+from mlstage.state.schema import FIRST_REVISION, current_revision, upgrade
 from mlstage.testing.postgres import check_postgres, throwaway_database
 
 pytestmark = pytest.mark.integration
@@ -330,8 +330,24 @@ def _assert_first_schema_data(st: StateStore) -> None:
     assert [r.run_id for r in st.stale_runs("mnist")] == ["run1"]
 
 
+def _open_upgrading(db_url: str) -> StateStore:
+    """What a user does with a DB behind this mlstage: a SQLite file upgrades itself on open;
+    a server DB is refused, in one line, until ``mlstage db upgrade``."""
+    if not db_url.startswith("postgresql"):
+        return StateStore.open(db_url)
+    with pytest.raises(StateError) as info:
+        StateStore.open(db_url)
+    assert "older than this mlstage" in str(info.value) or "made before" in str(info.value)
+    assert "run 'mlstage db upgrade'" in str(info.value) and "\n" not in str(info.value)
+    engine = make_engine(db_url, schema=False)
+    before, after = upgrade(engine)
+    engine.dispose()
+    assert after.state == "current" and before.state in ("behind", "unversioned")
+    return StateStore.open(db_url)
+
+
 def test_upgrade_from_the_first_schema_keeps_the_data(db_url: str) -> None:
-    engine = make_engine(db_url, upgrade=False)
+    engine = make_engine(db_url, schema=False)
     migrate(engine, FIRST_REVISION)
     with engine.connect() as conn:
         assert current_revision(conn) == FIRST_REVISION
@@ -341,7 +357,7 @@ def test_upgrade_from_the_first_schema_keeps_the_data(db_url: str) -> None:
     _fill_first_schema(engine)
     engine.dispose()
 
-    st = StateStore.open(db_url)  # what every mlstage command does
+    st = _open_upgrading(db_url)
     with st.engine.connect() as conn:
         assert current_revision(conn) == head_revision() != FIRST_REVISION
     _assert_first_schema_data(st)
@@ -349,14 +365,14 @@ def test_upgrade_from_the_first_schema_keeps_the_data(db_url: str) -> None:
 
 
 def test_db_made_before_migrations_is_stamped_and_upgraded(db_url: str) -> None:
-    engine = make_engine(db_url, upgrade=False)
+    engine = make_engine(db_url, schema=False)
     migrate(engine, FIRST_REVISION)
     _fill_first_schema(engine)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE alembic_version"))  # as create_all left it
     engine.dispose()
 
-    st = StateStore.open(db_url)
+    st = _open_upgrading(db_url)
     with st.engine.connect() as conn:
         assert current_revision(conn) == head_revision()
     _assert_first_schema_data(st)
@@ -365,12 +381,13 @@ def test_db_made_before_migrations_is_stamped_and_upgraded(db_url: str) -> None:
 
 def test_db_from_a_newer_mlstage_is_refused_clearly(db_url: str) -> None:
     StateStore.open(db_url).close()
-    engine = make_engine(db_url, upgrade=False)
-    with engine.begin() as conn:
+    engine = make_engine(db_url, schema=False)
+    with engine.begin() as conn:  # a newer revision that says nothing of older code
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     engine.dispose()
-    with pytest.raises(StateError, match="revision 9999, newer than this mlstage knows"):
+    with pytest.raises(StateError, match="revision 9999, newer than this mlstage's") as info:
         StateStore.open(db_url)
+    assert "upgrade mlstage on this node" in str(info.value)
 
 
 # -- errors -----------------------------------------------------------------------------

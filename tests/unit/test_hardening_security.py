@@ -163,7 +163,9 @@ def test_preprocess_writes_out_no_secret_but_ids_use_real_params(
     assert prepared.artifact.artifact_id != other.artifact_id(resolved.version)
     info = (Path(prepared.artifact.uri) / "artifact.json").read_text()
     assert SECRET not in info and "host/data" in info
-    db = sqlite3.connect(get_settings().resolved_state_url.removeprefix("sqlite:///"))
+    db = sqlite3.connect(
+        get_settings().resolved_state_url.get_secret_value().removeprefix("sqlite:///")
+    )
     dump = "\n".join(db.iterdump())
     assert SECRET not in dump and "hf_token" in dump
 

@@ -18,7 +18,7 @@ OPENERS, FRESH_FILES = 8, 60
 
 
 def _open_state_db(path: Path) -> None:
-    engine = make_engine(f"sqlite:///{path}", upgrade=False)
+    engine = make_engine(f"sqlite:///{path}", schema=False)
     with engine.connect() as conn:
         conn.execute(text("SELECT name FROM sqlite_master")).all()
     engine.dispose()

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import typer
 
-from mlstage.cli import cache_cmd, lineage_cmd, notify_cmd, stage_cmd
+from mlstage.cli import cache_cmd, db_cmd, lineage_cmd, notify_cmd, stage_cmd
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -23,6 +23,7 @@ app.command("stage")(stage_cmd.stage)
 app.add_typer(lineage_cmd.app, name="lineage")
 app.add_typer(cache_cmd.app, name="cache")
 app.command("notify")(notify_cmd.notify)
+app.add_typer(db_cmd.app, name="db")
 
 
 def _terminated(signum: int, _frame: object) -> None:

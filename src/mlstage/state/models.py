@@ -165,3 +165,16 @@ class RestageClaim(SQLModel, table=True):
     claimed_at: float = Field(description="epoch s; a running claim older than its lease is dead")
     finished_at: datetime | None = None
     detail: str | None = None
+
+
+class SchemaCompat(SQLModel, table=True):
+    """The schema revision of the DB and the oldest revision whose code may use it (one row).
+
+    Written by every upgrade (``mlstage.state.schema.migrate``); read by code that does not
+    know the DB's revision, to tell whether it may keep working (expand/contract).
+    """
+
+    __tablename__ = "schema_compat"
+    id: int = Field(default=1, primary_key=True)
+    revision: str
+    compatible_from: str = Field(description="the oldest revision whose code may use this DB")

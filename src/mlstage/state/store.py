@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import ColumnElement, func
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -22,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from mlstage.errors import ConfigError, StateError
 from mlstage.redact import scrub_params, scrub_params_json, scrub_text, scrub_uri
-from mlstage.state.db import first_line, make_engine, mask_url, write_engine
+from mlstage.state.db import first_line, make_engine, write_engine
 from mlstage.state.models import (
     Artifact,
     BenchmarkRun,
@@ -34,6 +35,7 @@ from mlstage.state.models import (
     Sweep,
     utcnow,
 )
+from mlstage.state.url import mask_url, without_secrets
 
 MIN_ID_PREFIX = 6
 
@@ -116,15 +118,19 @@ def _current_versions() -> Any:
 
 
 class StateStore:
-    """The state DB. ``StateStore.open(url)`` migrates it to the current schema."""
+    """The state DB. ``StateStore.open(url)`` checks this mlstage may use its schema."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = write_engine(engine)
 
     @classmethod
-    def open(cls, url: str) -> StateStore:
-        """Open (creating or upgrading) the state DB at ``url``; StateError if unusable."""
+    def open(cls, url: str | SecretStr) -> StateStore:
+        """Open the state DB at ``url``; StateError (one line) if this mlstage cannot use it.
+
+        An empty DB gets the schema and a SQLite file is upgraded; a server DB behind this
+        mlstage is refused until ``mlstage db upgrade`` (see ``mlstage.state.schema``).
+        """
         return cls(make_engine(url))
 
     def close(self) -> None:
@@ -139,7 +145,8 @@ class StateStore:
                 yield s
         except DBAPIError as exc:
             raise StateError(
-                f"state DB {mask_url(self.engine.url)} failed: {first_line(exc)}",
+                f"state DB {mask_url(self.engine.url)} failed: "
+                f"{without_secrets(first_line(exc), self.engine.url)}",
                 hint="check that the server is up and MLSTAGE_STATE_URL is right",
             ) from exc
 
