@@ -145,9 +145,14 @@ def validate_sweep(spec: SweepSpec) -> list[str]:
 
 
 def resolve(ws: Workspace, spec: DatasetSpec) -> Resolved:
-    """List the source (no bytes move) and record the version it is at."""
+    """List the source (no bytes move) and record the version it is at.
+
+    A dataset whose paths would be too long in this node's cache is refused here, before
+    anything is fetched or recorded.
+    """
     source = open_source(spec.uri)
     manifest = source.resolve()
+    manifest.check_fits(ws.cache.root, what="cache folder (MLSTAGE_CACHE_DIR)")
     row, new = ws.state.record_version(
         spec.name, manifest.fingerprint, spec.uri, len(manifest), manifest.total_bytes
     )

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,61 @@ def test_refused_input_is_one_line_that_repeats_no_secret(
     assert expect in line
     assert SECRET not in out.stderr + out.stdout and "AKIAEXAMPLE" not in out.stderr
     assert len(line) < 600
+
+
+class _AnyFile(BaseHTTPRequestHandler):
+    """Every URL is a 1-byte file; GETs are counted (a HEAD is listing, a GET is a download)."""
+
+    protocol_version = "HTTP/1.1"
+    gets: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1")
+        self.send_header("ETag", '"e1"')
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.gets.append(self.path)
+        self.do_HEAD()
+        self.wfile.write(b"x")
+
+
+@pytest.fixture
+def any_file_server() -> Iterator[str]:
+    _AnyFile.gets = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AnyFile)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_key_too_long_for_the_cache_is_refused_before_any_download(
+    tmp_path: Path, any_file_server: str
+) -> None:
+    long_part = "/".join(["d" * 250] * 16) + "/" + "f" * 72  # a/<this> is a 4,090-byte key
+    out = stage([f"{any_file_server}/{{a,b}}/{long_part}"], tmp_path / "home")
+    line = one_line_error(out)
+    assert _AnyFile.gets == []  # listed (HEAD), never downloaded
+    assert "(4090 bytes)" in line and "longer than a file system allows" in line
+    assert "MLSTAGE_CACHE_DIR" in line and len(line) < 600
+    assert "File name too long" not in line
+
+
+def test_a_key_too_long_for_the_to_folder_is_refused_before_any_download(
+    tmp_path: Path, any_file_server: str
+) -> None:
+    long_part = "/".join(["d" * 250] * 13) + "/f.bin"  # a/<this>: 3,270 bytes, fits the cache
+    to = tmp_path.joinpath(*["t" * 250] * 3)  # but not under this --to folder
+    out = stage([f"{any_file_server}/{{a,b}}/{long_part}", "--to", str(to)], tmp_path / "home")
+    line = one_line_error(out)
+    assert _AnyFile.gets == [] and "--to folder" in line
+    assert not to.exists()

@@ -5,10 +5,13 @@ without repeating them, malformed URLs as one line, and path limits checked at r
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
-from mlstage.errors import ConfigError
+from mlstage.errors import ConfigError, UnsafePathError
+from mlstage.manifest import Entry, Manifest
+from mlstage.paths import safe_relpath
 from mlstage.sources import check_uri, open_source
 from mlstage.sources.http import MAX_URLS, expand_braces
 
@@ -129,3 +132,58 @@ def test_a_malformed_url_is_a_config_error_naming_it(uri: str) -> None:
 def test_a_url_made_malformed_by_a_brace_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="not a valid URL"):
         open_source("https://{[::1],[::1}/x.tar")  # the pattern parses, its second URL not
+
+
+# -- minor: path rules for Linux, and limits checked before anything is fetched --------------
+def test_a_colon_is_an_ordinary_character_in_a_key() -> None:
+    assert safe_relpath("C:x") == "C:x"  # a valid S3 key and POSIX file name
+    assert safe_relpath("d/C:/x") == "d/C:/x"
+    assert Entry(path="C:x", size=1, locator="C:x").path == "C:x"
+    for bad in ("/abs", "../up", "a/../../up", "", "a\x00b", "a\\b"):
+        with pytest.raises(UnsafePathError):
+            safe_relpath(bad)
+
+
+def test_a_long_path_is_shown_short_in_its_error() -> None:
+    long_key = "/".join(["d" * 200] * 21)
+    with pytest.raises(UnsafePathError) as info:
+        safe_relpath(long_key, origin="https://h/" + "x" * 5000)
+    message = str(info.value)
+    assert len(message) < 400 and f"({len(long_key)} bytes)" in message
+
+
+def test_a_path_too_long_under_its_destination_is_refused(tmp_path: Path) -> None:
+    key = "/".join(["k" * 250] * 16)  # 4,015 bytes: a valid path on its own
+    manifest = Manifest(source="s3://b/p", entries=[Entry(path=key, size=1, locator=key)])
+    with pytest.raises(UnsafePathError, match="longer than a file system allows") as info:
+        manifest.check_fits(tmp_path / "cache", what="cache folder (MLSTAGE_CACHE_DIR)")
+    assert "MLSTAGE_CACHE_DIR" in info.value.hint and len(str(info.value)) < 400
+    short = Manifest(source="s3://b/p", entries=[Entry(path="a/b.bin", size=1, locator="a")])
+    short.check_fits(tmp_path / ("x" * 200) / ("y" * 200))  # fits
+
+
+def test_pipeline_resolve_refuses_what_cannot_fit_in_the_cache(home: Path, tmp_path: Path) -> None:
+    from mlstage import pipeline
+    from mlstage.settings import get_settings
+    from mlstage.specs import DatasetSpec
+
+    data = tmp_path / "data"
+    deep = data.joinpath(*["d" * 250] * 15)  # 3,765 bytes under the dataset folder
+    deep.mkdir(parents=True)
+    (deep / ("n" * 200)).write_bytes(b"x")
+    ws = pipeline.Workspace.from_settings(get_settings())
+    assert len(str(ws.cache.root)) + 128 + 3966 >= 4096  # too long once in the cache
+    with pytest.raises(UnsafePathError, match="longer than a file system allows") as info:
+        pipeline.resolve(ws, DatasetSpec(name="d", uri=str(data)))
+    assert "MLSTAGE_CACHE_DIR" in (info.value.hint or "")
+    assert ws.state.history("d") == []  # refused before its version was recorded
+
+
+def test_folder_files_named_like_mlstages_own_are_staged_not_skipped(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / ".mlstage-notes").write_text("kept")
+    (tmp_path / "d" / "a.bin").write_bytes(b"a")
+    assert [e.path for e in open_source(str(tmp_path / "d")).resolve().entries] == [
+        ".mlstage-notes",
+        "a.bin",
+    ]
