@@ -58,6 +58,18 @@ def workspace(shared_block: str | None = None, cache_block: str | None = None) -
         return _cached[key]
 
 
+def load_secret(block_name: str) -> str:
+    """The value of the Prefect Secret block ``block_name``, as text: what a model's
+    ``secrets`` name (``pipeline.run`` calls this right before the model's entrypoint)."""
+    import json
+
+    from prefect.blocks.system import Secret
+
+    # the stored value itself: Secret.get() would turn the text "123" into the number 123
+    value = Secret.load(block_name).value.get_secret_value()
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def apply_clearml(clearml_block: str | None) -> None:
     """Configure the ClearML SDK in this process from an ``mlstage-clearml-credentials`` block."""
     if clearml_block:

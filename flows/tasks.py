@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows._workspace import apply_clearml, workspace
+from flows._workspace import apply_clearml, load_secret, workspace
 from flows.artifacts import best_effort, publish_consumption
 from flows.outcomes import shown_in_ui
 from mlstage import pipeline
@@ -53,9 +53,17 @@ def run_task(
     model: ModelSpec, ready: pipeline.Ready, sweep_id: str | None = None
 ) -> pipeline.RunOutcome | State[pipeline.RunOutcome]:
     """Run one model on its staged data, record what it consumed, and show it in the UI
-    (a failed model's task run ends Failed, with its outcome: see ``flows.outcomes``)."""
+    (a failed model's task run ends Failed, with its outcome: see ``flows.outcomes``). Its
+    ``secrets`` are loaded from their Secret blocks here, right before it starts."""
     ws = workspace()
-    outcome = pipeline.run(ws, model, ready, sweep_id=sweep_id, flow_run_id=flow_run.get_id())
+    outcome = pipeline.run(
+        ws,
+        model,
+        ready,
+        sweep_id=sweep_id,
+        flow_run_id=flow_run.get_id(),
+        resolve_secret=load_secret,
+    )
     best_effort(
         f"{model.name}: consumption artifact not published",
         publish_consumption,

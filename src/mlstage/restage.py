@@ -19,7 +19,7 @@ from mlstage import pipeline
 from mlstage.cache import LocalCache
 from mlstage.events import EventSpec, benchmark_stale, dataset_restaged
 from mlstage.redact import MASK
-from mlstage.specs import ModelSpec
+from mlstage.specs import ModelSpec, SecretResolver
 from mlstage.state import StateStore
 from mlstage.state.claims import Coordination
 from mlstage.state.models import BenchmarkRun, Consumption, Dataset, DatasetVersion
@@ -143,9 +143,13 @@ def restage(
     rerun_stale: bool | None = None,
     owner: str | None = None,
     flow_run_id: str | None = None,
+    resolve_secret: SecretResolver | None = None,
 ) -> RestageResult:
     """Preprocess, publish and warm ``version`` of ``entry``'s dataset; list stale benchmarks
     and, when asked (``rerun_stale`` or the entry's option), re-run them on it.
+
+    A run whose parameters came from Secret blocks (recorded as ``secret:<block>``) re-runs
+    with them loaded again by ``resolve_secret``; without one it is listed as not re-run.
 
     ``duplicate``: another caller claimed this version. ``superseded``: the source moved on
     since the change was announced (the watcher announces the newer version in turn).
@@ -170,11 +174,24 @@ def restage(
                 if why is not None:
                     result.not_rerun.append((s, why))
                     continue
+                try:
+                    model = ModelSpec.from_record(
+                        name=s.model, dataset=name, entrypoint=s.entrypoint, params=s.params
+                    )
+                except ValueError as exc:  # recorded before the spec's rules: never re-run
+                    why = f"its recorded model is no valid spec today ({type(exc).__name__})"
+                    result.not_rerun.append((s, why))
+                    continue
+                if model.secrets and resolve_secret is None:
+                    why = "its params come from Secret blocks, and this caller cannot load them"
+                    result.not_rerun.append((s, why))
+                    continue
                 ready = ready or pipeline.stage(ws, prepared)
-                model = ModelSpec(
-                    name=s.model, dataset=name, entrypoint=s.entrypoint, params=s.params
+                result.reran.append(
+                    pipeline.run(
+                        ws, model, ready, flow_run_id=flow_run_id, resolve_secret=resolve_secret
+                    )
                 )
-                result.reran.append(pipeline.run(ws, model, ready, flow_run_id=flow_run_id))
     except BaseException as exc:
         coord.finish(name, version, "failed", f"{type(exc).__name__}: {exc}"[:2000])
         raise
