@@ -70,14 +70,21 @@ def load_secret(block_name: str) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def apply_clearml(clearml_block: str | None) -> None:
-    """Configure the ClearML SDK in this process from an ``mlstage-clearml-credentials`` block."""
-    if clearml_block:
-        import os
+@contextmanager
+def clearml_configured(clearml_block: str | None) -> Iterator[None]:
+    """Inside the ``with``, the ClearML SDK of this process uses the server and keys of the
+    ``mlstage-clearml-credentials`` block ``clearml_block`` (nothing changes without one).
 
-        from blocks import ClearMLCredentials
+    Set in-process, under a lock other tasks wait on (``ClearMLServer.configured``): never in
+    ``os.environ``, which concurrent tasks would race on and model subprocesses inherit.
+    """
+    if not clearml_block:
+        yield
+        return
+    from blocks import ClearMLCredentials
 
-        os.environ.update(ClearMLCredentials.load(clearml_block).build())
+    with ClearMLCredentials.load(clearml_block).build().configured():
+        yield
 
 
 def reset_workspace() -> None:
