@@ -1,9 +1,11 @@
-"""ClearML credentials as a Prefect block; builds the environment the ClearML SDK reads."""
+"""ClearML credentials as a Prefect block; builds the ClearMLServer the SDK is configured with."""
 
 from __future__ import annotations
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
+
+from mlstage.sources.clearml_server import ClearMLServer
 
 
 class ClearMLCredentials(Block):
@@ -19,19 +21,13 @@ class ClearMLCredentials(Block):
     access_key: str = Field(description="API access key.")
     secret_key: SecretStr = Field(description="API secret key.")
 
-    def build(self) -> dict[str, str]:
-        """CLEARML_* variables the ClearML SDK reads; apply with ``os.environ.update``.
-
-        The SDK configures itself from the environment, so this is its whole configuration;
-        the returned dict holds the secret: never log it.
-        """
-        env = {
-            "CLEARML_API_HOST": self.api_host,
-            "CLEARML_API_ACCESS_KEY": self.access_key,
-            "CLEARML_API_SECRET_KEY": self.secret_key.get_secret_value(),
-        }
-        if self.web_host:
-            env["CLEARML_WEB_HOST"] = self.web_host
-        if self.files_host:
-            env["CLEARML_FILES_HOST"] = self.files_host
-        return env
+    def build(self) -> ClearMLServer:
+        """The ClearMLServer to configure the ClearML SDK with, in-process (``configured()``):
+        never through ``os.environ``, where model subprocesses would inherit the keys."""
+        return ClearMLServer(
+            api_host=self.api_host,
+            access_key=self.access_key,
+            secret_key=self.secret_key.get_secret_value(),
+            web_host=self.web_host,
+            files_host=self.files_host,
+        )

@@ -58,14 +58,33 @@ def workspace(shared_block: str | None = None, cache_block: str | None = None) -
         return _cached[key]
 
 
-def apply_clearml(clearml_block: str | None) -> None:
-    """Configure the ClearML SDK in this process from an ``mlstage-clearml-credentials`` block."""
-    if clearml_block:
-        import os
+def load_secret(block_name: str) -> str:
+    """The value of the Prefect Secret block ``block_name``, as text: what a model's
+    ``secrets`` name (``pipeline.run`` calls this right before the model's entrypoint)."""
+    import json
 
-        from blocks import ClearMLCredentials
+    from prefect.blocks.system import Secret
 
-        os.environ.update(ClearMLCredentials.load(clearml_block).build())
+    # the stored value itself: Secret.get() would turn the text "123" into the number 123
+    value = Secret.load(block_name).value.get_secret_value()
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@contextmanager
+def clearml_configured(clearml_block: str | None) -> Iterator[None]:
+    """Inside the ``with``, the ClearML SDK of this process uses the server and keys of the
+    ``mlstage-clearml-credentials`` block ``clearml_block`` (nothing changes without one).
+
+    Set in-process, under a lock other tasks wait on (``ClearMLServer.configured``): never in
+    ``os.environ``, which concurrent tasks would race on and model subprocesses inherit.
+    """
+    if not clearml_block:
+        yield
+        return
+    from blocks import ClearMLCredentials
+
+    with ClearMLCredentials.load(clearml_block).build().configured():
+        yield
 
 
 def reset_workspace() -> None:

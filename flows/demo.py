@@ -34,14 +34,13 @@ def write_remote(root: Path) -> dict[str, Path]:
     for name, (loader, _model, _est) in DEMO.items():
         folder = root / name
         out[name] = folder
-        if (folder / ".mlstage-complete").exists():
+        if folder.is_dir():  # it appears whole: renamed into place once written
             continue
         data = getattr(sklearn.datasets, loader)()
         tmp = folder.with_name(f".{name}.tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         for i, (x, y) in enumerate(zip(data.data.tolist(), data.target.tolist(), strict=True)):
             (tmp / f"sample-{i:05d}.json").write_text(json.dumps({"x": x, "y": y}))
-        (tmp / ".mlstage-complete").write_text("")
         os.replace(tmp, folder)
     return out
 

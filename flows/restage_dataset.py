@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from flows._workspace import workspace
+from flows._workspace import load_secret, workspace
 from mlstage.events import emit_from_flow
 from mlstage.restage import restage
 from mlstage.watch import WatchList, watchlist_path
@@ -34,7 +34,12 @@ def restage_dataset(
         old_version = None
     entry = WatchList.load(watchlist_path(watchlist)).entry(dataset)
     result = restage(
-        workspace(), entry, version, rerun_stale=rerun_stale, flow_run_id=flow_run.get_id()
+        workspace(),
+        entry,
+        version,
+        rerun_stale=rerun_stale,
+        flow_run_id=flow_run.get_id(),
+        resolve_secret=load_secret,
     )
     if result.status != "restaged":
         logger.info("%s %s: %s, nothing to do", dataset, version[:12], result.status)

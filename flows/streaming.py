@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows._workspace import workspace
+from flows._workspace import load_secret, workspace
 from flows.outcomes import shown_in_ui
 from mlstage import pipeline
 from mlstage.specs import ModelSpec
@@ -30,6 +30,11 @@ def run_streaming_task(
     """Start the model on its first staged object while the rest lands; record the run."""
     return shown_in_ui(
         pipeline.run_streaming(
-            workspace(), model, prepared, sweep_id=sweep_id, flow_run_id=flow_run.get_id()
+            workspace(),
+            model,
+            prepared,
+            sweep_id=sweep_id,
+            flow_run_id=flow_run.get_id(),
+            resolve_secret=load_secret,
         )
     )

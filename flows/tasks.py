@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from prefect import task
@@ -9,11 +10,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows._workspace import apply_clearml, workspace
+from flows._workspace import clearml_configured, load_secret, workspace
 from flows.artifacts import best_effort, publish_consumption
 from flows.outcomes import shown_in_ui
 from mlstage import pipeline
 from mlstage.errors import RunError
+from mlstage.sources import scheme_of
 from mlstage.specs import DatasetSpec, ModelSpec
 
 
@@ -31,9 +33,12 @@ def preprocess_task(
     flow's context. ``stage_here``: this process stages the artifact next (see
     ``pipeline.preprocess``); never on a Dask worker, whose cache is not the flow's.
     """
-    apply_clearml(clearml_block)
     ws = workspace(shared_block, cache_block)
-    return pipeline.preprocess(ws, pipeline.resolve(ws, spec), stage_here=stage_here)
+    # the ClearML SDK resolves clearml:// datasets; their chunks are read without it
+    sdk = clearml_configured(clearml_block) if scheme_of(spec.uri) == "clearml" else nullcontext()
+    with sdk:
+        resolved = pipeline.resolve(ws, spec)
+    return pipeline.preprocess(ws, resolved, stage_here=stage_here)
 
 
 @task(name="find-artifact", cache_policy=NO_CACHE)
@@ -53,9 +58,17 @@ def run_task(
     model: ModelSpec, ready: pipeline.Ready, sweep_id: str | None = None
 ) -> pipeline.RunOutcome | State[pipeline.RunOutcome]:
     """Run one model on its staged data, record what it consumed, and show it in the UI
-    (a failed model's task run ends Failed, with its outcome: see ``flows.outcomes``)."""
+    (a failed model's task run ends Failed, with its outcome: see ``flows.outcomes``). Its
+    ``secrets`` are loaded from their Secret blocks here, right before it starts."""
     ws = workspace()
-    outcome = pipeline.run(ws, model, ready, sweep_id=sweep_id, flow_run_id=flow_run.get_id())
+    outcome = pipeline.run(
+        ws,
+        model,
+        ready,
+        sweep_id=sweep_id,
+        flow_run_id=flow_run.get_id(),
+        resolve_secret=load_secret,
+    )
     best_effort(
         f"{model.name}: consumption artifact not published",
         publish_consumption,

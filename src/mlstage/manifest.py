@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mlstage.errors import MlstageError, UnsafePathError
-from mlstage.paths import safe_relpath
+from mlstage.paths import check_fits, safe_relpath
 
 MANIFEST_FORMAT = 1
 _CONTENT_ALGOS = ("sha256", "md5")
@@ -91,6 +91,11 @@ class Manifest(BaseModel):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def check_fits(self, root: Path | str, *, what: str = "destination") -> None:
+        """Refuse this dataset, before anything is fetched, when one of its paths would be too
+        long under ``root`` (a cache or --to folder, named by ``what`` in the hint)."""
+        check_fits((e.path for e in self.entries), root, origin=self.source, what=what)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=None)

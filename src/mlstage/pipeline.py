@@ -21,13 +21,13 @@ from mlstage.cache import LocalCache, StagedDataset
 from mlstage.errors import ConfigError, MlstageError
 from mlstage.manifest import Manifest
 from mlstage.recipes import load_recipe
-from mlstage.redact import scrub_params_json, scrub_text, scrub_uri
+from mlstage.redact import MASK, scrub_params_json, scrub_text, scrub_uri
 from mlstage.runner import Metrics, check_entrypoint, run_entrypoint
 from mlstage.settings import Settings, get_settings
 from mlstage.shared import Artifact, SharedTier, open_shared
 from mlstage.sources import check_uri, open_source
 from mlstage.sources.base import Source
-from mlstage.specs import DatasetSpec, ModelSpec, SweepSpec
+from mlstage.specs import DatasetSpec, ModelSpec, SecretResolver, SweepSpec
 from mlstage.state import StateStore
 from mlstage.state.models import BenchmarkRun
 
@@ -133,7 +133,7 @@ def validate_models(models: Sequence[ModelSpec]) -> list[str]:
     problems: list[str] = []
     for m in models:
         try:
-            check_entrypoint(m.entrypoint, m.params)
+            check_entrypoint(m.entrypoint, dict.fromkeys(m.param_names))
         except MlstageError as exc:
             problems.append(f"model {m.name}: {exc}")
     return problems
@@ -145,9 +145,14 @@ def validate_sweep(spec: SweepSpec) -> list[str]:
 
 
 def resolve(ws: Workspace, spec: DatasetSpec) -> Resolved:
-    """List the source (no bytes move) and record the version it is at."""
+    """List the source (no bytes move) and record the version it is at.
+
+    A dataset whose paths would be too long in this node's cache is refused here, before
+    anything is fetched or recorded.
+    """
     source = open_source(spec.uri)
     manifest = source.resolve()
+    manifest.check_fits(ws.cache.root, what="cache folder (MLSTAGE_CACHE_DIR)")
     row, new = ws.state.record_version(
         spec.name, manifest.fingerprint, spec.uri, len(manifest), manifest.total_bytes
     )
@@ -317,10 +322,18 @@ def stage(ws: Workspace, prepared: Prepared, **kwargs: Any) -> Ready:
     )
 
 
-def _run_error(exc: BaseException) -> str:
-    """A failed run's error for the record: mlstage errors as they are, others with their type."""
+def _run_error(exc: BaseException, secrets: Sequence[str] = ()) -> str:
+    """A failed run's error for the record: mlstage errors as they are, others with their type;
+    the values of the model's ``secrets`` masked wherever the error repeats them."""
     text = str(exc) if isinstance(exc, MlstageError) else f"{type(exc).__name__}: {exc}"
+    for value in sorted(secrets, key=len, reverse=True):
+        if len(value) >= 4:  # shorter ones would mask ordinary words; none is a real secret
+            text = text.replace(value, MASK)
     return scrub_text(text)
+
+
+def _secret_values(model: ModelSpec, params: dict[str, Any]) -> list[str]:
+    return [str(params[p]) for p in model.secrets if p in params]
 
 
 def _start_run(
@@ -331,7 +344,7 @@ def _start_run(
         model=model.name,
         dataset=model.dataset,
         entrypoint=model.entrypoint,
-        params=model.params,
+        params=model.recorded_params(),
         sweep_id=sweep_id,
         flow_run_id=flow_run_id,
     )
@@ -344,13 +357,17 @@ def run(
     *,
     sweep_id: str | None = None,
     flow_run_id: str | None = None,
+    resolve_secret: SecretResolver | None = None,
 ) -> RunOutcome:
     """Run the model's entrypoint on its staged data and record it.
 
     The data is leased for the whole run; if eviction took it after ``stage`` (a small
-    cache limit and other stagings in between), it is staged again first.
+    cache limit and other stagings in between), it is staged again first. The model's
+    ``secrets`` are loaded by ``resolve_secret`` right before its entrypoint is called; the
+    record names their blocks, and an error that repeats a value has it masked.
     """
     row = _start_run(ws, model, sweep_id, flow_run_id)
+    params: dict[str, Any] = {}
     try:
         artifact = ready.prepared.artifact
         source = ws.shared.source(artifact)
@@ -364,9 +381,10 @@ def run(
             if not staged.hit:  # evicted since it was staged: this run's own staging counts
                 consumed = _record_stage(ws, artifact.artifact_id, staged, staged.seconds)
             ws.state.record_consumption(row.id, ready.artifact_id, consumed)
-            metrics = run_entrypoint(model.entrypoint, staged.path, model.params)
+            params = model.runtime_params(resolve_secret)
+            metrics = run_entrypoint(model.entrypoint, staged.path, params)
     except Exception as exc:  # noqa: BLE001 - any failure is recorded, never left 'running'
-        error = _run_error(exc)
+        error = _run_error(exc, _secret_values(model, params))
         ws.state.finish_run(row.id, status="failed", error=error)
         return RunOutcome(row.id, model.name, model.dataset, "failed", {}, error, ready)
     ws.state.finish_run(row.id, status="completed", metrics=metrics)
@@ -381,6 +399,7 @@ def run_streaming(
     sweep_id: str | None = None,
     flow_run_id: str | None = None,
     priority: list[str] | None = None,
+    resolve_secret: SecretResolver | None = None,
 ) -> RunOutcome:
     """stage + run overlapped (``start: first-shard``): the model starts on the first object.
 
@@ -388,6 +407,7 @@ def run_streaming(
     ``stage`` does; the run's metrics gain ``time_to_first_object_s``, ``time_to_ready_s``
     and ``data_stall_seconds`` (time the reader waited for data). An entrypoint that cannot
     read while staging starts when the data is complete (see runner.run_entrypoint_streaming).
+    Secrets are loaded as in ``run``.
     """
     from mlstage.runner import run_entrypoint_streaming
     from mlstage.stream import open_stream
@@ -398,6 +418,7 @@ def run_streaming(
     staged: StagedDataset | None = None
     metrics: Metrics = {}
     error: str | None = None
+    params: dict[str, Any] = {}
     try:
         stream = open_stream(
             ws.cache,
@@ -409,15 +430,16 @@ def run_streaming(
         )
         try:
             stream.wait_first()
-            metrics = run_entrypoint_streaming(model.entrypoint, stream, model.params)
+            params = model.runtime_params(resolve_secret)
+            metrics = run_entrypoint_streaming(model.entrypoint, stream, params)
             staged = stream.wait()
         except Exception as exc:  # noqa: BLE001 - any failure is recorded, never left 'running'
-            error = _run_error(exc)
+            error = _run_error(exc, _secret_values(model, params))
         finally:
             stream.close()  # collects the stall DataLoader workers reported
         stats = stream.stats()
     except Exception as exc:  # noqa: BLE001 - opening or closing the stream failed: record it
-        error = error or _run_error(exc)
+        error = error or _run_error(exc, _secret_values(model, params))
         ws.state.finish_run(row.id, status="failed", metrics=metrics, error=error)
         return RunOutcome(row.id, model.name, model.dataset, "failed", metrics, error, ready)
     if staged is not None:

@@ -111,6 +111,24 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[^a-zA-Z0-9]+", spaced.lower()) if w]
 
 
+# A recorded stand-in for a secret a model loads at run time: ``secret:<Prefect block name>``
+# (block names are lowercase letters, digits and dashes). It names where the value is, never
+# the value, so it is kept as is where a secret is masked.
+SECRET_REF_PREFIX = "secret:"
+_SECRET_REF = re.compile(r"secret:([a-z0-9][a-z0-9-]*)")
+
+
+def secret_ref(block: str) -> str:
+    """What the state DB records for a parameter loaded from the Secret block ``block``."""
+    return SECRET_REF_PREFIX + block
+
+
+def secret_block(value: Any) -> str | None:
+    """The block name a ``secret:<block>`` reference names; None for any other value."""
+    m = _SECRET_REF.fullmatch(value) if isinstance(value, str) else None
+    return m.group(1) if m else None
+
+
 def is_secret_name(name: str) -> bool:
     """True when a parameter or query key name looks like it holds a secret."""
     lowered = name.lower()
@@ -170,15 +188,19 @@ def scrub_params(value: Any) -> Any:
 
     Walks dicts and lists; a key such as ``password``, ``api_key`` or ``hf_token`` gets its
     value replaced by ``***``; pydantic ``SecretStr``/``SecretBytes`` values are masked too.
+    A ``secret:<block>`` reference (see ``secret_ref``) is kept: it names a block, not a value.
     """
     if isinstance(value, Mapping):
         return {
-            str(k): MASK if is_secret_name(str(k)) else scrub_params(v) for k, v in value.items()
+            str(k): MASK if is_secret_name(str(k)) and secret_block(v) is None else scrub_params(v)
+            for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [scrub_params(v) for v in value]
     if type(value).__name__ in {"SecretStr", "SecretBytes"}:
         return MASK
+    if secret_block(value) is not None:
+        return value
     if isinstance(value, str):  # a URL, or free text such as a command line
         is_url = "://" in value and not any(c.isspace() for c in value)
         return scrub_uri(value) if is_url else scrub_text(value)

@@ -20,7 +20,7 @@ from mlstage import pipeline
 from mlstage.cache import LocalCache
 from mlstage.events import EventSpec, benchmark_stale, dataset_restaged
 from mlstage.redact import MASK
-from mlstage.specs import ModelSpec
+from mlstage.specs import ModelSpec, SecretResolver
 from mlstage.state import StateStore
 from mlstage.state.claims import DEFAULT_LEASE_SECONDS, Coordination, default_owner
 from mlstage.state.models import BenchmarkRun, Consumption, Dataset, DatasetVersion
@@ -145,9 +145,13 @@ def restage(
     owner: str | None = None,
     flow_run_id: str | None = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    resolve_secret: SecretResolver | None = None,
 ) -> RestageResult:
     """Preprocess, publish and warm ``version`` of ``entry``'s dataset; list stale benchmarks
     and, when asked (``rerun_stale`` or the entry's option), re-run them on it.
+
+    A run whose parameters came from Secret blocks (recorded as ``secret:<block>``) re-runs
+    with them loaded again by ``resolve_secret``; without one it is listed as not re-run.
 
     ``duplicate``: another caller claimed this version. ``superseded``: the source moved on
     since the change was announced (the watcher announces the newer version in turn). The
@@ -161,7 +165,9 @@ def restage(
         return RestageResult(name, version, "duplicate")
     try:
         with coord.hold(name, version, owner=owner, lease_seconds=lease_seconds):
-            result, detail = _restage_claimed(ws, entry, version, rerun_stale, flow_run_id)
+            result, detail = _restage_claimed(
+                ws, entry, version, rerun_stale, flow_run_id, resolve_secret
+            )
     except BaseException as exc:
         coord.finish(name, version, "failed", f"{type(exc).__name__}: {exc}"[:2000], owner=owner)
         raise
@@ -176,6 +182,7 @@ def _restage_claimed(
     version: str,
     rerun_stale: bool | None,
     flow_run_id: str | None,
+    resolve_secret: SecretResolver | None,
 ) -> tuple[RestageResult, str | None]:
     """The work ``restage`` does once it holds the claim; the result and the claim's detail."""
     name = entry.name
@@ -193,7 +200,22 @@ def _restage_claimed(
             if why is not None:
                 result.not_rerun.append((s, why))
                 continue
+            try:
+                model = ModelSpec.from_record(
+                    name=s.model, dataset=name, entrypoint=s.entrypoint, params=s.params
+                )
+            except ValueError as exc:  # recorded before the spec's rules: never re-run
+                why = f"its recorded model is no valid spec today ({type(exc).__name__})"
+                result.not_rerun.append((s, why))
+                continue
+            if model.secrets and resolve_secret is None:
+                why = "its params come from Secret blocks, and this caller cannot load them"
+                result.not_rerun.append((s, why))
+                continue
             ready = ready or pipeline.stage(ws, prepared)
-            model = ModelSpec(name=s.model, dataset=name, entrypoint=s.entrypoint, params=s.params)
-            result.reran.append(pipeline.run(ws, model, ready, flow_run_id=flow_run_id))
+            result.reran.append(
+                pipeline.run(
+                    ws, model, ready, flow_run_id=flow_run_id, resolve_secret=resolve_secret
+                )
+            )
     return result, None

@@ -33,4 +33,4 @@ def test_blocks_round_trip_through_the_server(prefect_api, tmp_path: Path) -> No
     assert frozen.secret_key == "rt-secret"
     cache = CacheSettings.load("rt-cache").build()
     assert isinstance(cache, LocalCache) and cache.stats().limit_bytes == 10
-    assert ClearMLCredentials.load("rt-clearml").build()["CLEARML_API_SECRET_KEY"] == "cm-secret"
+    assert ClearMLCredentials.load("rt-clearml").build().secret_key == "cm-secret"

@@ -7,6 +7,7 @@ from pathlib import Path
 from blocks import CacheSettings, ClearMLCredentials, S3Credentials, SharedTierBlock
 from mlstage.cache import LocalCache
 from mlstage.shared import FolderSharedTier, S3SharedTier
+from mlstage.sources.clearml_server import ClearMLServer
 
 
 def roundtrip(block):  # what the server stores (secrets revealed) back into a block
@@ -49,8 +50,8 @@ def test_clearml_credentials() -> None:
         ClearMLCredentials(api_host="http://api:8008", access_key="AK", secret_key="very-secret")
     )
     assert "very-secret" not in repr(block)
-    assert block.build() == {
-        "CLEARML_API_HOST": "http://api:8008",
-        "CLEARML_API_ACCESS_KEY": "AK",
-        "CLEARML_API_SECRET_KEY": "very-secret",
-    }
+    server = block.build()
+    assert server == ClearMLServer(
+        api_host="http://api:8008", access_key="AK", secret_key="very-secret"
+    )
+    assert "very-secret" not in repr(server)

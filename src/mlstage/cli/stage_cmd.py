@@ -56,6 +56,10 @@ def stage(
         source = open_source(uri)
         with ListingStatus(uri, lambda: getattr(source, "listed", None), enabled=not as_json):
             manifest = source.resolve()
+        # a path too long under the cache or --to folder would fail once its bytes are fetched
+        manifest.check_fits(cache_dir, what="cache folder (MLSTAGE_CACHE_DIR)")
+        if to is not None:
+            manifest.check_fits(to, what="--to folder")
         cache = LocalCache(cache_dir, limit_bytes=settings.cache_limit_bytes)
         delivered = [0]
 

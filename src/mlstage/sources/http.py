@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
@@ -27,34 +27,79 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 _CHUNK = 1024 * 1024
 MAX_URLS = 1_000_000
+_HUGE = 10**15  # counts beyond this are not worth spelling out
 # Without an ETag the listed version is the Last-Modified date, kept in Entry.etag behind this
 # prefix (an ETag never holds a space, so the two cannot be confused).
 LAST_MODIFIED = "last-modified "
 
 
+def _shown(pattern: str) -> str:
+    """``pattern`` for an error message: no credentials, and short enough for one line."""
+    shown = scrub_uri(pattern)
+    return shown if len(shown) <= 120 else f"{shown[:100]}... ({len(shown)} characters)"
+
+
+def _brace_groups(pattern: str) -> tuple[list[str], list[tuple[int, Iterable[str]]]]:
+    """The literal text around each ``{...}`` of ``pattern`` and, per group, how many options it
+    has and (lazily: nothing is built until it is iterated) what they are."""
+    literals: list[str] = []
+    groups: list[tuple[int, Iterable[str]]] = []
+    pos = 0
+    for m in _BRACE.finditer(pattern):
+        body = m.group(1)
+        rng = _RANGE.match(body)
+        if rng:
+            lo, hi = rng.group(1), rng.group(2)
+            width = len(lo) if lo.lstrip("-").startswith("0") and len(lo) > 1 else 0
+            try:
+                a, b = int(lo), int(hi)
+            except ValueError as exc:  # more digits than Python converts
+                raise ConfigError(
+                    f"cannot expand {{{body[:40]}}} in {_shown(pattern)}: the bounds are too long",
+                    hint="use {a,b,c} or {000..099}",
+                ) from exc
+            step = 1 if b >= a else -1
+            options: Iterable[str] = (str(i).zfill(width) for i in range(a, b + step, step))
+            groups.append((abs(b - a) + 1, options))
+        elif "," in body:
+            groups.append((body.count(",") + 1, body.split(",")))
+        else:
+            raise ConfigError(
+                f"cannot expand {{{body[:40]}}} in {_shown(pattern)}",
+                hint="use {a,b,c} or {000..099}",
+            )
+        literals.append(pattern[pos : m.start()])
+        pos = m.end()
+    literals.append(pattern[pos:])
+    return literals, groups
+
+
 def expand_braces(pattern: str) -> list[str]:
-    """Expand ``{a,b}`` lists and ``{000..099}`` ranges (zero-padded like the bounds), in order."""
-    m = _BRACE.search(pattern)
-    if m is None:
-        return [pattern]
-    body = m.group(1)
-    rng = _RANGE.match(body)
-    if rng:
-        lo, hi = rng.group(1), rng.group(2)
-        width = len(lo) if lo.lstrip("-").startswith("0") and len(lo) > 1 else 0
-        a, b = int(lo), int(hi)
-        step = 1 if b >= a else -1
-        options = [str(i).zfill(width) for i in range(a, b + step, step)]
-    elif "," in body:
-        options = body.split(",")
-    else:
+    """Expand ``{a,b}`` lists and ``{000..099}`` ranges (zero-padded like the bounds), in order.
+
+    The URLs are counted first, from the groups' sizes: a pattern of more than MAX_URLS is
+    refused before a single URL is built (``{0..999}{0..999}{0..9}`` would take a gigabyte).
+    """
+    literals, groups = _brace_groups(pattern)
+    count = 1
+    for n, _options in groups:
+        count *= n
+        if count > _HUGE:
+            break
+    if count > MAX_URLS:
+        said = f"{count:,}" if count <= _HUGE else f"more than {_HUGE:,}"
         raise ConfigError(
-            f"cannot expand {{{body}}} in {pattern!r}", hint="use {a,b,c} or {000..099}"
+            f"{_shown(pattern)} expands to {said} URLs, more than the {MAX_URLS:,} of a dataset",
+            hint=f"split it into several datasets, each a pattern of at most {MAX_URLS:,} URLs",
         )
-    head, tail = pattern[: m.start()], pattern[m.end() :]
-    out = [head + opt + rest for opt, rest in itertools.product(options, expand_braces(tail))]
-    if len(out) > MAX_URLS:
-        raise ConfigError(f"{pattern!r} expands to {len(out)} URLs", hint="split the dataset")
+    if not groups:
+        return [pattern]
+    out = []
+    for choice in itertools.product(*(options for _n, options in groups)):
+        parts = [literals[0]]
+        for option, literal in zip(choice, literals[1:], strict=True):
+            parts += [option, literal]
+        out.append("".join(parts))
     return out
 
 
@@ -69,6 +114,24 @@ def _relative_paths(urls: list[str], origin: str) -> list[str]:
                 common = common[:-1]
         common = common[: common.rfind("/") + 1]
     return [safe_relpath(p[len(common) :], origin=origin) for p in paths]
+
+
+def _not_a_url(pattern: str, exc: ValueError) -> ConfigError:
+    return ConfigError(
+        f"{_shown(pattern)}: not a valid URL ({exc})",
+        hint="check the host (an IPv6 address goes in brackets: http://[::1]:8000/x) and the port",
+    )
+
+
+def _path_of(url: str, pattern: str) -> str:
+    """The path of ``url``, one of ``pattern``'s: ConfigError when a brace made it malformed
+    (``https://{[::1],[::1}/x`` gives ``https://[::1/x``)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a bad port raises only when read
+    except ValueError as exc:
+        raise _not_a_url(pattern, exc) from exc
+    return parts.path
 
 
 def _changed(url: str, why: str = "") -> SourceError:
@@ -133,7 +196,10 @@ class HttpSource(FileObjectSource):
         retry: RetryPolicy | None = None,
         workers: int = 16,
     ) -> None:
-        parts = urlsplit(pattern)
+        try:
+            parts = urlsplit(pattern)
+        except ValueError as exc:
+            raise _not_a_url(pattern, exc) from exc
         if parts.username or parts.password:
             raise ConfigError(
                 "credentials do not belong in a URL", hint="put them in ~/.netrc for this host"
@@ -147,10 +213,12 @@ class HttpSource(FileObjectSource):
             )
         self.uri = pattern
         self.urls = expand_braces(pattern)
-        unnamed = [u for u in self.urls if urlsplit(u).path.endswith("/") or not urlsplit(u).path]
+        unnamed = [
+            u for u in self.urls if _path_of(u, pattern).endswith("/") or not _path_of(u, pattern)
+        ]
         if unnamed:
             raise ConfigError(
-                f"{unnamed[0]}: names no file",
+                f"{_shown(unnamed[0])}: names no file",
                 hint="an HTTP dataset is a list of file URLs, e.g. "
                 "https://host/shards/train-{000000..000099}.tar",
             )

@@ -17,7 +17,8 @@ CHUNK = 1024 * 1024
 
 
 class FolderSource(FileObjectSource):
-    """Every regular file below ``root``; symlinks are refused, never followed."""
+    """Every regular file below ``root``, hidden ones included; symlinks are refused, never
+    followed, and so are FIFOs, sockets and devices."""
 
     def __init__(self, root: Path | str, *, uri: str | None = None) -> None:
         self.root = Path(root)
@@ -44,9 +45,7 @@ class FolderSource(FileObjectSource):
                         f"{self.uri}: refusing link {rel!r}",
                         hint="links could point outside the dataset; replace them with files",
                     )
-            for name in sorted(filenames):
-                if name.startswith(".mlstage-"):
-                    continue
+            for name in sorted(filenames):  # every file, hidden ones too: what is there
                 full = Path(dirpath) / name
                 st = full.lstat()
                 rel = full.relative_to(self.root).as_posix()
