@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -193,13 +194,16 @@ def _materialise(cache: LocalCache, manifest: Manifest, digests: dict[str, str])
     """Build the dataset tree with the cache's own steps (the download is already done)."""
     started = time.perf_counter()
     fp = manifest.fingerprint
-    cache.index.begin_staging(
-        fp, manifest.source, len(manifest), manifest.total_bytes, digests.values()
-    )
+    cache.index.begin_staging(fp, manifest.source, len(manifest), manifest.total_bytes)
     ordered = [digests[e.path] for e in manifest.entries]
+    cache.index.pin(fp, ordered)
     cache.trees.build(manifest, ordered, fp)
     write_record(cache.manifest_path(fp), manifest, ordered)
-    cache.index.finish_staging(fp, ordered, cache.trees.publish(fp))
+    sealed = array("q")
+    for d in ordered:
+        st = os.lstat(cache.files.object_str(d))
+        sealed.extend((st.st_ino, st.st_size, st.st_mtime_ns))
+    cache.index.finish_staging(fp, ordered, cache.trees.publish(fp, manifest, sealed))
     return time.perf_counter() - started
 
 

@@ -75,7 +75,7 @@ def test_lookup_ignores_a_tree_still_staging(cache: LocalCache, tmp_path: Path) 
     root = make_dataset(tmp_path / "ds", {"f": b"1"})
     src = FolderSource(root)
     m = src.resolve()
-    cache.index.begin_staging(m.fingerprint, m.source, 1, 1, [])
+    cache.index.begin_staging(m.fingerprint, m.source, 1, 1)
     cache.dataset_path(m.fingerprint).mkdir()
     assert cache.lookup(m.fingerprint) is None
     assert not cache.stage(src, m).hit  # replaces the stray folder
@@ -406,7 +406,7 @@ def test_gc_reclaims_a_dead_staging_and_stray_folders(cache: LocalCache, tmp_pat
     root = make_dataset(tmp_path / "d", {"f": b"1", "g": b"2"})
     src = FolderSource(root)
     m = src.resolve()
-    cache.index.begin_staging(m.fingerprint, m.source, 2, 2, [])
+    cache.index.begin_staging(m.fingerprint, m.source, 2, 2)
     (cache.root / "datasets" / f".tmp-{m.fingerprint}").mkdir()
     (cache.root / "tmp" / f"xfer-{m.fingerprint}").mkdir()
     half_written = cache.root / "manifests" / f".{m.fingerprint}.json.12345"
@@ -507,3 +507,13 @@ def test_a_touched_file_is_hashed_not_fetched_again(cache: LocalCache, tmp_path:
     again = cache.stage(src, m)
     assert again.repaired and again.objects_fetched == 0 and src.reads["f"] == 1
     assert cache.stage(src, m).hit
+
+
+def test_the_same_content_many_times_in_one_dataset_is_one_object_and_a_sound_seal(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    src = FolderSource(make_dataset(tmp_path / "d", {f"f{i:03d}": b"same" for i in range(300)}))
+    staged = cache.stage(src, src.resolve())
+    assert cache.stats().objects == 1
+    assert cache.trees.intact(staged.fingerprint)  # the recorded seal is the tree as built
+    assert cache.stage(src, src.resolve()).hit

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlstage.errors import UnsafePathError
-from mlstage.manifest import Entry, Manifest
+from mlstage.errors import ConfigError, UnsafePathError
+from mlstage.manifest import Entry, Manifest, ManifestBuilder
 
 
 def entry(path: str, size: int = 3, checksum: str | None = None, etag: str | None = None) -> Entry:
@@ -68,10 +68,10 @@ def test_file_that_is_also_a_folder_refused_naming_both() -> None:
     e = [Entry(path=k, size=1, locator=f"p/{k}") for k in ("a", "a/b/c", "z")]
     with pytest.raises(UnsafePathError, match=r"'p/a' in s3://b/ is a file and also .*'p/a/b/c'"):
         Manifest(source="s3://b/", entries=e)
-    with pytest.raises(UnsafePathError):
+    with pytest.raises(UnsafePathError):  # also when read from a file someone wrote
         Manifest.from_json(
-            '{"source": "s", "entries": [{"path": "a", "size": 1, "locator": "a"},'
-            ' {"path": "a/b", "size": 1, "locator": "a/b"}]}'
+            '{"mlstage_manifest": 2, "source": "s"}\n["a", 1, null, null, null]\n'
+            '["a/b", 1, null, null, null]\n'
         )
 
 
@@ -84,3 +84,47 @@ def test_unsafe_paths_refused(bad: str) -> None:
 def test_roundtrip_json() -> None:
     m = Manifest(source="s3://b/p", entries=[entry("d/a.json", checksum="md5:00")])
     assert Manifest.from_json(m.to_json()) == m
+
+
+def test_a_manifest_file_that_is_cut_or_foreign_is_refused_in_one_line() -> None:
+    m = Manifest(source="s3://b/p", entries=[entry("a", etag="1"), entry("b", etag="2")])
+    cut = "\n".join(m.to_json().splitlines()[:2])
+    with pytest.raises(ConfigError, match="lists 1 entries, its header says 2"):
+        Manifest.from_json(cut, origin="s3://b/x/manifest.json")
+    with pytest.raises(ConfigError, match="not an mlstage manifest"):
+        Manifest.from_json('{"source": "s", "entries": []}')
+    with pytest.raises(ConfigError, match="line 2 is not a manifest entry"):
+        Manifest.from_json('{"mlstage_manifest": 2, "source": "s"}\n["a"]\n')
+
+
+def test_entries_come_from_columns_and_survive_pickling() -> None:
+    import pickle
+
+    entries = [
+        Entry(path=f"d{i % 3}/f{i:04d}", size=i, etag=f"{i}-1", locator=f"k/{i}")
+        for i in range(500)
+    ]
+    m = Manifest(source="/data", entries=entries)
+    assert list(m.entries) == sorted(entries) and m.entries[-1] == max(entries)
+    assert m.entries[10:12] == sorted(entries)[10:12]
+    assert m.index("d1/f0001") == 167 and m.index("nope") is None
+    assert pickle.loads(pickle.dumps(m)) == m
+    assert m.nbytes() < 60 * len(m)  # columns, not an object per file
+
+
+def test_a_large_manifest_stays_small_in_memory() -> None:
+    """100,000 entries as a folder lists them: well under 200 bytes a file (target of the
+    million-file issue), where a pydantic model per file took ~4 KB."""
+    import tracemalloc
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    builder = ManifestBuilder("/data")
+    for i in range(100_000):
+        p = f"d{i // 1000:03d}/f{i:06d}.jpg"
+        builder.add(Entry.trusted(p, 20_000 + i, None, f"{20_000 + i}-1733616000123456789", p))
+    m = builder.build()
+    peak = tracemalloc.get_traced_memory()[1] - before
+    tracemalloc.stop()
+    assert m.nbytes() / len(m) < 100, m.nbytes() / len(m)
+    assert peak / len(m) < 200, peak / len(m)  # building it included

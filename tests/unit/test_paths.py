@@ -32,12 +32,11 @@ def test_names_longer_than_a_file_system_allows_are_refused(name: str) -> None:
 
 
 def test_a_checksum_must_be_the_digest_it_claims() -> None:
-    from pydantic import ValidationError
-
+    from mlstage.errors import ConfigError
     from mlstage.manifest import Entry
 
     good = "sha256:" + "ab" * 32
     assert Entry(path="a", size=1, checksum=good, locator="a").checksum == good
     for bad in ("sha256:../../etc/passwd", "md5:XYZ", "sha256:" + "AB" * 32):
-        with pytest.raises(ValidationError, match="hex digest"):
+        with pytest.raises(ConfigError, match="hex digest"):
             Entry(path="a", size=1, checksum=bad, locator="a")

@@ -157,7 +157,7 @@ def test_clearml_unpack_extracts_by_listing_never_by_member_name(tmp_path: Path)
 
 def _folder_obj(source: FolderSource, path: str) -> RemoteObject:
     entry = next(e for e in source.resolve().entries if e.path == path)
-    return source.objects([entry])[0]
+    return next(iter(source.objects([entry])))
 
 
 def test_folder_source_refuses_fifos_at_resolve(tmp_path: Path) -> None:

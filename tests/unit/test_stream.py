@@ -20,7 +20,10 @@ from mlstage.stream import StreamCancelled, StreamFailed, open_stream
 
 
 class GatedSource(FolderSource):
-    """A folder whose objects are delivered only when the test opens their gate."""
+    """A folder whose objects are delivered only when the test opens their gate: a remote
+    source's timing, so fetched concurrently like one (not a file at a time like a folder)."""
+
+    local = False
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)

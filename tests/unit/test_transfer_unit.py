@@ -156,7 +156,7 @@ def test_an_etag_the_source_disowns_is_not_checked_as_md5(tmp_path: Path) -> Non
             return super().read(obj, start, end)
 
     src = KmsSource({"a": b"x" * 100})
-    entry = src.resolve().entries[0].model_copy(update={"checksum": "md5:" + "0" * 32})
+    entry = src.resolve().entries[0]._replace(checksum="md5:" + "0" * 32)
     t = Transfer(src, tmp_path, retry=FAST)
     assert [f.path.read_bytes() for f in t.fetch(src.objects([entry]))] == [b"x" * 100]
     with pytest.raises(IntegrityError):  # without the source's word, the check applies
@@ -209,7 +209,7 @@ def test_the_checksum_a_whole_read_carries_is_verified(tmp_path: Path) -> None:
 def test_a_response_checksum_replaces_the_md5_and_a_bad_body_is_refetched(tmp_path: Path) -> None:
     src = CrcSource({"a": b"x" * 5000})
     src.corrupt["a"] = 1  # first body has a flipped byte: the CRC catches it, the retry is clean
-    entry = src.resolve().entries[0].model_copy(update={"checksum": "md5:" + "0" * 32})
+    entry = src.resolve().entries[0]._replace(checksum="md5:" + "0" * 32)
     t = Transfer(src, tmp_path, retry=FAST)
     [fetched] = list(t.fetch(src.objects([entry])))
     assert fetched.path.read_bytes() == b"x" * 5000
@@ -222,7 +222,7 @@ def test_a_listed_sha256_is_checked_even_when_the_response_carries_a_checksum(
 ) -> None:
     src = CrcSource({"a": b"evil-bytes"})  # the server's CRC matches what it now holds
     listed = "sha256:" + hashlib.sha256(b"the content the manifest names").hexdigest()
-    entry = src.resolve().entries[0].model_copy(update={"checksum": listed})
+    entry = src.resolve().entries[0]._replace(checksum=listed)
     with pytest.raises(IntegrityError, match="sha256"):
         list(Transfer(src, tmp_path, retry=FAST).fetch(src.objects([entry])))
     assert not list(tmp_path.rglob("*.obj"))  # nothing was kept as verified

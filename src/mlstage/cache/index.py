@@ -186,8 +186,8 @@ class CacheIndex:
                 conn.execute("PRAGMA busy_timeout=60000")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: hot B-tree pages stay in memory
-                conn.execute("PRAGMA mmap_size=268435456")  # reads without a syscall per page
+                conn.execute("PRAGMA cache_size=-16384")  # 16 MiB: the hot B-tree pages
+                conn.execute("PRAGMA mmap_size=0")  # mapped pages would count as this RSS
             except BaseException:
                 conn.close()  # never left to the cyclic gc (see close)
                 raise
@@ -250,17 +250,10 @@ class CacheIndex:
                 "UPDATE datasets SET last_used=? WHERE fingerprint=?", (time.time(), fingerprint)
             )
 
-    def begin_staging(
-        self, fingerprint: str, source: str, files: int, nbytes: int, pins: Iterable[str]
-    ) -> dict[str, ObjectRow]:
-        """Record a staging in progress and pin the objects it means to reuse.
-
-        Returns the rows of the ``pins`` the index holds. Pinning and checking happen in one
-        transaction, so an evictor either removed an object before (and it is reported
-        missing) or sees the pin and keeps it.
-        """
+    def begin_staging(self, fingerprint: str, source: str, files: int, nbytes: int) -> None:
+        """Record a staging in progress (lookups miss it until ``finish_staging``); the objects
+        it reuses are pinned as it goes (``pin``)."""
         now = time.time()
-        pins = set(pins)
         with self.tx() as db:
             db.execute(
                 "INSERT INTO datasets VALUES (?,?,?,?,?,?,'staging') ON CONFLICT(fingerprint) "
@@ -268,37 +261,19 @@ class CacheIndex:
                 "bytes=excluded.bytes",
                 (fingerprint, source, files, nbytes, now, now),
             )
-            db.executemany(
-                "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
-                ((fingerprint, d) for d in pins),
-            )
-            found: dict[str, ObjectRow] = {}
-            for d in pins:
-                row = db.execute(
-                    "SELECT size, ino, mtime_ns FROM objects WHERE digest=?", (d,)
-                ).fetchone()
-                if row is not None:
-                    found[d] = ObjectRow(d, int(row[0]), None, row[1], row[2])
-            return found
 
     def finish_staging(self, fingerprint: str, digests: Iterable[str], seal: bytes) -> None:
-        """Mark the dataset complete, referencing exactly ``digests``, its tree sealed."""
-        keep = set(digests)
+        """Mark the dataset complete, referencing exactly ``digests``, its tree sealed.
+
+        The references are written afresh (streamed: a million-file dataset's digests are
+        never held as a set), in the transaction that makes the dataset ready.
+        """
         now = time.time()
         with self.tx() as db:
-            have = {
-                r[0]
-                for r in db.execute(
-                    "SELECT digest FROM dataset_objects WHERE fingerprint=?", (fingerprint,)
-                )
-            }
-            db.executemany(
-                "DELETE FROM dataset_objects WHERE fingerprint=? AND digest=?",
-                ((fingerprint, d) for d in have - keep),
-            )
+            db.execute("DELETE FROM dataset_objects WHERE fingerprint=?", (fingerprint,))
             db.executemany(
                 "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
-                ((fingerprint, d) for d in keep - have),
+                ((fingerprint, d) for d in digests),
             )
             self.set_seal(db, fingerprint, seal)
             db.execute(
@@ -377,6 +352,43 @@ class CacheIndex:
             "SELECT digest FROM source_objects WHERE source_key=?", (source_key,)
         ).fetchone()
         return row[0] if row else None
+
+    def digests_for(self, source_keys: Iterable[str]) -> dict[str, str]:
+        """``digest_for`` of many source keys: key -> digest for those the index knows."""
+        keys = list(source_keys)
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                self.db.execute(
+                    f"SELECT source_key, digest FROM source_objects WHERE source_key IN ({marks})",
+                    chunk,
+                ).fetchall()
+            )
+        return out
+
+    def pin(self, fingerprint: str, digests: Iterable[str]) -> dict[str, ObjectRow]:
+        """Pin objects a staging of ``fingerprint`` means to reuse, and return the rows of
+        those the index holds. Pinning and checking happen in one transaction, so an evictor
+        either removed an object before (it is reported missing) or sees the pin and keeps it.
+        """
+        wanted = list(dict.fromkeys(digests))
+        found: dict[str, ObjectRow] = {}
+        with self.tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
+                ((fingerprint, d) for d in wanted),
+            )
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for d, n, ino, m in db.execute(
+                    f"SELECT digest, size, ino, mtime_ns FROM objects WHERE digest IN ({marks})",
+                    chunk,
+                ):
+                    found[d] = ObjectRow(d, int(n), None, ino, m)
+        return found
 
     def insert_objects(
         self,

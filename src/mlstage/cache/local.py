@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -44,7 +46,7 @@ from mlstage.cache.files import CacheFiles, flock, mapped_disk_errors, rmtree
 from mlstage.cache.index import CacheIndex
 from mlstage.cache.leases import Lease, Leases
 from mlstage.cache.objects import Objects
-from mlstage.cache.records import read_record, write_record
+from mlstage.cache.records import Digests, read_record, write_record
 from mlstage.cache.trees import Trees
 from mlstage.cache.verify import VerifyReport, verify
 from mlstage.errors import CacheError, MlstageError
@@ -337,31 +339,37 @@ class LocalCache:
         started: float,
         mirror: Mirror | None = None,
     ) -> StagedDataset:
+        """Stage under the stage lock: reuse what is here and sound, fetch the rest, build,
+        record, seal and publish the tree. Holds per entry its digest (32 bytes), the seal's
+        inode, size and mtime (24 bytes) and, for an entry to fetch, its index."""
+        n = len(manifest)
+        self.index.begin_staging(fp, manifest.source, n, manifest.total_bytes)
+        digests = Digests(n)
+        sealed = array("q", bytes(24 * n))
+        missing = array("Q")
         entries = manifest.entries
-        candidates: list[str | None] = [self.objects.digest_of(source.uri, e) for e in entries]
-        present = self.index.begin_staging(
-            fp,
-            manifest.source,
-            len(manifest),
-            manifest.total_bytes,
-            (d for d in candidates if d is not None),
-        )
-        sound: dict[str, bool] = {}
-        digests: list[str | None] = [None] * len(entries)
-        missing: list[Entry] = []
-        at: dict[str, int] = {}
-        for i, (e, d) in enumerate(zip(entries, candidates, strict=True)):
-            if d is not None and d in present:
-                if d not in sound:  # a changed file is hashed, and fetched again if damaged
-                    sound[d] = self.objects.sound(d, present[d]) or self.objects.reseal(d)
-                if sound[d]:
-                    digests[i] = d
-                    continue
-            missing.append(e)
-            at[e.path] = i
+        for start in range(0, n, 1000):
+            chunk = entries[start : start + 1000]
+            candidates = self.objects.digests_of(source.uri, chunk)
+            rows = self.index.pin(fp, (d for d in candidates if d is not None))
+            usable: dict[str, os.stat_result | None] = {}
+            for j, d in enumerate(candidates):
+                i = start + j
+                row = rows.get(d) if d is not None else None
+                if d is not None and row is not None:
+                    if d not in usable:  # a changed file is hashed, fetched again if damaged
+                        usable[d] = self.objects.usable(d, row)
+                    st = usable[d]
+                    if st is not None:
+                        digests.set(i, d)
+                        sealed[3 * i : 3 * i + 3] = array(
+                            "q", (st.st_ino, chunk[j].size, st.st_mtime_ns)
+                        )
+                        continue
+                missing.append(i)
 
         if self.limit_bytes and missing:
-            need = sum(e.size for e in missing)
+            need = sum(manifest.sizes[i] for i in missing)
             self.evict(target_bytes=max(0, self.limit_bytes - need), keep={fp})
 
         workdir = self.files.transfer_dir(fp)
@@ -375,22 +383,29 @@ class LocalCache:
             mirror=mirror,
         )
         if missing:
-            for batch in transfer.fetch_batches(source.objects(missing)):
-                self.objects.ingest(source.uri, batch, fp)
-                for fetched in batch:
-                    digests[at[fetched.entry.path]] = fetched.digest
+            wanted = (entries[i] for i in missing)
+            for batch in transfer.fetch_batches(source.objects(wanted)):
+                placed = self.objects.ingest(source.uri, batch, fp)
+                for fetched, row in zip(batch, placed, strict=True):
+                    i = manifest.index(fetched.entry.path)
+                    assert i is not None
+                    digests.set(i, fetched.digest)
+                    sealed[3 * i : 3 * i + 3] = array("q", (row.ino, row.size, row.mtime_ns))
                     if on_object:
                         on_object(fetched)
-        absent = [e.path for e, d in zip(entries, digests, strict=True) if d is None]
-        if absent:
+        del missing
+        absent = digests.first_missing()
+        if absent is not None:
             raise CacheError(
-                f"{source.uri}: {len(absent)} entries were not delivered (first: {absent[0]})"
+                f"{source.uri}: entries were not delivered (first: {entries[absent].path})"
             )
-        complete: list[str] = digests  # type: ignore[assignment] - no None left
-        self.trees.build(manifest, complete, fp)
-        write_record(self.manifest_path(fp), manifest, complete)
-        seal = self.trees.publish(fp)
-        self.index.finish_staging(fp, complete, seal)
+        building = self.files.building_path(fp)
+        for i in self.trees.build(manifest, digests, fp):  # copies, not links: their own files
+            st = os.lstat(f"{building}/{entries[i].path}")
+            sealed[3 * i : 3 * i + 3] = array("q", (st.st_ino, st.st_size, st.st_mtime_ns))
+        write_record(self.manifest_path(fp), manifest, digests)
+        seal = self.trees.publish(fp, manifest, sealed)
+        self.index.finish_staging(fp, digests, seal)
         try:
             rmtree(workdir)
         except OSError as exc:  # staged all the same; gc removes it later
@@ -399,7 +414,7 @@ class LocalCache:
         return StagedDataset(
             fp,
             self.dataset_path(fp),
-            len(manifest),
+            n,
             manifest.total_bytes,
             hit=False,
             bytes_fetched=st.bytes_fetched,

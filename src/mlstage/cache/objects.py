@@ -50,6 +50,28 @@ class Objects:
         """The digest ``entry``'s bytes had when this node last fetched them, if it knows."""
         return known_digest(entry) or self.index.digest_for(source_key(source_uri, entry))
 
+    def digests_of(self, source_uri: str, entries: Sequence[Entry]) -> list[str | None]:
+        """``digest_of`` for many entries, a few index queries per thousand."""
+        out = [known_digest(e) for e in entries]
+        keys = {source_key(source_uri, e): i for i, e in enumerate(entries) if out[i] is None}
+        if keys:
+            for key, digest in self.index.digests_for(keys).items():
+                out[keys[key]] = digest
+        return out
+
+    def usable(self, digest: str, row: ObjectRow) -> os.stat_result | None:
+        """The object file's ``lstat`` when it may be reused: as recorded, or only its
+        metadata changed (``reseal``, which hashes it); None when it must be fetched again."""
+        try:
+            st = os.lstat(self.files.object_str(digest))
+        except FileNotFoundError:
+            return None
+        if row.matches(st):
+            return st
+        if self.reseal(digest):
+            return os.lstat(self.files.object_str(digest))
+        return None
+
     def sound(self, digest: str, row: ObjectRow | None = None) -> bool:
         """True when the object's file is there and exactly as recorded (one ``lstat``)."""
         row = row or self.index.object_row(digest)
@@ -61,8 +83,11 @@ class Objects:
             return False
         return row.matches(st)
 
-    def ingest(self, source_uri: str, batch: Sequence[Fetched], fingerprint: str | None) -> None:
-        """Move verified files into objects/ and record them, under one write transaction.
+    def ingest(
+        self, source_uri: str, batch: Sequence[Fetched], fingerprint: str | None
+    ) -> list[ObjectRow]:
+        """Move verified files into objects/ and record them, under one write transaction;
+        the rows as recorded (the object files' identity), in the batch's order.
 
         A file already at an object's name is kept only while it is sound; otherwise (written
         to since, or a crash's leftover never recorded) the fresh copy replaces it.
@@ -72,18 +97,31 @@ class Objects:
         placed: list[str] = []
         try:
             with self.index.tx() as db:
-                rows = [self._place(db, source_uri, f, placed) for f in batch]
+                rows: list[ObjectRow] = []
+                here: dict[str, ObjectRow] = {}  # placed by this batch (same content twice)
+                for f in batch:
+                    row = here.get(f.digest)
+                    if row is None:
+                        row = here[f.digest] = self._place(db, source_uri, f, placed)
+                    else:
+                        with suppress(FileNotFoundError):
+                            os.unlink(f.path)
+                        row = ObjectRow(
+                            f.digest, row.size, self._key(source_uri, f), row.ino, row.mtime_ns
+                        )
+                    rows.append(row)
                 self.index.insert_objects(db, rows, fingerprint)
         except BaseException:
             for target in placed:  # never recorded: nothing may find them
                 with suppress(OSError):
                     os.unlink(target)
             raise
+        return rows
 
     def _place(self, db: object, source_uri: str, fetched: Fetched, placed: list[str]) -> ObjectRow:
         target = self.files.object_str(fetched.digest)
         entry = fetched.entry
-        key = None if known_digest(entry) else source_key(source_uri, entry)
+        key = self._key(source_uri, fetched)
         try:
             st = os.lstat(target)
         except FileNotFoundError:
@@ -94,7 +132,8 @@ class Objects:
                 with suppress(FileNotFoundError):
                     os.unlink(fetched.path)
                 return ObjectRow(fetched.digest, entry.size, key, row.ino, row.mtime_ns)
-        os.chmod(fetched.path, 0o444)
+        if fetched.placed is None or fetched.placed.st_mode & 0o222:
+            os.chmod(fetched.path, 0o444)
         try:
             os.replace(fetched.path, target)
         except FileNotFoundError:  # its folder was removed behind our back
@@ -102,8 +141,14 @@ class Objects:
             os.replace(fetched.path, target)
         if st is None:
             placed.append(target)
-        st = os.lstat(target)
+        # the file as written (a rename changes neither its inode nor its mtime)
+        st = fetched.placed or os.lstat(target)
         return ObjectRow(fetched.digest, entry.size, key, st.st_ino, st.st_mtime_ns)
+
+    @staticmethod
+    def _key(source_uri: str, fetched: Fetched) -> str | None:
+        entry = fetched.entry
+        return None if known_digest(entry) else source_key(source_uri, entry)
 
     def replace(self, fetched: Fetched, source_uri: str, fingerprint: str) -> None:
         """Put a freshly verified copy in objects/ over a damaged or missing one (new inode)."""
@@ -151,13 +196,16 @@ class Objects:
             )
         return True
 
-    def link(self, digest: str, dest: str) -> None:
-        """Hard-link the object at ``dest`` (a copy when the inode has too many links)."""
+    def link(self, digest: str, dest: str) -> bool:
+        """Hard-link the object at ``dest``; False when it had to be copied instead (the
+        inode has too many links, e.g. a million empty files): ``dest`` is its own file."""
         src = self.files.object_str(digest)
         try:
             os.link(src, dest)
+            return True
         except OSError as exc:
-            if exc.errno != errno.EMLINK:  # too many links to one inode (e.g. empty files)
+            if exc.errno != errno.EMLINK:
                 raise
-            copy_file(src, dest)
-            os.chmod(dest, 0o444)
+        copy_file(src, dest)
+        os.chmod(dest, 0o444)
+        return False

@@ -1,38 +1,81 @@
 """A cached dataset's record: the manifest it was built from and the sha256 of each entry.
 
-``manifests/<fp>.json`` holds it; it is written (to a temp file, then renamed) before the tree
-is published, so every ready dataset has one. Verification and repair read it; a hit does not.
+``manifests/<fp>.json`` holds it (the manifest's JSON Lines with each entry's digest); it is
+written (to a temp file, then renamed) before the tree is published, so every ready dataset
+has one. Verification, repair and ``--to`` read it; a hit does not.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from mlstage.errors import CacheError
+from mlstage.errors import CacheError, ConfigError
 from mlstage.manifest import Manifest
+
+
+class Digests(Sequence[str]):
+    """The sha256 of each entry of a dataset being staged: 32 bytes an entry, filled in as
+    objects are found or fetched (a million-file staging holds 32 MB, not a million strings)."""
+
+    def __init__(self, n: int) -> None:
+        self._raw = bytearray(32 * n)
+        self._set = bytearray(n)
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def set(self, i: int, digest: str) -> None:
+        self._raw[32 * i : 32 * i + 32] = bytes.fromhex(digest)
+        self._set[i] = 1
+
+    def has(self, i: int) -> bool:
+        return bool(self._set[i])
+
+    def first_missing(self) -> int | None:
+        """The first entry without a digest yet, or None when every entry has one."""
+        i = self._set.find(0)
+        return None if i < 0 else i
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not self._set[i]:
+            raise KeyError(f"entry {i} has no digest yet")
+        return self._raw[32 * i : 32 * i + 32].hex()
+
+    def __iter__(self) -> Iterator[str]:
+        raw = self._raw
+        for i in range(self._n):
+            yield raw[32 * i : 32 * i + 32].hex()
 
 
 def read_record(path: Path) -> tuple[Manifest, list[str]] | None:
     """The manifest and per-entry digests at ``path``; None when there is no record."""
     try:
-        data = json.loads(path.read_bytes())
-        return Manifest.model_validate(data["manifest"]), list(data["digests"])
+        with open(path, encoding="utf-8") as f:
+            manifest, digests = Manifest.read(f, origin=str(path))
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ConfigError, UnicodeDecodeError, OSError) as exc:
         raise CacheError(
             f"{path} is unreadable: {exc}", hint="run `mlstage cache verify --repair`"
         ) from exc
+    if len(digests) != len(manifest):
+        raise CacheError(
+            f"{path} holds no digest for some entries", hint="run `mlstage cache verify --repair`"
+        )
+    return manifest, digests
 
 
-def write_record(path: Path, manifest: Manifest, digests: list[str]) -> None:
+def write_record(path: Path, manifest: Manifest, digests: Sequence[str]) -> None:
     """Write the record atomically; a failed write leaves no temp file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    body = {"manifest": manifest.model_dump(mode="json"), "digests": digests}
     try:
-        tmp.write_text(json.dumps(body, separators=(",", ":")))
+        with open(tmp, "w", encoding="utf-8") as f:
+            manifest.write(f, digests=digests)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -14,9 +14,7 @@ removed or renamed changes its folder's mtime; a link or a special file is never
 sealed. Not caught: a write by someone who also sets the mtime back on purpose (``utime``),
 which ``mlstage cache verify`` (it hashes every byte) finds.
 
-The walk order is the manifest's order (paths sorted as strings): siblings are sorted by name,
-a folder's name compared as ``name + '/'``, so a folder's contents come exactly where its
-paths sort among its siblings' (``a-b`` < ``a/x`` < ``a0``).
+The walk order is the manifest's order (``mlstage.folders.walk``).
 """
 
 from __future__ import annotations
@@ -25,34 +23,12 @@ import os
 import stat
 import struct
 from array import array
-from collections.abc import Iterator
 from dataclasses import dataclass
+
+from mlstage.folders import walk
 
 _HEADER = struct.Struct("<4sQQ")
 _MAGIC = b"SEA1"
-
-
-def _sorted_entries(folder: str) -> list[os.DirEntry[str]]:
-    entries = list(os.scandir(folder))
-    entries.sort(key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
-    return entries
-
-
-def walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
-    """Every file, folder and other entry below ``root`` with its ``lstat``, in manifest order.
-
-    Folders come before their contents; links are returned, never followed.
-    """
-    stack: list[Iterator[os.DirEntry[str]]] = [iter(_sorted_entries(root))]
-    while stack:
-        entry = next(stack[-1], None)
-        if entry is None:
-            stack.pop()
-            continue
-        st = entry.stat(follow_symlinks=False)
-        yield entry.path, st
-        if stat.S_ISDIR(st.st_mode):
-            stack.append(iter(_sorted_entries(entry.path)))
 
 
 @dataclass(frozen=True)
@@ -88,7 +64,7 @@ class Seal:
 def take(root: str) -> Seal:
     """The seal of the tree at ``root`` as it is now (the root folder's own mtime included)."""
     files, folders = array("q"), array("q", [os.lstat(root).st_mtime_ns])
-    for _path, st in walk(root):
+    for _path, _rel, st in walk(root):
         if stat.S_ISDIR(st.st_mode):
             folders.append(st.st_mtime_ns)
         else:
@@ -97,30 +73,46 @@ def take(root: str) -> Seal:
 
 
 def intact(root: str, seal: Seal) -> bool:
-    """True when the tree at ``root`` is exactly as sealed (see the module docstring)."""
+    """True when the tree at ``root`` is exactly as sealed (see the module docstring).
+
+    The walk of ``mlstage.folders.walk``, written out as one loop a folder (a hand-out of a
+    100,000-file dataset runs it: the generator's cost per entry was a third of the check's).
+    """
     files, folders = seal.files, seal.folders
-    try:
-        if os.lstat(root).st_mtime_ns != folders[0]:
-            return False
-        f = 0
-        d = 1
-        for _path, st in walk(root):
+    nfiles, nfolders = len(files), len(folders)
+    pos = [0, 1]  # next file slot, next folder slot
+    S_ISREG, S_ISDIR = stat.S_ISREG, stat.S_ISDIR  # noqa: N806
+
+    def visit(folder: str) -> bool:
+        entries = list(os.scandir(folder))
+        entries.sort(key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
             mode = st.st_mode
-            if stat.S_ISREG(mode):
+            if S_ISREG(mode):
+                f = pos[0]
                 if (
-                    f + 3 > len(files)
+                    f + 3 > nfiles
                     or st.st_ino != files[f]
                     or st.st_size != files[f + 1]
                     or st.st_mtime_ns != files[f + 2]
                 ):
                     return False
-                f += 3
-            elif stat.S_ISDIR(mode):
-                if d >= len(folders) or st.st_mtime_ns != folders[d]:
+                pos[0] = f + 3
+            elif S_ISDIR(mode):
+                d = pos[1]
+                if d >= nfolders or st.st_mtime_ns != folders[d]:
                     return False
-                d += 1
+                pos[1] = d + 1
+                if not visit(entry.path):
+                    return False
             else:
                 return False  # a link, FIFO, socket or device: never part of a tree
+        return True
+
+    try:
+        if os.lstat(root).st_mtime_ns != folders[0] or not visit(root):
+            return False
     except (FileNotFoundError, NotADirectoryError):
         return False
-    return f == len(files) and d == len(folders)
+    return pos[0] == nfiles and pos[1] == nfolders

@@ -8,6 +8,7 @@ builds, publishes, rebuilds or discards its tree.
 from __future__ import annotations
 
 import os
+from array import array
 from collections.abc import Sequence
 
 from mlstage.cache import seal as seals
@@ -26,14 +27,17 @@ class Trees:
         self.index = index
         self.objects = objects
 
-    def build(self, manifest: Manifest, digests: Sequence[str], fingerprint: str) -> None:
-        """Build the tree of ``manifest`` (``digests[i]`` holds entry i) in its temp folder."""
+    def build(self, manifest: Manifest, digests: Sequence[str], fingerprint: str) -> list[int]:
+        """Build the tree of ``manifest`` (``digests[i]`` holds entry i) in its temp folder;
+        the entries that got a copy of their object instead of a link (see ``Objects.link``)."""
         tmp = str(self.files.building_path(fingerprint))
         rmtree(self.files.building_path(fingerprint))  # a killed stager's (we hold the lock)
         os.mkdir(tmp)
         made: set[str] = {tmp}
-        for e, digest in zip(manifest.entries, digests, strict=True):
-            dest = f"{tmp}/{e.path}"
+        copies: list[int] = []
+        link = self.objects.link
+        for i, (path, digest) in enumerate(zip(manifest.paths(), digests, strict=True)):
+            dest = f"{tmp}/{path}"
             parent = dest.rpartition("/")[0]
             if parent not in made:
                 os.makedirs(parent, exist_ok=True)
@@ -41,22 +45,41 @@ class Trees:
                     made.add(parent)
                     parent = parent.rpartition("/")[0]
             try:
-                self.objects.link(digest, dest)
+                if not link(digest, dest):
+                    copies.append(i)
             except FileNotFoundError as exc:
                 raise CacheError(
-                    f"object {digest[:12]} for {e.path} vanished while building {fingerprint[:12]}",
+                    f"object {digest[:12]} for {path} vanished while building {fingerprint[:12]}",
                     hint="something outside mlstage deletes cache files; "
                     "run `mlstage cache verify --repair`",
                 ) from exc
         for d in sorted(made, key=lambda p: p.count("/"), reverse=True):
             os.chmod(d, 0o555)
+        return copies
 
-    def publish(self, fingerprint: str) -> bytes:
-        """Move the built tree into place (replacing any tree there) and return its seal."""
+    def publish(self, fingerprint: str, manifest: Manifest, files: array[int]) -> bytes:
+        """Move the built tree into place (replacing any tree there) and return its seal.
+
+        ``files`` is the seal's file part as staging knows it (each entry's object inode,
+        size and mtime, see ``Seal``); only the folders are looked at here, one ``lstat``
+        each, in the walk's order: a folder comes right before its first path.
+        """
         final = self.files.dataset_path(fingerprint)
         self.discard(fingerprint)  # a crash's leftover, or the broken tree being replaced
         os.rename(self.files.building_path(fingerprint), final)
-        return seals.take(str(final)).to_bytes()
+        root = str(final)
+        folders = array("q", [os.lstat(root).st_mtime_ns])
+        seen: list[str] = []  # the open folders of the previous path, outermost first
+        for path in manifest.paths():
+            parts = path.split("/")[:-1]
+            common = 0
+            while common < min(len(seen), len(parts)) and seen[common] == parts[common]:
+                common += 1
+            for depth in range(common, len(parts)):
+                folder = "/".join(parts[: depth + 1])
+                folders.append(os.lstat(f"{root}/{folder}").st_mtime_ns)
+            seen = parts
+        return seals.Seal(files, folders).to_bytes()
 
     def discard(self, fingerprint: str) -> None:
         """Remove a dataset's tree that is not (or no longer) handed out: one a staging

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlstage.cache import seal as seals
 from mlstage.cache.files import rmtree
 from mlstage.cache.records import read_record
 from mlstage.errors import CacheError, ConfigError, MlstageError
+from mlstage.folders import walk
 from mlstage.transfer import file_sha256
 
 if TYPE_CHECKING:
@@ -172,8 +172,7 @@ def _check_dataset(
         return []
     listed = {e.path for e in manifest.entries}
     problems: list[Problem] = []
-    for path, st in seals.walk(str(tree)):
-        rel = os.path.relpath(path, tree)
+    for _path, rel, st in walk(str(tree)):
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             # mlstage never puts links in a tree; one that appeared could point anywhere, so
             # the tree is set aside (links removed, never followed) and rebuilt from objects

@@ -8,7 +8,7 @@ entries through ``objects`` and ``unpack``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -55,8 +55,8 @@ class Source(Protocol):
         """List the dataset (no object bytes move). Raises ObjectNotFound when it is missing."""
         ...
 
-    def objects(self, entries: Sequence[Entry]) -> list[RemoteObject]:
-        """The downloads that yield ``entries``."""
+    def objects(self, entries: Iterable[Entry]) -> Iterable[RemoteObject]:
+        """The downloads that yield ``entries`` (made as they are consumed where it can)."""
         ...
 
     def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
@@ -74,8 +74,8 @@ class FileObjectSource:
     uri: str = ""
     supports_ranges: bool = True
 
-    def objects(self, entries: Sequence[Entry]) -> list[RemoteObject]:
-        return [RemoteObject(e.locator, e.size, e.checksum, (e,), etag=e.etag) for e in entries]
+    def objects(self, entries: Iterable[Entry]) -> Iterator[RemoteObject]:
+        return (RemoteObject(e.locator, e.size, e.checksum, (e,), etag=e.etag) for e in entries)
 
     def unpack(self, obj: RemoteObject, path: Path, workdir: Path) -> list[tuple[Entry, Path]]:
         return [(obj.entries[0], path)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +130,8 @@ class PrioritySource:
     def resolve(self) -> Manifest:
         return self._inner.resolve()
 
-    def objects(self, entries: Sequence[Entry]) -> list[RemoteObject]:
-        objs = self._inner.objects(entries)
+    def objects(self, entries: Iterable[Entry]) -> list[RemoteObject]:
+        objs = list(self._inner.objects(entries))  # ranked as a whole: the reader's order
         last = len(self._rank)
         for o in objs:
             r = min(self._rank.get(e.path, last) for e in o.entries)
