@@ -28,6 +28,17 @@ class CacheSettings(Block):
         description="Objects larger than this are fetched as parallel ranged GETs of this size.",
     )
 
+    check_hits: bool = Field(
+        default=True,
+        description="Check a cached dataset's tree against its seal each time it is handed out "
+        "(one stat a file; catches a job that wrote into its data). Off only where jobs get "
+        "the cache read-only.",
+    )
+
     def build(self) -> LocalCache:
         """The LocalCache this block configures."""
-        return LocalCache(Path(self.cache_dir).expanduser(), limit_bytes=self.limit_bytes)
+        return LocalCache(
+            Path(self.cache_dir).expanduser(),
+            limit_bytes=self.limit_bytes,
+            check_hits=self.check_hits,
+        )

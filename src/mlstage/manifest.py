@@ -555,8 +555,9 @@ class Manifest:
         return buf.getvalue()
 
     @classmethod
-    def read(cls, lines: Iterable[str | bytes], *, origin: str = "") -> tuple[Manifest, list[str]]:
-        """Read a manifest written by ``write``; also returns the digests it carries (or [])."""
+    def read(cls, lines: Iterable[str | bytes], *, origin: str = "") -> tuple[Manifest, bytearray]:
+        """Read a manifest written by ``write``; also returns the sha256 digests it carries,
+        32 bytes an entry in its order (empty when it carries none)."""
         it = iter(lines)
         try:
             header = json.loads(next(it))
@@ -569,7 +570,7 @@ class Manifest:
             )
         builder = ManifestBuilder(str(header.get("source", "")))
         with_digests = bool(header.get("digests"))
-        digests: list[str] = []
+        digests = bytearray()
         loads = json.loads
         for n, line in enumerate(it, 2):
             if not line.strip():
@@ -579,7 +580,7 @@ class Manifest:
                 path, size, checksum, etag, locator = row[:5]
                 builder.add(Entry(path, size, checksum, etag, locator))
                 if with_digests:
-                    digests.append(str(row[5]))
+                    digests += bytes.fromhex(row[5])
             except (ValueError, TypeError, IndexError) as exc:
                 raise ConfigError(
                     f"{origin or 'a manifest'}: line {n} is not a manifest entry ({exc})"

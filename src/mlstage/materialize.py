@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from mlstage.errors import CacheError, ConfigError
-from mlstage.fileio import can_reflink, copy_file
+from mlstage.fileio import can_reflink, copy_file, pwrite_all
 
 if TYPE_CHECKING:
     from mlstage.manifest import Entry
@@ -67,6 +67,60 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         _copy(src, dst)
+
+
+class MirrorFile:
+    """The second copy of one object at the --to folder, written by the fetch engine at the
+    offsets it writes the cache's copy (``Transfer(mirror=)``).
+
+    Opened on its first write, so only objects being fetched hold a descriptor. Best effort:
+    the first OSError (a full disk, a removed folder, an error reported at close) ends the copy
+    and removes its file, and the fetch goes on; the consumer then copies the file from the
+    cache. The descriptor stays open until ``close`` so that concurrent part writers never
+    write to a reused descriptor number.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.ok = True
+        self.fd: int | None = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> int | None:
+        with self._lock:
+            if self.fd is None and self.ok:
+                try:
+                    self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                except OSError:
+                    self.ok = False
+            return self.fd
+
+    def write(self, data: bytes, pos: int) -> None:
+        fd = self.fd if self.fd is not None else self._open()
+        if self.ok and fd is not None:
+            try:
+                pwrite_all(fd, data, pos)
+            except OSError:
+                self.fail()
+
+    def fail(self) -> None:
+        self.ok = False
+
+    def close(self) -> bool:
+        """Close it; True if it was written (an empty object: created) and no write failed."""
+        if self.fd is None and self.ok:
+            self._open()  # a zero-byte object has no write to open it
+        with self._lock:
+            if self.fd is not None:
+                try:
+                    os.close(self.fd)  # NFS and FUSE report ENOSPC, EDQUOT, EIO here
+                except OSError:
+                    self.ok = False
+                self.fd = None
+        if not self.ok:
+            with suppress(OSError):
+                os.unlink(self.path)
+        return self.ok
 
 
 class Materializer:
@@ -121,8 +175,8 @@ class Materializer:
         if kind is not None:
             self.abort()
 
-    def mirror(self, entry: Entry) -> str | None:
-        """Where the fetch engine may write its second copy of ``entry`` (``Transfer(mirror=)``).
+    def mirror(self, entry: Entry) -> MirrorFile | None:
+        """The second copy of ``entry`` the fetch engine may write (``Transfer(mirror=)``).
 
         Private copies then cost no second pass over the cache's file. None with ``link``
         (links are made from the cache) or when the folder cannot be made (``finish`` says
@@ -144,7 +198,7 @@ class Materializer:
             self._make_parent(entry.path)
         except OSError:
             return None
-        return os.path.join(self._tmp, entry.path)
+        return MirrorFile(os.path.join(self._tmp, entry.path))
 
     def add(self, rel: str, src: str | Path, *, mirrored: bool = False) -> None:
         """Place the verified file ``src`` at ``rel`` (a dataset path) now.

@@ -8,11 +8,13 @@ Flows are thin wrappers over these; everything here runs and is tested without P
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from mlstage.manifest import Manifest
 from mlstage.recipes import load_recipe
 from mlstage.redact import MASK, scrub_params_json, scrub_text, scrub_uri
 from mlstage.runner import Metrics, check_entrypoint, run_entrypoint
-from mlstage.settings import Settings, get_settings
+from mlstage.settings import Settings, get_settings, open_cache
 from mlstage.shared import Artifact, SharedTier, open_shared
 from mlstage.sources import check_uri, open_source
 from mlstage.sources.base import Source
@@ -47,7 +49,7 @@ class Workspace:
     def from_settings(cls, settings: Settings | None = None) -> Workspace:
         s = settings or get_settings()
         return cls(
-            cache=LocalCache(s.resolved_cache_dir, limit_bytes=s.cache_limit_bytes),
+            cache=open_cache(s),
             shared=open_shared(s.resolved_shared),
             state=StateStore.open(s.resolved_state_url),
             settings=s,
@@ -201,6 +203,8 @@ def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -
             }
             artifact = ws.shared.publish(artifact_id, out, info)
             staged = _stage_output(ws, artifact, out) if stage_here else None
+        if not raw.hit:  # staged for the recipe alone: no lasting raw copy (see _drop_raw)
+            _drop_raw(ws, raw.fingerprint)
     digest = hashlib.sha256(artifact.manifest.to_json().encode()).hexdigest()
     ws.state.record_artifact(
         artifact_id,
@@ -225,6 +229,17 @@ def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -
         time.monotonic() - started,
         made_here,
     )
+
+
+def _drop_raw(ws: Workspace, fingerprint: str) -> None:
+    """Remove the raw source a preprocessing staged only to read it once, unless another
+    process uses it meanwhile (then it stays, as any dataset, until evicted). Objects the
+    artifact shares with it (an identity recipe's) stay with the artifact."""
+    try:
+        if not ws.cache.drop(fingerprint):
+            log.info("raw copy %s kept: in use by another process", fingerprint[:12])
+    except ConfigError:
+        pass  # gone already (evicted, or dropped by another preprocessing)
 
 
 def _stage_output(ws: Workspace, artifact: Artifact, out: Path) -> StagedDataset | None:
@@ -308,18 +323,40 @@ def stage(ws: Workspace, prepared: Prepared, **kwargs: Any) -> Ready:
     ready = None if kwargs else staged_here(ws, prepared)
     if ready is not None:
         return ready
-    source = ws.shared.source(prepared.artifact)
-    staged = ws.cache.stage(
-        source,
-        prepared.artifact.manifest,
+    artifact_id = prepared.artifact.artifact_id
+    by_id = f"artifact:{artifact_id}"
+    fp = ws.cache.alias(by_id)
+    staged = ws.cache.handout(fp) if fp is not None else None
+    if staged is None:  # not here (or damaged): staged from its manifest
+        staged = ws.cache.stage(
+            ws.shared.source(prepared.artifact),
+            prepared.artifact.manifest,
+            workers=ws.settings.workers,
+            part_size=ws.settings.part_size,
+            **kwargs,
+        )
+        ws.cache.alias(by_id, staged.fingerprint)
+    ready_seconds = staged.seconds if not staged.hit else time.monotonic() - started
+    return Ready(prepared, staged, _record_stage(ws, artifact_id, staged, ready_seconds))
+
+
+@contextmanager
+def _leased(ws: Workspace, ready: Ready) -> Iterator[StagedDataset]:
+    """The ready data kept from eviction for the block: by fingerprint while this node still
+    holds it (its manifest is not read), else staged again from the artifact."""
+    fp = ready.staged.fingerprint
+    if ws.cache.lookup(fp) is not None:
+        with ws.cache.lease(fp) as path:
+            yield dataclasses.replace(ready.staged, path=path, hit=True)
+        return
+    artifact = ready.prepared.artifact
+    with ws.cache.use(
+        ws.shared.source(artifact),
+        artifact.manifest,
         workers=ws.settings.workers,
         part_size=ws.settings.part_size,
-        **kwargs,
-    )
-    ready_seconds = staged.seconds if not staged.hit else time.monotonic() - started
-    return Ready(
-        prepared, staged, _record_stage(ws, prepared.artifact.artifact_id, staged, ready_seconds)
-    )
+    ) as staged:
+        yield staged
 
 
 def _run_error(exc: BaseException, secrets: Sequence[str] = ()) -> str:
@@ -370,13 +407,7 @@ def run(
     params: dict[str, Any] = {}
     try:
         artifact = ready.prepared.artifact
-        source = ws.shared.source(artifact)
-        with ws.cache.use(
-            source,
-            artifact.manifest,
-            workers=ws.settings.workers,
-            part_size=ws.settings.part_size,
-        ) as staged:
+        with _leased(ws, ready) as staged:
             consumed = ready.stage_record_id
             if not staged.hit:  # evicted since it was staged: this run's own staging counts
                 consumed = _record_stage(ws, artifact.artifact_id, staged, staged.seconds)

@@ -103,3 +103,43 @@ class ListingStatus:
         self._done.set()
         if self._thread is not None:
             self._thread.join()
+
+
+class StepProgress:
+    """A bar per phase of a long check (``phase``, done, total) on stderr, for terminals;
+    ``update`` is the callback ``LocalCache.verify(on_progress=)`` takes."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._progress = None
+        self._tasks: dict[str, object] = {}
+
+    def __enter__(self) -> StepProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self._progress = Progress(
+                "{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._progress.start()
+        return self
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        task = self._tasks.get(phase)
+        if task is None:
+            task = self._tasks[phase] = self._progress.add_task(f"checking {phase}", total=total)
+        self._progress.update(task, completed=done, total=total)  # type: ignore[arg-type]
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from mlstage.cache import LocalCache
 
 
 def _default_home() -> Path:
@@ -39,6 +43,14 @@ class Settings(BaseSettings):
         "region, never credentials), so later runs skip building a boto3 client; default: "
         "cache_dir/endpoints.",
     )
+    hit_check: Literal["seal", "none"] = Field(
+        default="seal",
+        description="Before a cached dataset is handed out, check its tree against the seal "
+        "taken when it was staged (one lstat a file, no data read): a job that wrote into its "
+        "data, even as root, is caught and the tree rebuilt. 'none' trusts the cache: a hit "
+        "costs the same whatever the dataset's size; for nodes whose jobs get the cache "
+        "read-only (a readOnly mount).",
+    )
     cache_limit_bytes: int = Field(
         default=0, ge=0, description="Cache size limit in bytes; 0 means unlimited."
     )
@@ -67,6 +79,17 @@ class Settings(BaseSettings):
     @property
     def resolved_endpoints_dir(self) -> Path:
         return self.endpoints_dir or self.resolved_cache_dir / "endpoints"
+
+
+def open_cache(settings: Settings) -> LocalCache:
+    """This node's cache as ``settings`` configure it (folder, limit, hit check)."""
+    from mlstage.cache import LocalCache
+
+    return LocalCache(
+        settings.resolved_cache_dir,
+        limit_bytes=settings.cache_limit_bytes,
+        check_hits=settings.hit_check == "seal",
+    )
 
 
 def get_settings() -> Settings:

@@ -21,8 +21,9 @@ import os
 import re
 import shutil
 import stat
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,18 +35,45 @@ from mlstage.sources.local import FolderSource
 from mlstage.transfer import file_sha256
 
 
-@dataclass(frozen=True)
 class Artifact:
-    """A published artifact: its id, where it is, its files, and where it came from."""
+    """A published artifact: its id, where it is, its files, and where it came from.
 
-    artifact_id: str
-    uri: str
-    manifest: Manifest
-    info: dict[str, Any] = field(default_factory=dict)
+    ``manifest`` may be given as a function that reads it: it is read on first use, so a
+    node that already holds the artifact (found by id in its cache) never reads the listing
+    of a million-file artifact.
+    """
+
+    def __init__(
+        self,
+        artifact_id: str,
+        uri: str,
+        manifest: Manifest | Callable[[], Manifest],
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.artifact_id = artifact_id
+        self.uri = uri
+        self.info = info or {}
+        self._manifest = manifest if isinstance(manifest, Manifest) else None
+        self._read = None if isinstance(manifest, Manifest) else manifest
+        self._lock = threading.Lock()
+
+    @property
+    def manifest(self) -> Manifest:
+        with self._lock:
+            if self._manifest is None:
+                assert self._read is not None
+                self._manifest = self._read()
+            return self._manifest
 
     @property
     def bytes(self) -> int:
         return self.manifest.total_bytes
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Artifact, (self.artifact_id, self.uri, self.manifest, self.info))
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.artifact_id}, {self.uri})"
 
 
 _ARTIFACT_ID = re.compile(r"[0-9a-f]{32}")
@@ -134,13 +162,16 @@ class FolderSharedTier:
         return self.root / "artifacts" / check_artifact_id(artifact_id)
 
     def get(self, artifact_id: str) -> Artifact | None:
+        """The artifact if its manifest is there (written last); the manifest is read when
+        first used (``Artifact``)."""
         d = self._dir(artifact_id)
+        if not (d / "manifest.json").is_file():
+            return None
         try:
-            manifest = Manifest.from_json((d / "manifest.json").read_bytes())
             info = json.loads((d / "artifact.json").read_text())
         except FileNotFoundError:
             return None
-        return Artifact(artifact_id, str(d), manifest, info)
+        return Artifact(artifact_id, str(d), lambda: Manifest.load(d / "manifest.json"), info)
 
     def publish(self, artifact_id: str, data_dir: Path, info: dict[str, Any]) -> Artifact:
         existing = self.get(artifact_id)

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mlstage.errors import IntegrityError, MlstageError, SourceError, TransientError
 from mlstage.fileio import pwrite_all
@@ -30,15 +30,18 @@ from mlstage.manifest import Entry
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import WHOLE_CHECKSUM, CorruptData, RemoteObject, Source
 
+if TYPE_CHECKING:
+    from mlstage.materialize import MirrorFile
+
 try:
     from isal.isal_zlib import crc32 as _crc32
 except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the same values
     from zlib import crc32 as _crc32
 
 BytesCallback = Callable[[int], None]
-# Where to write a second copy of an entry while it is fetched (None: no copy). The copy is
-# best effort: Fetched.mirrored says whether it completed.
-Mirror = Callable[[Entry], "str | None"]
+# The second copy of an entry, written while it is fetched (None: no copy), e.g.
+# ``Materializer.mirror``. The copy is best effort: Fetched.mirrored says whether it completed.
+Mirror = Callable[[Entry], "MirrorFile | None"]
 _BUF = 1024 * 1024
 
 
@@ -199,59 +202,6 @@ class _InOrderHash:
         return self.hs
 
 
-class _MirrorFile:
-    """The second copy of one object, written beside the fetch at the same offsets.
-
-    Opened on its first write, so only objects being fetched hold a descriptor. Best effort:
-    the first OSError (a full disk, a removed folder, an error reported at close) ends the copy
-    and removes its file, and the fetch goes on; the consumer then copies the file from the
-    cache. The descriptor stays open until ``close`` so that concurrent part writers never
-    write to a reused descriptor number.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.ok = True
-        self.fd: int | None = None
-        self._lock = threading.Lock()
-
-    def _open(self) -> int | None:
-        with self._lock:
-            if self.fd is None and self.ok:
-                try:
-                    self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                except OSError:
-                    self.ok = False
-            return self.fd
-
-    def write(self, data: bytes, pos: int) -> None:
-        fd = self.fd if self.fd is not None else self._open()
-        if self.ok and fd is not None:
-            try:
-                pwrite_all(fd, data, pos)
-            except OSError:
-                self.fail()
-
-    def fail(self) -> None:
-        self.ok = False
-
-    def close(self) -> bool:
-        """Close it; True if it was written (an empty object: created) and no write failed."""
-        if self.fd is None and self.ok:
-            self._open()  # a zero-byte object has no write to open it
-        with self._lock:
-            if self.fd is not None:
-                try:
-                    os.close(self.fd)  # NFS and FUSE report ENOSPC, EDQUOT, EIO here
-                except OSError:
-                    self.ok = False
-                self.fd = None
-        if not self.ok:
-            with suppress(OSError):
-                os.unlink(self.path)
-        return self.ok
-
-
 class Transfer:
     """Fetch many objects from one source into ``workdir`` concurrently."""
 
@@ -273,7 +223,7 @@ class Transfer:
         self.retry = retry or RetryPolicy()
         self.on_bytes = on_bytes
         self.mirror = mirror
-        self._mirrors: set[_MirrorFile] = set()  # open ones, closed however the transfer ends
+        self._mirrors: set[MirrorFile] = set()  # open ones, closed however the transfer ends
         self.stats = TransferStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -540,22 +490,21 @@ class Transfer:
             raise
         return self._deliver(obj, final, digest, mirrored=self._close_mirror(copy))
 
-    def _mirror_for(self, obj: RemoteObject) -> _MirrorFile | None:
+    def _mirror_for(self, obj: RemoteObject) -> MirrorFile | None:
         """The second copy of ``obj`` if the consumer asked for one (never for archives)."""
         if self.mirror is None or obj.archive:
             return None
         try:
-            path = self.mirror(obj.entries[0])
+            copy = self.mirror(obj.entries[0])
         except Exception:  # noqa: BLE001 - the copy is best effort: the consumer copies later
             return None
-        if path is None:
+        if copy is None:
             return None
-        copy = _MirrorFile(path)
         with self._lock:
             self._mirrors.add(copy)
         return copy
 
-    def _close_mirror(self, copy: _MirrorFile | None) -> bool:
+    def _close_mirror(self, copy: MirrorFile | None) -> bool:
         """Close ``copy``; True if it holds every byte."""
         if copy is None:
             return False
@@ -640,7 +589,7 @@ class Transfer:
         data: Path,
         journal: Path,
         hashing: _InOrderHash,
-        copy: _MirrorFile | None = None,
+        copy: MirrorFile | None = None,
     ) -> list[Fetched]:
         hs = hashing.finish()
         mirrored = self._close_mirror(copy)

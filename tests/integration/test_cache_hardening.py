@@ -246,3 +246,22 @@ def test_a_read_only_cache_is_one_line_for_every_command(small_disk: Path, tmp_p
     for args in (["stage", str(src)], ["cache", "stats"], ["cache", "verify"], ["cache", "gc"]):
         line = _one_line_error(_mlstage(*args, env=env))
         assert "writable" in line or "read-only" in line.lower(), (args, line)
+
+
+def test_stage_at_a_version_this_node_holds_never_lists_the_source(tmp_path: Path) -> None:
+    """`--at VERSION`: a hit by version costs no listing (the source may even be gone)."""
+    src = _dataset(tmp_path / "src")
+    expected = _tree(src)
+    env = _env(tmp_path / "home")
+    version = json.loads(_mlstage("stage", str(src), "--json", env=env).stdout)["version"]
+    subprocess.run(["rm", "-rf", str(src)], check=True)  # listing it now would fail
+    held = _mlstage(
+        "stage", str(src), "--at", version[:16], "--to", str(tmp_path / "out"), "--json", env=env
+    )
+    assert held.returncode == 0, held.stderr
+    assert json.loads(held.stdout)["hit"] is True and _tree(tmp_path / "out") == expected
+    line = _one_line_error(_mlstage("stage", str(src), "--at", "0" * 16, env=env))
+    assert "no such folder" in line  # not held: the source is listed, and is gone
+    _dataset(src)
+    line = _one_line_error(_mlstage("stage", str(src), "--at", "0" * 16, env=env))
+    assert "is now at version" in line

@@ -517,3 +517,43 @@ def test_the_same_content_many_times_in_one_dataset_is_one_object_and_a_sound_se
     assert cache.stats().objects == 1
     assert cache.trees.intact(staged.fingerprint)  # the recorded seal is the tree as built
     assert cache.stage(src, src.resolve()).hit
+
+
+def test_fast_verify_finds_writes_and_full_verify_finds_bit_rot(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    """--fast checks metadata (and hashes what changed); a write that also set the mtime back
+    (or bit rot) shows only when every byte is hashed."""
+    staged = stage_folder(cache, make_dataset(tmp_path / "d", {"a": b"a" * 64, "b": b"b" * 64}))
+    obj_a = cache.object_path(hashlib.sha256(b"a" * 64).hexdigest())
+    with open(obj_a, "r+b") as f:
+        f.write(b"A")
+    fast = cache.verify(full=False)
+    assert [(p.kind, p.path) for p in fast.problems] == [("corrupt_file", "a")]
+    assert fast.bytes_hashed == 64  # only the changed file was read
+    assert not cache.verify(repair=True, full=False).unrepaired
+    obj_b = cache.object_path(hashlib.sha256(b"b" * 64).hexdigest())
+    st = obj_b.stat()
+    with open(obj_b, "r+b") as f:
+        f.write(b"B")
+    os.utime(obj_b, ns=(st.st_atime_ns, st.st_mtime_ns))  # the metadata put back
+    assert cache.verify(full=False).problems == []
+    assert [(p.kind, p.path) for p in cache.verify().problems] == [("corrupt_file", "b")]
+    assert (staged.path / "a").read_bytes() == b"a" * 64
+
+
+def test_cli_verify_fast_reports_in_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlstage.cli.cache_cmd import app
+
+    monkeypatch.setenv("MLSTAGE_HOME", str(tmp_path / "home"))
+    stage_folder(
+        LocalCache(tmp_path / "home" / "cache"), make_dataset(tmp_path / "d", {"f": b"data"})
+    )
+    res = CliRunner().invoke(app, ["verify", "--fast", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["ok"] and report["bytes_hashed"] == 0 and report["files"] == 1

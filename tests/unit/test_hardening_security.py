@@ -292,6 +292,7 @@ def test_any_exception_in_a_run_is_recorded_failed(
         raise RuntimeError(f"boom password={SECRET}")
 
     monkeypatch.setattr(ws.shared, "source", broken)
+    monkeypatch.setattr(ws.cache, "lease", broken)  # the data is cached: leased by version
     model = ModelSpec(name="m", dataset="toy", entrypoint="mlstage.testing.workloads:count_files")
     out = pipeline.run(ws, model, ready)
     row = ws.state.run(out.run_id)

@@ -144,3 +144,39 @@ def test_a_staging_made_from_this_nodes_output_moved_nothing_from_the_shared_tie
     (row,) = ws.state.consumed(outcome.run_id)
     assert row.cache_hit is False and row.bytes_fetched == prepared.artifact.bytes
     assert row.bytes_from_shared == 0  # filed from the recipe's output, on this node
+
+
+def test_preprocessing_leaves_no_raw_copy_in_the_cache(
+    ws: pipeline.Workspace, tmp_path: Path
+) -> None:
+    """The source is read once for the recipe: what stays on the node is the artifact (when
+    staged there), not a second, raw copy of every version preprocessed."""
+    remote = write_remote(tmp_path / "remote")
+    resolved = pipeline.resolve(ws, spec(remote))
+    prepared = pipeline.preprocess(ws, resolved, stage_here=True)
+    assert ws.cache.lookup(resolved.version) is None  # the raw source: gone
+    kept = [r.fingerprint for r in ws.cache.index.datasets_lru()]
+    assert kept == [prepared.artifact.manifest.fingerprint]
+    assert ws.cache.stats().bytes == prepared.artifact.bytes
+
+
+def test_a_raw_source_someone_else_reads_is_kept(ws: pipeline.Workspace, tmp_path: Path) -> None:
+    remote = write_remote(tmp_path / "remote")
+    resolved = pipeline.resolve(ws, spec(remote))
+    with ws.cache.use(resolved.source, resolved.manifest):  # a model reading the raw data
+        pipeline.preprocess(ws, resolved)
+        assert ws.cache.lookup(resolved.version) is not None
+
+
+def test_an_artifact_this_node_holds_is_staged_and_run_without_reading_its_manifest(
+    ws: pipeline.Workspace, tmp_path: Path
+) -> None:
+    """By artifact id (the run-benchmark path): a node holding it never reads the listing,
+    however many files it has."""
+    remote = write_remote(tmp_path / "remote")
+    first = pipeline.stage(ws, pipeline.preprocess(ws, pipeline.resolve(ws, spec(remote))))
+    prepared = pipeline.find_prepared(ws, first.artifact_id)
+    ready = pipeline.stage(ws, prepared)
+    outcome = pipeline.run(ws, fit("m"), ready)
+    assert ready.staged.hit and outcome.status == "completed"
+    assert prepared.artifact._manifest is None  # never read

@@ -15,6 +15,7 @@ import pytest
 
 from mlstage.errors import IntegrityError, SourceError, TransientError
 from mlstage.manifest import Entry, Manifest
+from mlstage.materialize import MirrorFile
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import WHOLE_CHECKSUM, FileObjectSource, RemoteObject
 from mlstage.transfer import Transfer
@@ -245,9 +246,9 @@ def _mirrored_run(src: MemorySource, work: Path, mirror_dir: Path, **kw: object)
     mirror_dir.mkdir(exist_ok=True)
     asked: list[str] = []
 
-    def mirror(entry: Entry) -> str:
+    def mirror(entry: Entry) -> MirrorFile:
         asked.append(entry.path)
-        return str(mirror_dir / entry.path)
+        return MirrorFile(str(mirror_dir / entry.path))
 
     t = Transfer(src, work, workers=4, part_size=4096, retry=FAST, mirror=mirror, **kw)  # type: ignore[arg-type]
     return {f.entry.path: f.mirrored for f in t.fetch(src.objects(src.resolve().entries))}
@@ -296,16 +297,16 @@ def _fd_path(fd: int) -> str:
 def test_a_copy_that_fills_its_disk_is_removed_and_not_vouched_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mlstage.transfer as tr
+    import mlstage.materialize as mat
 
-    real = tr.pwrite_all
+    real = mat.pwrite_all
 
     def pwrite_all(fd: int, data: bytes, pos: int) -> None:
         if _fd_path(fd).startswith(str(tmp_path / "m")) and pos > 0:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, data, pos)
 
-    monkeypatch.setattr(tr, "pwrite_all", pwrite_all)
+    monkeypatch.setattr(mat, "pwrite_all", pwrite_all)
     files = {"whole": b"w" * 3000, "ranged": bytes(range(256)) * 160}
     src = MemorySource(files)
     assert _mirrored_run(src, tmp_path / "w", tmp_path / "m") == dict.fromkeys(files, False)
@@ -335,28 +336,27 @@ def test_copies_hold_descriptors_only_while_their_object_is_fetched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Hundreds of large objects must not open hundreds of copies at once (EMFILE)."""
-    import mlstage.transfer as tr
 
     open_now: set[int] = set()
     most = [0]
     lock = threading.Lock()
-    real_open, real_close = tr._MirrorFile._open, tr._MirrorFile.close
+    real_open, real_close = MirrorFile._open, MirrorFile.close
 
-    def opened(self: tr._MirrorFile) -> int | None:
+    def opened(self: MirrorFile) -> int | None:
         fd = real_open(self)
         with lock:
             open_now.add(id(self))
             most[0] = max(most[0], len(open_now))
         return fd
 
-    def closed(self: tr._MirrorFile) -> bool:
+    def closed(self: MirrorFile) -> bool:
         ok = real_close(self)
         with lock:
             open_now.discard(id(self))
         return ok
 
-    monkeypatch.setattr(tr._MirrorFile, "_open", opened)
-    monkeypatch.setattr(tr._MirrorFile, "close", closed)
+    monkeypatch.setattr(MirrorFile, "_open", opened)
+    monkeypatch.setattr(MirrorFile, "close", closed)
     files = {f"{i:02d}": bytes([i]) * 40960 for i in range(30)}  # 30 objects of 10 parts
     src = MemorySource(files)
     assert _mirrored_run(src, tmp_path / "w", tmp_path / "m") == dict.fromkeys(files, True)

@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS leases (
     expires     REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS leases_fp ON leases(fingerprint);
+CREATE TABLE IF NOT EXISTS aliases (
+    name        TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS aliases_fp ON aliases(fingerprint);
 CREATE TABLE IF NOT EXISTS seals (
     fingerprint TEXT PRIMARY KEY,
     seal        BLOB NOT NULL
@@ -285,6 +290,20 @@ class CacheIndex:
         """Inside ``tx()``: record the seal of a dataset's tree (``mlstage.cache.seal``)."""
         db.execute("INSERT OR REPLACE INTO seals VALUES (?,?)", (fingerprint, seal))
 
+    def set_alias(self, name: str, fingerprint: str) -> None:
+        """Name a ready dataset (e.g. ``artifact:<id>``); forgotten with the dataset."""
+        with self.tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO aliases SELECT ?, fingerprint FROM datasets "
+                "WHERE fingerprint=? AND state='ready'",
+                (name, fingerprint),
+            )
+
+    def alias(self, name: str) -> str | None:
+        """The fingerprint ``name`` names, if the index has it; one primary-key read."""
+        row = self.db.execute("SELECT fingerprint FROM aliases WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
     def seal(self, fingerprint: str) -> bytes | None:
         """The seal of a dataset's tree, as recorded when it was published or repaired."""
         row = self.db.execute(
@@ -303,6 +322,7 @@ class CacheIndex:
         db.execute("DELETE FROM dataset_objects WHERE fingerprint=?", (fingerprint,))
         db.execute("DELETE FROM datasets WHERE fingerprint=?", (fingerprint,))
         db.execute("DELETE FROM seals WHERE fingerprint=?", (fingerprint,))
+        db.execute("DELETE FROM aliases WHERE fingerprint=?", (fingerprint,))
         return digests
 
     def datasets_lru(self, state: str | None = "ready") -> list[DatasetRow]:

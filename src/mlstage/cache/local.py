@@ -293,6 +293,20 @@ class LocalCache:
     def _sound_tree(self, fingerprint: str) -> bool:
         return not self.check_hits or self.trees.intact(fingerprint)
 
+    def handout(self, fingerprint: str) -> StagedDataset | None:
+        """The dataset if it is here and its tree is as sealed (see the module docstring),
+        else None: a hit that needs no manifest (by version or by alias, ``alias``)."""
+        return self._handout(fingerprint)
+
+    def alias(self, name: str, fingerprint: str | None = None) -> str | None:
+        """With ``fingerprint``: name that ready dataset (e.g. ``artifact:<id>``). Without:
+        the fingerprint ``name`` names, if this node has it. The name goes with the dataset."""
+        with mapped_disk_errors(self.root):
+            if fingerprint is not None:
+                self.index.set_alias(name, fingerprint)
+                return fingerprint
+            return self.index.alias(name)
+
     def _handout(self, fingerprint: str) -> StagedDataset | None:
         """The dataset if it is here and its tree is as sealed, else None."""
         hit = self.lookup(fingerprint)

@@ -19,9 +19,9 @@ class Digests(Sequence[str]):
     """The sha256 of each entry of a dataset being staged: 32 bytes an entry, filled in as
     objects are found or fetched (a million-file staging holds 32 MB, not a million strings)."""
 
-    def __init__(self, n: int) -> None:
-        self._raw = bytearray(32 * n)
-        self._set = bytearray(n)
+    def __init__(self, n: int, raw: bytearray | None = None) -> None:
+        self._raw = raw if raw is not None else bytearray(32 * n)
+        self._set = bytearray(b"\x01" * n) if raw is not None else bytearray(n)
         self._n = n
 
     def __len__(self) -> int:
@@ -52,7 +52,7 @@ class Digests(Sequence[str]):
             yield raw[32 * i : 32 * i + 32].hex()
 
 
-def read_record(path: Path) -> tuple[Manifest, list[str]] | None:
+def read_record(path: Path) -> tuple[Manifest, Digests] | None:
     """The manifest and per-entry digests at ``path``; None when there is no record."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -63,11 +63,11 @@ def read_record(path: Path) -> tuple[Manifest, list[str]] | None:
         raise CacheError(
             f"{path} is unreadable: {exc}", hint="run `mlstage cache verify --repair`"
         ) from exc
-    if len(digests) != len(manifest):
+    if len(digests) != 32 * len(manifest):
         raise CacheError(
             f"{path} holds no digest for some entries", hint="run `mlstage cache verify --repair`"
         )
-    return manifest, digests
+    return manifest, Digests(len(manifest), digests)
 
 
 def write_record(path: Path, manifest: Manifest, digests: Sequence[str]) -> None:

@@ -167,10 +167,9 @@ def _check_dataset(
     if not tree.is_dir() or tree.is_symlink():
         return [Problem("missing_tree", fp, None, "dataset folder is gone")]
     intact = cache.trees.intact(fp)
-    if intact and not full and not any(d in bad for d in digests):
+    if intact and not full and not (bad and any(d in bad for d in digests)):
         report.files += len(manifest)
         return []
-    listed = {e.path for e in manifest.entries}
     problems: list[Problem] = []
     for _path, rel, st in walk(str(tree)):
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
@@ -181,31 +180,35 @@ def _check_dataset(
                     "foreign_link", fp, None, "the tree contains a link; it is rebuilt, not read"
                 )
             ]
-        if stat.S_ISREG(st.st_mode) and rel not in listed:
+        if stat.S_ISREG(st.st_mode) and manifest.index(rel) is None:
             problems.append(Problem("extra_file", fp, rel, "a file the manifest does not list"))
-    rows = cache.index.object_rows(digests)
-    for e, d in zip(manifest.entries, digests, strict=True):
-        report.files += 1
-        p = tree / e.path
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            problems.append(Problem("missing_file", fp, e.path, "file is missing"))
-            continue
-        row = rows.get(d)
-        if row is not None and st.st_ino == row.ino:  # the object's own file: hashed above
-            if bad.get(d) == "corrupt_object":
+    entries = manifest.entries
+    for start in range(0, len(manifest), 1000):  # a thousand entries' rows at a time
+        chunk = range(start, min(start + 1000, len(manifest)))
+        rows = cache.index.object_rows(digests[i] for i in chunk)
+        for i in chunk:
+            e, d = entries[i], digests[i]
+            report.files += 1
+            p = tree / e.path
+            try:
+                st = p.lstat()
+            except FileNotFoundError:
+                problems.append(Problem("missing_file", fp, e.path, "file is missing"))
+                continue
+            row = rows.get(d)
+            if row is not None and st.st_ino == row.ino:  # the object's own file: hashed above
+                if bad.get(d) == "corrupt_object":
+                    problems.append(
+                        Problem("corrupt_file", fp, e.path, "content does not match its sha256")
+                    )
+                continue
+            report.bytes_hashed += st.st_size
+            if st.st_size != e.size or file_sha256(p) != d:
                 problems.append(
                     Problem("corrupt_file", fp, e.path, "content does not match its sha256")
                 )
-            continue
-        report.bytes_hashed += st.st_size
-        if st.st_size != e.size or file_sha256(p) != d:
-            problems.append(
-                Problem("corrupt_file", fp, e.path, "content does not match its sha256")
-            )
-        elif bad.get(d) == "missing_object":
-            problems.append(Problem("missing_object", fp, e.path, "object file is missing"))
+            elif bad.get(d) == "missing_object":
+                problems.append(Problem("missing_object", fp, e.path, "object file is missing"))
     if not problems and not intact:  # every file checked: only metadata changed (touch)
         with cache.stage_lock(fp):
             cache.trees.reseal(fp)
@@ -234,11 +237,12 @@ def _repair_dataset(
                 os.rename(tree, aside)
             rmtree(aside)
         for p in problems:  # an object whose only good copy is a tree file: take it back
-            if p.kind == "missing_object" and p.path is not None:
-                digest = digests[[e.path for e in manifest.entries].index(p.path)]
+            i = manifest.index(p.path) if p.path is not None else None
+            if p.kind == "missing_object" and i is not None:
+                digest = digests[i]
                 if cache.objects.restore(digest, tree / p.path):
                     bad.pop(digest, None)
-        for digest in set(digests) & set(bad):  # never reused: fetched again
+        for digest in {d for d in digests if d in bad}:  # never reused: fetched again
             _set_aside(cache, digest)
         cache.refetch(open_source(manifest.source), manifest, workers=workers)
         fixed = {d for d in digests if d in bad and cache.objects.sound(d)}

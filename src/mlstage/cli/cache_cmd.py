@@ -20,11 +20,9 @@ JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
 def _cache() -> LocalCache:
-    from mlstage.cache import LocalCache
-    from mlstage.settings import get_settings
+    from mlstage.settings import get_settings, open_cache
 
-    s = get_settings()
-    return LocalCache(s.resolved_cache_dir, limit_bytes=s.cache_limit_bytes)
+    return open_cache(get_settings())
 
 
 def _dataset(cache: LocalCache, given: str) -> str:
@@ -91,10 +89,19 @@ def verify(
     repair: bool = typer.Option(
         False, "--repair", help="Re-fetch what is corrupt or missing from each dataset's source."
     ),
+    fast: bool = typer.Option(
+        False,
+        "--fast",
+        help="Check sizes and file metadata (each tree against its seal) and hash only files "
+        "whose metadata changed, instead of hashing every object.",
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Hash every object and check every tree; exit 1 if a problem remains unrepaired."""
-    report = _cache().verify(repair=repair)
+    from mlstage.progress import StepProgress
+
+    with StepProgress(enabled=not as_json) as progress:
+        report = _cache().verify(repair=repair, full=not fast, on_progress=progress.update)
     if as_json:
         emit_json(report.to_dict())
     else:
