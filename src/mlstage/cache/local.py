@@ -397,12 +397,18 @@ class LocalCache:
             mirror=mirror,
         )
         if missing:
-            wanted = (entries[i] for i in missing)
-            for batch in transfer.fetch_batches(source.objects(wanted)):
+            at: dict[str, int] = {}  # the entries handed to the transfer and not back yet
+
+            def wanted(positions: array[int]) -> Iterator[Entry]:
+                for i in positions:
+                    e = entries[i]
+                    at[e.path] = i
+                    yield e
+
+            for batch in transfer.fetch_batches(source.objects(wanted(missing))):
                 placed = self.objects.ingest(source.uri, batch, fp)
                 for fetched, row in zip(batch, placed, strict=True):
-                    i = manifest.index(fetched.entry.path)
-                    assert i is not None
+                    i = at.pop(fetched.entry.path)
                     digests.set(i, fetched.digest)
                     sealed[3 * i : 3 * i + 3] = array("q", (row.ino, row.size, row.mtime_ns))
                     if on_object:
