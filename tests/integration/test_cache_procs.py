@@ -325,11 +325,12 @@ def _child_main(mode: str, args: dict[str, Any]) -> None:
         real_ingest = objects.Objects.ingest
         seen = [0]
 
-        def ingest(self: Any, *a: Any) -> None:
-            real_ingest(self, *a)
+        def ingest(self: Any, *a: Any) -> Any:
+            rows = real_ingest(self, *a)
             seen[0] += 1
             if seen[0] == 5:
                 _park(args["marker"])
+            return rows
 
         objects.Objects.ingest = ingest  # type: ignore[method-assign]
     elif kill_at == "ingest-in-transaction":
@@ -352,8 +353,8 @@ def _child_main(mode: str, args: dict[str, Any]) -> None:
     elif kill_at == "tree-renamed":
         real = trees.Trees.publish
 
-        def publish(self: Any, fp: str) -> bytes:
-            sealed = real(self, fp)
+        def publish(self: Any, fp: str, *a: Any) -> bytes:
+            sealed = real(self, fp, *a)
             _park(args["marker"])  # tree in place, index still says 'staging'
             return sealed
 
