@@ -18,7 +18,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import io
+import itertools
 import json
+import operator
 import re
 import sys
 from array import array
@@ -496,10 +498,20 @@ class Manifest:
             cols.append(self._locators)
         return sum(c.nbytes() for c in cols) + self._sizes.itemsize * len(self._sizes)
 
+    def longest_path(self) -> str | None:
+        """The path with the most bytes (from the offsets alone: no path is decoded)."""
+        ends = self._paths.ends
+        if not ends:
+            return None
+        lengths = map(operator.sub, ends, itertools.chain((0,), ends))
+        _, i = max(zip(lengths, itertools.count()))
+        return self._paths[i]
+
     def check_fits(self, root: Path | str, *, what: str = "destination") -> None:
         """Refuse this dataset, before anything is fetched, when one of its paths would be too
         long under ``root`` (a cache or --to folder, named by ``what`` in the hint)."""
-        check_fits(self.paths(), root, origin=self.source, what=what)
+        longest = self.longest_path()
+        check_fits([longest] if longest else [], root, origin=self.source, what=what)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Manifest):

@@ -357,6 +357,8 @@ class LocalCache:
         record, seal and publish the tree. Holds per entry its digest (32 bytes), the seal's
         inode, size and mtime (24 bytes) and, for an entry to fetch, its index."""
         n = len(manifest)
+        # a path too long under the cache would fail once its bytes were fetched
+        manifest.check_fits(self.root, what="cache folder (MLSTAGE_CACHE_DIR)")
         self.index.begin_staging(fp, manifest.source, n, manifest.total_bytes)
         digests = Digests(n)
         sealed = array("q", bytes(24 * n))
