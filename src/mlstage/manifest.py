@@ -37,6 +37,7 @@ _CONTENT_ALGOS = ("sha256", "md5")
 _HEX = re.compile("[0-9a-f]+")
 _FP_MAGIC = b"mlstage manifest 2\n"
 _BIG_ENDIAN = sys.byteorder == "big"
+_INLINE_LIMIT = 2**32 - 2**20  # below it, an offset surely fits the 4-byte offsets
 
 
 class _Fields(NamedTuple):
@@ -114,7 +115,8 @@ class _Strings:
 
     def __init__(self, blob: bytes | bytearray = b"", ends: array[int] | None = None) -> None:
         self.blob = blob
-        self.ends: array[int] = ends if ends is not None else array("Q")
+        # 4-byte offsets while the buffer stays under 4 GiB (a million paths take ~20 MB)
+        self.ends: array[int] = ends if ends is not None else array("I")
         self.empties = 0  # strings added while every one was empty (not in blob/ends yet)
 
     def add(self, text: bytes) -> None:
@@ -128,7 +130,11 @@ class _Strings:
         assert isinstance(blob, bytearray)
         blob += text
         blob.append(0)
-        self.ends.append(len(blob))
+        try:
+            self.ends.append(len(blob))
+        except OverflowError:  # past 4 GiB of text: 8-byte offsets from now on
+            self.ends = array("Q", self.ends)
+            self.ends.append(len(blob))
 
     def _materialize(self) -> None:
         n, self.empties = self.empties, 0
@@ -158,11 +164,9 @@ class _Strings:
         return not self.ends
 
     def frozen(self) -> _Strings:
-        """The same strings in an immutable buffer and the smallest offset type that fits."""
-        ends = self.ends
-        if len(self.blob) < 2**32 and ends.typecode != "I":
-            ends = array("I", ends)
-        out = _Strings(bytes(self.blob), ends)
+        """The same strings, for a built manifest: never written again, so not copied (a
+        copy of a million paths would double the peak memory of building them)."""
+        out = _Strings(self.blob, self.ends)
         out.empties = self.empties
         return out
 
@@ -172,9 +176,9 @@ class _Strings:
             out.add(self[i].encode())
         return out
 
-    def canonical(self) -> bytes:
-        """The strings as hashed: each followed by a NUL, empties included."""
-        return bytes(self.empties) if not self.ends else bytes(self.blob)
+    def canonical(self) -> bytes | bytearray:
+        """The strings as hashed: each followed by a NUL, empties included (not a copy)."""
+        return bytes(self.empties) if not self.ends else self.blob
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Strings) and self.canonical() == other.canonical()
@@ -250,13 +254,16 @@ class ManifestBuilder:
         self._last = path
         paths = self._paths
         blob = paths.blob
-        blob += encoded  # type: ignore[operator]
-        blob.append(0)  # type: ignore[union-attr]
-        paths.ends.append(len(blob))
+        if len(blob) < _INLINE_LIMIT:  # the common case, inlined; else through ``add``
+            blob += encoded  # type: ignore[operator]
+            blob.append(0)  # type: ignore[union-attr]
+            paths.ends.append(len(blob))
+        else:
+            paths.add(encoded)
         self._sizes.append(size)
         etags = self._etags
         blob = etags.blob
-        if etags.empties:
+        if etags.empties or len(blob) >= _INLINE_LIMIT:
             etags.add(etag.encode())
         else:
             blob += etag.encode()  # type: ignore[operator]
@@ -316,15 +323,17 @@ def _fingerprint(m: Manifest, *, all_content: bool, checksummed: int) -> str:
     h = hashlib.sha256(_FP_MAGIC)
     if not all_content:
         h.update(b"source " + _without_credentials(m.source).encode() + b"\n")
-    sizes = array("Q", m._sizes)
-    if _BIG_ENDIAN:
+    sizes = m._sizes
+    if _BIG_ENDIAN:  # hashed as little-endian, whatever the machine
+        sizes = array("Q", sizes)
         sizes.byteswap()
     h.update(len(sizes).to_bytes(8, "little"))
     h.update(m._paths.canonical())
-    h.update(sizes.tobytes())
+    h.update(sizes)
     h.update(m._checksums.canonical())
     if checksummed == 0:  # folders, HTTP, multipart S3: every ETag counts
-        h.update(b"\x01" + m._etags.canonical())
+        h.update(b"\x01")
+        h.update(m._etags.canonical())
     elif checksummed == len(sizes):  # every entry has a checksum: no ETag counts
         h.update(b"\x02")
     else:  # some have one, some have not: the ETags of those without
