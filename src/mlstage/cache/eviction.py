@@ -142,7 +142,7 @@ class Eviction:
             moved: list[Path] = []
             with self.index.tx() as db:
                 for d in self.index.unreferenced(db, digests[i : i + batch]):
-                    row = db.execute("SELECT size FROM objects WHERE digest=?", (d,)).fetchone()
+                    size = self.index.size_of(db, d)
                     self.index.delete_object_row(db, d)
                     trash = self.files.trash(f"obj-{d}")
                     try:
@@ -151,7 +151,7 @@ class Eviction:
                     except FileNotFoundError:
                         pass
                     count += 1
-                    nbytes += int(row[0]) if row else 0
+                    nbytes += size
             for t in moved:
                 self._empty_trash(t)
         return count, nbytes

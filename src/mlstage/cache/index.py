@@ -20,25 +20,29 @@ from pathlib import Path
 
 from mlstage.cache.files import disk_error
 from mlstage.errors import CacheError
-from mlstage.sqlite_setup import use_wal
+from mlstage.sqlite_setup import setup_lock, use_wal
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
+# Digests are stored as their 32 bytes and datasets by a small integer where a row repeats
+# them (one row an object and a file): a million-file cache's index is ~350 MB, not ~770 MB,
+# and a cold staging writes half the pages.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
-    digest   TEXT PRIMARY KEY,
+    digest   BLOB PRIMARY KEY,
     size     INTEGER NOT NULL,
     created  REAL NOT NULL,
     ino      INTEGER,
     mtime_ns INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS source_objects (
-    source_key TEXT PRIMARY KEY,
-    digest     TEXT NOT NULL
+    source_key BLOB PRIMARY KEY,
+    digest     BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS source_objects_digest ON source_objects(digest);
 CREATE TABLE IF NOT EXISTS datasets (
-    fingerprint TEXT PRIMARY KEY,
+    id          INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL UNIQUE,
     source      TEXT NOT NULL,
     files       INTEGER NOT NULL,
     bytes       INTEGER NOT NULL,
@@ -48,9 +52,9 @@ CREATE TABLE IF NOT EXISTS datasets (
 );
 CREATE INDEX IF NOT EXISTS datasets_lru ON datasets(last_used);
 CREATE TABLE IF NOT EXISTS dataset_objects (
-    fingerprint TEXT NOT NULL,
-    digest      TEXT NOT NULL,
-    PRIMARY KEY (fingerprint, digest)
+    dataset INTEGER NOT NULL,
+    digest  BLOB NOT NULL,
+    PRIMARY KEY (dataset, digest)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dataset_objects_digest ON dataset_objects(digest);
 CREATE TABLE IF NOT EXISTS leases (
@@ -89,6 +93,16 @@ END;
 """
 
 _DATASET_COLS = "fingerprint, source, files, bytes, created, last_used, state"
+_DATASET_ID = "(SELECT id FROM datasets WHERE fingerprint=?)"
+
+
+def _raw(digest: str) -> bytes:
+    return bytes.fromhex(digest)
+
+
+def key_bytes(source_key: str) -> bytes:
+    """A source key as stored: its first 16 bytes (collisions: one in 2**64 pairs)."""
+    return bytes.fromhex(source_key[:32])
 
 
 @dataclass(frozen=True)
@@ -155,30 +169,21 @@ class CacheIndex:
             ) from exc
 
     def _migrate(self) -> None:
+        """Create the schema in a new index, once, under the setup lock (many processes may
+        open a new cache at once); an index of another format is refused."""
         db = self.db
-        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
             return
-        with self.tx():
-            cols = {r[1] for r in db.execute("PRAGMA table_info(datasets)")}
-            if cols and "state" not in cols:  # version 1 (walking skeleton)
-                db.execute("ALTER TABLE datasets ADD COLUMN state TEXT NOT NULL DEFAULT 'ready'")
-            object_cols = {r[1] for r in db.execute("PRAGMA table_info(objects)")}
-            if object_cols and "ino" not in object_cols:  # version 2: objects not sealed yet
-                db.execute("ALTER TABLE objects ADD COLUMN ino INTEGER")
-                db.execute("ALTER TABLE objects ADD COLUMN mtime_ns INTEGER")
-            had_counters = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE name='counters'"
-            ).fetchone()
-        db.executescript(SCHEMA)  # idempotent; executescript commits by itself
-        with self.tx():
-            if cols and not had_counters:
-                db.execute(
-                    "UPDATE counters SET value=(SELECT COUNT(*) FROM objects) WHERE name='objects'"
+        with setup_lock(self.path):
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:
+                return
+            if version or db.execute("SELECT 1 FROM sqlite_master WHERE name='objects'").fetchone():
+                raise sqlite3.DatabaseError(  # mapped to CacheError by __init__, with a hint
+                    f"the index has format {version}, this mlstage writes {SCHEMA_VERSION} (a "
+                    "format mlstage never released): remove the cache folder and stage again"
                 )
-                db.execute(
-                    "UPDATE counters SET value=(SELECT COALESCE(SUM(size),0) FROM objects) "
-                    "WHERE name='bytes'"
-                )
+            db.executescript(SCHEMA)  # executescript commits by itself
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @property
@@ -261,7 +266,8 @@ class CacheIndex:
         now = time.time()
         with self.tx() as db:
             db.execute(
-                "INSERT INTO datasets VALUES (?,?,?,?,?,?,'staging') ON CONFLICT(fingerprint) "
+                "INSERT INTO datasets (fingerprint, source, files, bytes, created, last_used, "
+                "state) VALUES (?,?,?,?,?,?,'staging') ON CONFLICT(fingerprint) "
                 "DO UPDATE SET state='staging', source=excluded.source, files=excluded.files, "
                 "bytes=excluded.bytes",
                 (fingerprint, source, files, nbytes, now, now),
@@ -275,16 +281,24 @@ class CacheIndex:
         """
         now = time.time()
         with self.tx() as db:
-            db.execute("DELETE FROM dataset_objects WHERE fingerprint=?", (fingerprint,))
+            ds = self._dataset_id(db, fingerprint)
+            db.execute("DELETE FROM dataset_objects WHERE dataset=?", (ds,))
             db.executemany(
                 "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
-                ((fingerprint, d) for d in digests),
+                ((ds, _raw(d)) for d in digests),
             )
             self.set_seal(db, fingerprint, seal)
             db.execute(
                 "UPDATE datasets SET state='ready', created=?, last_used=? WHERE fingerprint=?",
                 (now, now, fingerprint),
             )
+
+    @staticmethod
+    def _dataset_id(db: sqlite3.Connection, fingerprint: str) -> int:
+        row = db.execute("SELECT id FROM datasets WHERE fingerprint=?", (fingerprint,)).fetchone()
+        if row is None:
+            raise CacheError(f"dataset {fingerprint[:12]} is not being staged here")
+        return int(row[0])
 
     def set_seal(self, db: sqlite3.Connection, fingerprint: str, seal: bytes) -> None:
         """Inside ``tx()``: record the seal of a dataset's tree (``mlstage.cache.seal``)."""
@@ -314,12 +328,12 @@ class CacheIndex:
     def forget_dataset(self, db: sqlite3.Connection, fingerprint: str) -> list[str]:
         """Inside ``tx()``: forget a dataset; return the digests it referenced."""
         digests = [
-            r[0]
+            r[0].hex()
             for r in db.execute(
-                "SELECT digest FROM dataset_objects WHERE fingerprint=?", (fingerprint,)
+                f"SELECT digest FROM dataset_objects WHERE dataset={_DATASET_ID}", (fingerprint,)
             )
         ]
-        db.execute("DELETE FROM dataset_objects WHERE fingerprint=?", (fingerprint,))
+        db.execute(f"DELETE FROM dataset_objects WHERE dataset={_DATASET_ID}", (fingerprint,))
         db.execute("DELETE FROM datasets WHERE fingerprint=?", (fingerprint,))
         db.execute("DELETE FROM seals WHERE fingerprint=?", (fingerprint,))
         db.execute("DELETE FROM aliases WHERE fingerprint=?", (fingerprint,))
@@ -341,9 +355,9 @@ class CacheIndex:
 
     def dataset_digests(self, fingerprint: str) -> list[str]:
         return [
-            r[0]
+            r[0].hex()
             for r in self.db.execute(
-                "SELECT digest FROM dataset_objects WHERE fingerprint=?", (fingerprint,)
+                f"SELECT digest FROM dataset_objects WHERE dataset={_DATASET_ID}", (fingerprint,)
             )
         ]
 
@@ -351,14 +365,16 @@ class CacheIndex:
         return [
             r[0]
             for r in self.db.execute(
-                "SELECT fingerprint FROM dataset_objects WHERE digest=?", (digest,)
+                "SELECT d.fingerprint FROM dataset_objects o JOIN datasets d ON d.id = o.dataset "
+                "WHERE o.digest=?",
+                (_raw(digest),),
             )
         ]
 
     # -- objects ------------------------------------------------------------------------
     def has_object(self, digest: str) -> bool:
         return (
-            self.db.execute("SELECT 1 FROM objects WHERE digest=?", (digest,)).fetchone()
+            self.db.execute("SELECT 1 FROM objects WHERE digest=?", (_raw(digest),)).fetchone()
             is not None
         )
 
@@ -369,23 +385,23 @@ class CacheIndex:
         ``has_object``) before relying on it.
         """
         row = self.db.execute(
-            "SELECT digest FROM source_objects WHERE source_key=?", (source_key,)
+            "SELECT digest FROM source_objects WHERE source_key=?", (key_bytes(source_key),)
         ).fetchone()
-        return row[0] if row else None
+        return row[0].hex() if row else None
 
     def digests_for(self, source_keys: Iterable[str]) -> dict[str, str]:
         """``digest_for`` of many source keys: key -> digest for those the index knows."""
-        keys = list(source_keys)
+        keys = {key_bytes(k): k for k in source_keys}
+        raw = list(keys)
         out: dict[str, str] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
+        for i in range(0, len(raw), 500):
+            chunk = raw[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            out.update(
-                self.db.execute(
-                    f"SELECT source_key, digest FROM source_objects WHERE source_key IN ({marks})",
-                    chunk,
-                ).fetchall()
-            )
+            for key, digest in self.db.execute(
+                f"SELECT source_key, digest FROM source_objects WHERE source_key IN ({marks})",
+                chunk,
+            ):
+                out[keys[key]] = digest.hex()
         return out
 
     def pin(self, fingerprint: str, digests: Iterable[str]) -> dict[str, ObjectRow]:
@@ -393,12 +409,12 @@ class CacheIndex:
         those the index holds. Pinning and checking happen in one transaction, so an evictor
         either removed an object before (it is reported missing) or sees the pin and keeps it.
         """
-        wanted = list(dict.fromkeys(digests))
+        wanted = [_raw(d) for d in dict.fromkeys(digests)]
         found: dict[str, ObjectRow] = {}
         with self.tx() as db:
+            ds = self._dataset_id(db, fingerprint)
             db.executemany(
-                "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
-                ((fingerprint, d) for d in wanted),
+                "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)", ((ds, d) for d in wanted)
             )
             for i in range(0, len(wanted), 500):
                 chunk = wanted[i : i + 500]
@@ -407,7 +423,7 @@ class CacheIndex:
                     f"SELECT digest, size, ino, mtime_ns FROM objects WHERE digest IN ({marks})",
                     chunk,
                 ):
-                    found[d] = ObjectRow(d, int(n), None, ino, m)
+                    found[d.hex()] = ObjectRow(d.hex(), int(n), None, ino, m)
         return found
 
     def insert_objects(
@@ -425,15 +441,16 @@ class CacheIndex:
         db.executemany(
             "INSERT INTO objects VALUES (?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
             "ino=excluded.ino, mtime_ns=excluded.mtime_ns",
-            [(r.digest, r.size, now, r.ino, r.mtime_ns) for r in rows],
+            [(_raw(r.digest), r.size, now, r.ino, r.mtime_ns) for r in rows],
         )
-        keyed = [(r.source_key, r.digest) for r in rows if r.source_key]
+        keyed = [(key_bytes(r.source_key), _raw(r.digest)) for r in rows if r.source_key]
         if keyed:
             db.executemany("INSERT OR REPLACE INTO source_objects VALUES (?,?)", keyed)
         if fingerprint:
+            ds = self._dataset_id(db, fingerprint)
             db.executemany(
                 "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
-                [(fingerprint, r.digest) for r in rows],
+                [(ds, _raw(r.digest)) for r in rows],
             )
 
     def add_objects_bulk(self, rows: Iterable[ObjectRow]) -> None:
@@ -444,7 +461,7 @@ class CacheIndex:
     def object_row(self, digest: str) -> ObjectRow | None:
         """What the index knows of one object: size and the inode and mtime of its file."""
         row = self.db.execute(
-            "SELECT size, ino, mtime_ns FROM objects WHERE digest=?", (digest,)
+            "SELECT size, ino, mtime_ns FROM objects WHERE digest=?", (_raw(digest),)
         ).fetchone()
         return ObjectRow(digest, int(row[0]), None, row[1], row[2]) if row else None
 
@@ -453,16 +470,30 @@ class CacheIndex:
         return [
             d
             for d in digests
-            if db.execute("SELECT 1 FROM dataset_objects WHERE digest=? LIMIT 1", (d,)).fetchone()
+            if db.execute(
+                "SELECT 1 FROM dataset_objects WHERE digest=? LIMIT 1", (_raw(d),)
+            ).fetchone()
             is None
         ]
 
+    def set_identity(self, db: sqlite3.Connection, digest: str, st: os.stat_result) -> None:
+        """Inside ``tx()``: record the object's file as it is now (its bytes were verified)."""
+        db.execute(
+            "UPDATE objects SET ino=?, mtime_ns=? WHERE digest=?",
+            (st.st_ino, st.st_mtime_ns, _raw(digest)),
+        )
+
+    def size_of(self, db: sqlite3.Connection, digest: str) -> int:
+        """Inside ``tx()``: the object's size, 0 when the index does not hold it."""
+        row = db.execute("SELECT size FROM objects WHERE digest=?", (_raw(digest),)).fetchone()
+        return int(row[0]) if row else 0
+
     def delete_object_row(self, db: sqlite3.Connection, digest: str) -> None:
-        db.execute("DELETE FROM objects WHERE digest=?", (digest,))
-        db.execute("DELETE FROM source_objects WHERE digest=?", (digest,))
+        db.execute("DELETE FROM objects WHERE digest=?", (_raw(digest),))
+        db.execute("DELETE FROM source_objects WHERE digest=?", (_raw(digest),))
 
     def object_size(self, digest: str) -> int | None:
-        row = self.db.execute("SELECT size FROM objects WHERE digest=?", (digest,)).fetchone()
+        row = self.db.execute("SELECT size FROM objects WHERE digest=?", (_raw(digest),)).fetchone()
         return int(row[0]) if row else None
 
     def object_bytes(self) -> int:
@@ -474,7 +505,7 @@ class CacheIndex:
 
     def iter_objects(self, batch: int = 1000) -> Iterator[list[ObjectRow]]:
         """Every object, in batches of ``batch`` (digest order); for verification only."""
-        last = ""
+        last = b""
         while True:
             rows = self.db.execute(
                 "SELECT digest, size, ino, mtime_ns FROM objects WHERE digest > ? "
@@ -483,12 +514,12 @@ class CacheIndex:
             ).fetchall()
             if not rows:
                 return
-            yield [ObjectRow(d, int(n), None, i, m) for d, n, i, m in rows]
+            yield [ObjectRow(d.hex(), int(n), None, i, m) for d, n, i, m in rows]
             last = rows[-1][0]
 
     def object_rows(self, digests: Iterable[str]) -> dict[str, ObjectRow]:
         """The rows of those of ``digests`` the index holds (a few queries per thousand)."""
-        wanted = list(dict.fromkeys(digests))
+        wanted = [_raw(d) for d in dict.fromkeys(digests)]
         out: dict[str, ObjectRow] = {}
         for i in range(0, len(wanted), 500):
             chunk = wanted[i : i + 500]
@@ -496,7 +527,7 @@ class CacheIndex:
             for d, n, ino, m in self.db.execute(
                 f"SELECT digest, size, ino, mtime_ns FROM objects WHERE digest IN ({marks})", chunk
             ):
-                out[d] = ObjectRow(d, int(n), None, ino, m)
+                out[d.hex()] = ObjectRow(d.hex(), int(n), None, ino, m)
         return out
 
     def orphan_objects(self, limit: int = 1000) -> list[str]:
@@ -506,7 +537,7 @@ class CacheIndex:
             "(SELECT 1 FROM dataset_objects d WHERE d.digest = o.digest) ORDER BY created LIMIT ?",
             (limit,),
         )
-        return [r[0] for r in rows]
+        return [r[0].hex() for r in rows]
 
     # -- leases -------------------------------------------------------------------------
     def add_lease(

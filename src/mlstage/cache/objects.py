@@ -174,10 +174,7 @@ class Objects:
         except FileNotFoundError:
             return False
         with self.index.tx() as db:
-            db.execute(
-                "UPDATE objects SET ino=?, mtime_ns=? WHERE digest=?",
-                (st.st_ino, st.st_mtime_ns, digest),
-            )
+            self.index.set_identity(db, digest, st)
         return True
 
     def restore(self, digest: str, good: Path) -> bool:
@@ -190,10 +187,7 @@ class Objects:
                 return False
             os.link(good, target)
             st = os.lstat(target)
-            db.execute(
-                "UPDATE objects SET ino=?, mtime_ns=? WHERE digest=?",
-                (st.st_ino, st.st_mtime_ns, digest),
-            )
+            self.index.set_identity(db, digest, st)
         return True
 
     def link(self, digest: str, dest: str) -> bool:

@@ -137,10 +137,7 @@ def _check_objects(
                     bad[row.digest] = "corrupt_object"
                 elif not row.matches(st):  # only its metadata changed (touch): note it as is
                     with cache.index.tx() as db:
-                        db.execute(
-                            "UPDATE objects SET ino=?, mtime_ns=? WHERE digest=?",
-                            (st.st_ino, st.st_mtime_ns, row.digest),
-                        )
+                        cache.index.set_identity(db, row.digest, st)
         if on_progress:
             on_progress("objects", report.objects, total)
     return bad
