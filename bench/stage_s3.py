@@ -148,6 +148,26 @@ class EndpointMeter:
         }
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of every child process reaped so far (the tools' processes).
+
+    moto and the proxy are children too, but are reaped only at the end, so between two
+    reads this counts exactly the tool processes that ran and exited in between.
+    """
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _client_cpu(cpu_s: float, objects: int) -> dict[str, float]:
+    """The client's (the tool's own processes') CPU, in all and per object fetched."""
+    return {
+        "client_cpu_s": round(cpu_s, 3),
+        "client_cpu_ms_per_object": round(1000 * cpu_s / objects, 3) if objects else 0.0,
+    }
+
+
 def _tree_stats(root: Path) -> tuple[int, int]:
     files = [p for p in root.rglob("*") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files)
@@ -279,10 +299,12 @@ class Tools:
         ]
         cmd = [sys.executable, "-c", MLSTAGE_LIBRARY, str(self.workers), *pairs]
         cpu = self.meter.start()
+        client_cpu = children_cpu()
         started = time.monotonic()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         seconds = time.monotonic() - started
         result: dict[str, Any] = {"seconds": round(seconds, 3), **self.meter.since(cpu, seconds)}
+        result.update(_client_cpu(children_cpu() - client_cpu, sum(n for n, _b in expect)))
         if proc.returncode != 0:
             result["error"] = proc.stderr.strip().splitlines()[-1:]
         else:
@@ -308,6 +330,7 @@ class Tools:
         dests = [self.work / f"{tool}-{i}-{time.monotonic_ns()}" for i in range(len(prefixes))]
         cmds = [self.command(tool, p, d) for p, d in zip(prefixes, dests, strict=True)]
         cpu = self.meter.start()
+        client_cpu = children_cpu()
         started = time.monotonic()
         procs = [
             subprocess.Popen(c, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -317,6 +340,7 @@ class Tools:
         seconds = time.monotonic() - started
         result: dict[str, Any] = {"seconds": round(seconds * scale, 3)}
         result.update(self.meter.since(cpu, seconds))
+        result.update(_client_cpu(children_cpu() - client_cpu, sum(n for n, _b in expect)))
         if scale != 1.0:
             result["extrapolated_from_objects"] = self.serial_limit
             result["measured_seconds"] = round(seconds, 3)
