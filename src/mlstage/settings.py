@@ -75,7 +75,6 @@ class Settings(BaseSettings):
         return self.cache_dir or self.home / "cache"
 
 
-
 def get_settings() -> Settings:
     """Read the settings from the environment now; a bad value is a ConfigError naming it."""
     from mlstage.errors import ConfigError

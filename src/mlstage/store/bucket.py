@@ -16,9 +16,9 @@ attempt and leaves the retry to its caller (the transfer engine, which also veri
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from mlstage.errors import MlstageError, SourceError, TransientError
 from mlstage.retry import RetryPolicy
@@ -28,6 +28,37 @@ from mlstage.store.errors import RangesIgnored, map_error, parts
 
 _CHUNK = 1024 * 1024  # bytes per chunk a read yields (the last may be shorter)
 _PAGE = 1000  # objects per listing page, S3's maximum
+T = TypeVar("T")
+
+
+def interruptible(fn: Callable[[], T]) -> T:
+    """``fn()``, which blocks in obstore; on the main thread it runs in a helper thread.
+
+    CPython runs signal handlers only while the main thread executes bytecode, and a call into
+    obstore keeps it in Rust until the endpoint answers or the read timeout passes (20 s by
+    default): SIGTERM or Ctrl-C during a listing would wait that long. Waiting on an Event
+    instead lets the handler run at once (the helper, a daemon, is abandoned). Other threads
+    call ``fn`` directly.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    outcome: list[tuple[bool, Any]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="mlstage-store-call", daemon=True).start()
+    done.wait()
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
 
 
 class Listed(NamedTuple):
@@ -96,7 +127,8 @@ class Bucket:
         last = offset
         while True:
             try:
-                for chunk in obstore.list(self.store, prefix or None, offset=last, chunk_size=page):
+                stream = obstore.list(self.store, prefix or None, offset=last, chunk_size=page)
+                while (chunk := interruptible(lambda s=stream: next(s, None))) is not None:
                     listed = [Listed(o["path"], o["size"], _etag(o["e_tag"])) for o in chunk]
                     if listed:
                         last = listed[-1].key
@@ -119,7 +151,9 @@ class Bucket:
 
         def attempt() -> tuple[list[Listed], list[str]]:
             try:
-                found = obstore.list_with_delimiter(self.store, prefix.rstrip("/") or None)
+                found = interruptible(
+                    lambda: obstore.list_with_delimiter(self.store, prefix.rstrip("/") or None)
+                )
             except Exception as exc:  # noqa: BLE001 - obstore's errors, mapped here
                 raise self._error(exc, prefix, "listing") from exc
             objects = [Listed(o["path"], o["size"], _etag(o["e_tag"])) for o in found["objects"]]
@@ -136,7 +170,9 @@ class Bucket:
 
         def attempt() -> bytes:
             try:
-                return bytes(obstore.get(self.store, key, options=options).bytes())
+                return interruptible(
+                    lambda: bytes(obstore.get(self.store, key, options=options).bytes())
+                )
             except Exception as exc:  # noqa: BLE001 - obstore's errors, mapped here
                 raise self._error(exc, key, "GET", connect_transient=True) from exc
 
@@ -172,14 +208,14 @@ class Bucket:
         if byte_range is not None:
             options["range"] = byte_range
         try:
-            result = obstore.get(self.store, key, options=options)
-            yield from result.stream(min_chunk_size=_CHUNK)
+            result = interruptible(lambda: obstore.get(self.store, key, options=options))
+            stream = result.stream(min_chunk_size=_CHUNK)
+            while (chunk := interruptible(lambda: next(stream, None))) is not None:
+                yield chunk
         except Exception as exc:  # noqa: BLE001 - obstore's errors, mapped here
             raise self._error(exc, key, "GET", connect_transient=True) from exc
 
-    def _slice_of_whole(
-        self, key: str, start: int, end: int, etag: str | None
-    ) -> Iterator[bytes]:
+    def _slice_of_whole(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
         """Bytes [start, end) cut out of a read of the whole object."""
         pos = 0
         for chunk in self._stream(key, etag, None):
@@ -222,7 +258,7 @@ class Bucket:
 
         def attempt(mode: str) -> bool:
             try:
-                obstore.put(self.store, key, data, mode=mode)  # type: ignore[arg-type]
+                interruptible(lambda: obstore.put(self.store, key, data, mode=mode))  # type: ignore[arg-type]
                 return True
             except AlreadyExistsError:
                 return False
@@ -245,7 +281,7 @@ class Bucket:
 
         def attempt() -> None:
             try:
-                obstore.delete(self.store, keys)
+                interruptible(lambda: obstore.delete(self.store, keys))
             except Exception as exc:  # noqa: BLE001 - obstore's errors, mapped here
                 raise self._error(exc, keys[0], "DELETE", connect_transient=True) from exc
 

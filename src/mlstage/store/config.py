@@ -122,9 +122,7 @@ class StoreConfig:
             virtual = not self.endpoint and "." not in bucket
         if virtual and self.endpoint:  # obstore wants the bucket in a virtual-hosted endpoint
             parts = urlsplit(self.endpoint)
-            kwargs["endpoint"] = f"{parts.scheme}://{bucket}.{parts.netloc}{parts.path}".rstrip(
-                "/"
-            )
+            kwargs["endpoint"] = f"{parts.scheme}://{bucket}.{parts.netloc}{parts.path}".rstrip("/")
         kwargs["virtual_hosted_style_request"] = virtual
         provider = self._provider()
         if provider is None:

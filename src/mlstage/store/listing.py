@@ -15,6 +15,7 @@ listing, page by page, resumable (``Bucket.pages``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -57,35 +58,41 @@ def _fanned_out(
     items += [(p, None) for p in subprefixes]
     items.sort(key=lambda item: item[0])
 
+    stop = threading.Event()
+
     def listing(sub: str) -> list[Listed]:
         out: list[Listed] = []
         for page in bucket.pages(sub):
+            if stop.is_set():
+                break
             if on_page:
                 on_page(len(page))
             out += page
         return out
 
     ahead = max(1, workers) * 2  # listings started ahead of the one being yielded
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mlstage-list") as pool:
-        futures: dict[str, Future[list[Listed]]] = {}
-        queued = (p for p in subprefixes)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mlstage-list")
+    futures: dict[str, Future[list[Listed]]] = {}
+    queued = iter(subprefixes)
 
-        def refill() -> None:
-            while len(futures) < ahead:
-                sub = next(queued, None)
-                if sub is None:
-                    return
-                futures[sub] = pool.submit(listing, sub)
+    def refill() -> None:
+        while len(futures) < ahead:
+            sub = next(queued, None)
+            if sub is None:
+                return
+            futures[sub] = pool.submit(listing, sub)
 
-        try:
+    try:
+        refill()
+        for key, obj in items:
+            if obj is not None:
+                yield obj
+                continue
+            below = futures.pop(key).result()
             refill()
-            for key, obj in items:
-                if obj is not None:
-                    yield obj
-                    continue
-                below = futures.pop(key).result()
-                refill()
-                yield from below
-        finally:
-            for future in futures.values():
-                future.cancel()
+            yield from below
+    finally:
+        # never wait: after a failure, an interruption or a consumer that stopped early,
+        # the listings still in flight are of no use (and may hang on a silent endpoint)
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
