@@ -96,7 +96,10 @@ class Bucket:
         """The obstore store, made on first use (credentials are looked up then)."""
         with self._lock:
             if self._store is None:
-                self._store = self.config.open(self.name)
+                try:
+                    self._store = self.config.open(self.name)
+                except MlstageError as exc:  # no credentials, a setting obstore refuses
+                    raise type(exc)(f"{self.uri()}: {exc.message}", hint=exc.hint) from exc
             return self._store
 
     def _error(

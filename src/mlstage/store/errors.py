@@ -171,11 +171,22 @@ _KIND_SAID = {
 }
 
 
+_CONNECT_CAUSES = (
+    ("ConnectionRefused", "connection refused"),
+    ("dns error", "the host name does not resolve"),
+    ("certificate", "its TLS certificate is not trusted"),
+    ("InvalidMessage", "no TLS handshake: is it plain http?"),
+    ("InvalidContentType", "no TLS handshake: is it plain http?"),
+    ("TimedOut", "no connection within the connect timeout"),
+)
+
+
 def _connect_cause(text: str) -> str:
-    for cause in ("Connection refused", "dns error", "certificate", "tls", "timed out"):
-        if cause.lower() in text.lower():
+    lowered = text.lower()
+    for needle, cause in _CONNECT_CAUSES:
+        if needle.lower() in lowered:
             return cause
-    return "connection failed"
+    return "the connection failed"
 
 
 def _first_line(text: str) -> str:
