@@ -36,6 +36,13 @@ def _terminated(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _ctrl_c(_signum: int, _frame: object) -> None:
+    # Python's own SIGINT handler, remembered: typer turns the KeyboardInterrupt into exit code
+    # 130, returned like any other, so _exit could not tell it was an interruption otherwise
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point of the ``mlstage`` console script."""
     _exit(_run())
@@ -46,6 +53,8 @@ def _run() -> int:
     from mlstage.errors import ConfigError, MlstageError
 
     signal.signal(signal.SIGTERM, _terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _ctrl_c)
     try:
         rc = app(standalone_mode=False)  # typer.Exit(code) comes back as a return value here
     except MlstageError as exc:
