@@ -80,8 +80,9 @@ class Backoff:
 
 def gave_up(exc: TransientError, hint: str) -> SourceError:
     """The final error once retries of ``exc`` are used up: not transient any more (nothing
-    above retries it again), saying how many attempts were made."""
+    above retries it again), saying how many attempts were made; ``exc``'s own hint if it has
+    one (a timeout's says more than "keeps failing"), else ``hint``."""
     tries = f" (gave up after {exc.attempts} attempts)" if exc.attempts else ""
-    err = SourceError(f"{exc.message}{tries}", hint=hint)
+    err = SourceError(f"{exc.message}{tries}", hint=exc.hint or hint)
     err.__cause__ = exc
     return err
