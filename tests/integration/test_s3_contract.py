@@ -228,7 +228,7 @@ def test_refused_credentials_are_one_line_naming_the_prefix(
     with pytest.raises(AccessDenied) as refused:
         S3Source(bucket, "tree", retry=FAST).resolve()
     said = str(refused.value)
-    assert said.startswith(f"s3://{bucket}/tree/: listing: HTTP 403 ")
+    assert said.startswith(f"s3://{bucket}/tree/: listing: access denied (HTTP 403 ")
     assert any(code in said for code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"))
     assert "\n" not in said and secret not in said and "hint:" in said
 

@@ -73,7 +73,7 @@ def _kind(kind: str) -> str:
         (
             ox.GenericError(_status(404, "Not Found", "NoSuchBucket")),
             ObjectNotFound,
-            "no such bucket",
+            "not found (HTTP 404 NoSuchBucket)",
         ),
         (
             ox.PermissionDeniedError(_status(403, "Forbidden", "SignatureDoesNotMatch")),
@@ -121,7 +121,7 @@ def _kind(kind: str) -> str:
                 'Encountered object with invalid path: Path "a//b" contained empty path segment'
             ),
             UnsafePathError,
-            "'a//b'",
+            "refusing the key 'a//b': it has an empty segment",
         ),
     ],
 )

@@ -7,8 +7,8 @@ response body (S3's ``<Error><Code>...``) and reqwest's error kind (``Timeout``,
 
     s3://bucket/key: GET: HTTP 503 SlowDown                  TransientError (retried)
     s3://bucket/key: GET: no answer within 20 s              EndpointTimeout (retried twice)
-    s3://bucket/key: GET: HTTP 404 NoSuchKey                 ObjectNotFound
-    s3://bucket/key: GET: HTTP 403 SignatureDoesNotMatch     AccessDenied
+    s3://bucket/key: GET: not found (HTTP 404 NoSuchKey)     ObjectNotFound
+    s3://bucket/key: GET: access denied (HTTP 403 ...)       AccessDenied
     s3://bucket/key: the object changed since ...            ObjectChanged (412)
 
 with a hint. Nothing else of obstore's message is repeated: no body beyond its ``<Code>``,
@@ -99,13 +99,7 @@ def map_error(
     if isinstance(exc, ox.InvalidPathError) or (
         isinstance(exc, ValueError) and "parse path" in text
     ):
-        key = _INVALID_PATH.search(text)
-        return UnsafePathError(
-            f"{uri}: cannot read the key {key.group(1)!r}" if key else f"{uri}: invalid key",
-            hint="keys with an empty, '.' or '..' segment, or a control character, cannot be "
-            "read through obstore (Rust object_store's path rules): rename them or stage a "
-            "prefix without them",
-        )
+        return _invalid_key(uri, text)
     if _NOT_PARTIAL in text:
         return RangesIgnored(f"{uri}: {what}: {where} answered a ranged GET with 200")
     if isinstance(exc, ox.PreconditionError) or status == 412 or code == "PreconditionFailed":
@@ -114,9 +108,8 @@ def map_error(
             hint="re-resolve the dataset and stage the new version",
         )
     if isinstance(exc, ox.NotFoundError) or status == 404 or code in _MISSING:
-        missing = "bucket" if code == "NoSuchBucket" else "object"
         return ObjectNotFound(
-            f"{uri}: {what}: {said or 'HTTP 404'} (no such {missing})",
+            f"{uri}: {what}: not found ({said or 'HTTP 404'})",
             hint="check the bucket and prefix (they are case-sensitive) and AWS_ENDPOINT_URL",
         )
     if code in _WRONG_REGION or status == 301:
@@ -132,7 +125,7 @@ def map_error(
         or code in _DENIED
     ):
         return AccessDenied(
-            f"{uri}: {what}: {said or 'access denied'}",
+            f"{uri}: {what}: access denied ({said or 'refused'})",
             hint=f"{where} refused the credentials: check AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the block's AwsCredentials",
         )
@@ -179,6 +172,27 @@ _CONNECT_CAUSES = (
     ("InvalidContentType", "no TLS handshake: is it plain http?"),
     ("TimedOut", "no connection within the connect timeout"),
 )
+
+
+def _invalid_key(uri: str, text: str) -> UnsafePathError:
+    """A key obstore cannot address (Rust object_store's path rules), named with why."""
+    m = _INVALID_PATH.search(text)
+    key = m.group(1) if m else ""
+    segments = key.split("/")
+    if ".." in segments:
+        why, hint = "it escapes the destination with '..'", "remove '..' from the key"
+    elif "" in segments[:-1] or "empty path segment" in text:
+        why, hint = "it has an empty segment ('//')", "rename it without '//'"
+    elif "." in segments:
+        why, hint = "it has a '.' segment", "rename it without '/./'"
+    else:
+        why, hint = "it holds a character object_store refuses", "rename it"
+    return UnsafePathError(
+        f"{uri}: refusing the key {key!r}: {why}" if key else f"{uri}: a key obstore refuses",
+        hint=f"{hint}; keys with an empty, '.' or '..' segment or a control character cannot be "
+        "listed or read through obstore (Rust object_store's path rules), so stage a prefix "
+        "without them",
+    )
 
 
 def _connect_cause(text: str) -> str:
