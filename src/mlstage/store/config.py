@@ -217,18 +217,13 @@ def _boto3_chain(profile: str | None) -> CredentialProvider:
         ) from exc
 
 
-_pem_cache: dict[str, bytes] = {}
-
-
 def _read_pem(path: str) -> bytes:
-    """A CA bundle's bytes (read once per process: a system bundle is ~200 KB)."""
-    pem = _pem_cache.get(path)
-    if pem is None:
-        try:
-            pem = _pem_cache[path] = open(path, "rb").read()  # noqa: SIM115 - read at once
-        except OSError as exc:
-            raise ConfigError(
-                f"AWS_CA_BUNDLE={path}: cannot read it ({exc.strerror})",
-                hint="point AWS_CA_BUNDLE at a readable PEM file, or unset it",
-            ) from exc
-    return pem
+    """A CA bundle's bytes, handed to obstore as extra trusted roots."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(
+            f"AWS_CA_BUNDLE={path}: cannot read it ({exc.strerror})",
+            hint="point AWS_CA_BUNDLE at a readable PEM file, or unset it",
+        ) from exc
