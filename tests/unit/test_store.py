@@ -278,7 +278,7 @@ class FakeBucket:
 
 def test_walk_fans_out_over_sub_prefixes_in_key_order() -> None:
     keys = ["p/a.txt", "p/a/1", "p/a/2", "p/a-b", "p/b/x", "p/b.txt", "p/c"]
-    keys += [f"p/d{i}/k" for i in range(20)]
+    keys += [f"p/d{i:02d}/{j:04d}" for i in range(20) for j in range(300)]
     bucket = FakeBucket(keys, delay=0.05)
     seen: list[int] = []
     started = time.monotonic()
@@ -286,7 +286,14 @@ def test_walk_fans_out_over_sub_prefixes_in_key_order() -> None:
     took = time.monotonic() - started
     assert walked == sorted(keys) and sum(seen) == len(keys)
     assert bucket.most_in_flight > 4  # sub-prefixes listed at once, not one after another
-    assert took < 0.05 * 22 / 2
+    assert took < 0.05 * 22 / 2  # a plain listing: 7 pages; one per sub-prefix: 22
+
+
+def test_walk_keeps_many_small_sub_prefixes_on_one_listing() -> None:
+    """One key per sub-prefix: a listing each would cost 1,000x the requests."""
+    bucket = FakeBucket([f"q/{i:05d}/only" for i in range(2500)])
+    bucket.children = None  # type: ignore[assignment,method-assign] - never asked
+    assert [o.key for o in walk(bucket, "q/")] == bucket.keys  # type: ignore[arg-type]
 
 
 def test_walk_keeps_a_flat_prefix_on_one_listing() -> None:

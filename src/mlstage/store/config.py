@@ -73,6 +73,7 @@ class StoreConfig:
         key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
         token = env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN")
         static = bool(key and secret)
+        hosted = env.get("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "").lower()  # obstore's own variable
         scheme = urlsplit(endpoint).scheme if endpoint else "https"
         proxy = (
             env.get("HTTPS_PROXY") or env.get("https_proxy")
@@ -90,6 +91,7 @@ class StoreConfig:
             ca_bundle=env.get("AWS_CA_BUNDLE") or None,
             proxy=proxy or None,
             no_proxy=env.get("NO_PROXY") or env.get("no_proxy") or None,
+            virtual_hosted={"true": True, "1": True, "false": False, "0": False}.get(hosted),
             read_timeout=settings.read_timeout,
             etag_is_md5=settings.s3_etag_is_md5,
         )

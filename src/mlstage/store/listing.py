@@ -8,9 +8,12 @@ the keys in order: a sub-prefix's keys sort together, between the first-level it
 and after it (S3 orders keys by UTF-8 bytes, which is Python's ``str`` order).
 
 A flat prefix gains nothing from a delimiter listing and pays for it (obstore gathers every
-page of one in memory before returning): ``walk`` looks at the first page of a plain listing
-and fans out only when it holds keys below a sub-prefix. Otherwise it goes on with that
-listing, page by page, resumable (``Bucket.pages``).
+page of one in memory before returning), and many small sub-prefixes would cost a request each
+where a plain listing takes a page per 1,000 keys: ``walk`` looks at the first page of a plain
+listing and fans out only when its keys lie below at most ``FAN_OUT_BELOW`` sub-prefixes (so
+about 100 keys or more per sub-prefix, where a listing each costs at most ~10x the requests
+and runs 16 at a time). Otherwise it goes on with that listing, page by page, resumable
+(``Bucket.pages``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from mlstage.store.bucket import Bucket, Listed
 
 PageCallback = Callable[[int], None]
+FAN_OUT_BELOW = 10  # sub-prefixes in the first page (of 1,000 keys), at most
 
 
 def walk(
@@ -34,8 +38,8 @@ def walk(
     """
     pages = bucket.pages(prefix)
     first: list[Listed] = next(pages, [])
-    nested = any("/" in o.key[len(prefix) :] for o in first)
-    if not nested:
+    below = {o.key[len(prefix) :].split("/", 1)[0] for o in first if "/" in o.key[len(prefix) :]}
+    if not below or len(below) > FAN_OUT_BELOW:
         if on_page:
             on_page(len(first))
         yield from first
