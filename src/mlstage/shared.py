@@ -221,6 +221,8 @@ class S3SharedTier:
         return f"{self.prefix}artifacts/{check_artifact_id(artifact_id)}/{name}"
 
     def get(self, artifact_id: str) -> Artifact | None:
+        """The artifact if its manifest is published, else None (its two JSON files, read
+        whole and retried; errors other than "not there" are SharedTierErrors)."""
         check_artifact_id(artifact_id)
         try:
             manifest = Manifest.from_json(self.store.get(self._key(artifact_id, "manifest.json")))

@@ -89,6 +89,7 @@ class Bucket:
         return f"Bucket({self.name!r}, endpoint={self.config.where()!r})"
 
     def uri(self, key: str = "") -> str:
+        """``s3://bucket/key``: how errors and logs name an object."""
         return f"s3://{self.name}/{key}"
 
     @property
