@@ -348,7 +348,8 @@ class Transfer:
             pool.shutdown(wait=not interrupted, cancel_futures=True)
             for copy in list(self._mirrors):  # objects that never finished: not copies
                 copy.fail()
-                self._close_mirror(copy)
+                if not interrupted:  # else a worker may still hold its descriptor: left open
+                    self._close_mirror(copy)  # (the process is exiting, which closes it)
 
     # -- internals ----------------------------------------------------------------------
     def _splitter(self, objects: Sequence[RemoteObject]) -> Callable[[RemoteObject], bool]:
