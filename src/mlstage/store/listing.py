@@ -5,7 +5,9 @@ continuation token): 1.3 million keys are 1,300 round trips one after another. W
 holds sub-prefixes (``train/n01440764/...``), ``walk`` lists its first level with a delimiter
 and then every sub-prefix at once, up to ``workers`` listings in flight, and still yields
 the keys in order: a sub-prefix's keys sort together, between the first-level items before
-and after it (S3 orders keys by UTF-8 bytes, which is Python's ``str`` order).
+and after it (S3 orders keys by UTF-8 bytes, which is Python's ``str`` order). Measured here:
+10,000 keys in 8 sub-prefixes, rclone's server behind a proxy adding 50 ms per request: 0.88-1.63
+s listed page after page, 0.43-0.50 s fanned out.
 
 A flat prefix gains nothing from a delimiter listing and pays for it (obstore gathers every
 page of one in memory before returning), and many small sub-prefixes would cost a request each
