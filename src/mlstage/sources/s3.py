@@ -15,7 +15,7 @@ exposed by obstore, so they are not used.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlparse
 
 from mlstage.errors import ConfigError, ObjectNotFound, TransientError
@@ -135,15 +135,15 @@ class S3Source(FileObjectSource):
             entries.append(held)
         return entries  # the Manifest sorts them by path
 
-    def objects(self, entries: Sequence[Entry]) -> list[RemoteObject]:
-        """One download per entry; the first time an entry large enough to be split into
-        ranged parts comes along, the endpoint is asked (once) whether it honours ranges."""
-        objs = super().objects(entries)
-        if _ranges.known(self.store.config.endpoint_id) is None:
-            big = next((o for o in objs if o.size > _SPLITTABLE), None)
-            if big is not None:
-                self.store.honours_ranges(self.prefix + big.key, big.etag)
-        return objs
+    def objects(self, entries: Iterable[Entry]) -> Iterator[RemoteObject]:  # type: ignore[override]
+        """One download per entry, made as they are consumed; before the first one large
+        enough to be split into ranged parts is handed out, the endpoint is asked (once per
+        process) whether it honours ranges, so the transfer knows whether to split it."""
+        endpoint = self.store.config.endpoint_id
+        for obj in super().objects(entries):
+            if obj.size > _SPLITTABLE and _ranges.known(endpoint) is None:
+                self.store.honours_ranges(self.prefix + obj.key, obj.etag)
+            yield obj
 
     def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Bytes [start, end) of one object, conditional on its listed ETag."""

@@ -136,7 +136,7 @@ class PrioritySource:
         return self._inner.resolve()
 
     def objects(self, entries: Sequence[Entry]) -> list[RemoteObject]:
-        objs = self._inner.objects(entries)
+        objs = list(self._inner.objects(entries))  # ranked as a whole: the reader's order
         last = len(self._rank)
         for o in objs:
             r = min(self._rank.get(e.path, last) for e in o.entries)
