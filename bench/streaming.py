@@ -31,7 +31,8 @@ from typing import Any
 
 from mlstage.cache import LocalCache
 from mlstage.recipes.shard import ShardParams, write_shards
-from mlstage.sources.s3 import S3Source, make_client
+from mlstage.sources.s3 import S3Source
+from mlstage.store import Bucket, StoreConfig
 from mlstage.stream import open_stream
 from mlstage.testing.s3 import CREDENTIALS, moto_server
 from mlstage.testing.slow_proxy import slow_proxy
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["dataset"] = {"shards": len(shards), "bytes": total}
 
         with slow_proxy(ep.port, latency=args.latency, bandwidth=args.bandwidth_mb * 1e6) as link:
-            client = make_client(endpoint_url=link.url)
-            source = S3Source(BUCKET, "data/", client=client)
+            store = Bucket(BUCKET, StoreConfig.from_env(endpoint=link.url))
+            source = S3Source(store, "data/")
             manifest = source.resolve()
             head = manifest.entries[0]
 
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             # (b) first-shard: read while staging
             cache_b = LocalCache(root / "cache-b")
-            src_b = S3Source(BUCKET, "data/", client=client)
+            src_b = S3Source(store, "data/")
             with open_stream(cache_b, src_b, manifest, workers=16) as stream:
                 t_open = time.monotonic()
                 shard_at: list[float] = []
@@ -158,7 +159,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 **st.as_metrics(),
             }
 
-            # (c) WebDataset straight from the endpoint, every epoch
+            # (c) WebDataset straight from the endpoint, every epoch (presigned by boto3, as a
+            # user of WebDataset would)
+            import boto3
+
+            client = boto3.session.Session().client("s3", endpoint_url=link.url)
             urls = [
                 "pipe:curl -s -f "
                 + shlex.quote(

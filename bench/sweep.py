@@ -232,10 +232,12 @@ def run_library_threads(sweep: SweepSpec) -> dict[str, Any]:
 
 def run_clearml_style(sweep: SweepSpec, root: Path) -> dict[str, Any]:
     """Download each dataset one file after another, then train its models, then the next."""
-    from mlstage.runner import run_entrypoint
-    from mlstage.sources.s3 import make_client, parse_s3_uri
+    import boto3
 
-    client = make_client()
+    from mlstage.runner import run_entrypoint
+    from mlstage.sources.s3 import parse_s3_uri
+
+    client = boto3.session.Session().client("s3")  # the environment's, as a user would
     t0 = time.time()
     first_step = {}
     for d in sweep.datasets:
@@ -260,9 +262,12 @@ def io_floor(sweep: SweepSpec, root: Path, workers: int = 32) -> dict[str, Any]:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from mlstage.sources.s3 import make_client, parse_s3_uri
+    import boto3
+    from botocore.config import Config
 
-    client = make_client()
+    from mlstage.sources.s3 import parse_s3_uri
+
+    client = boto3.session.Session().client("s3", config=Config(max_pool_connections=workers))
     keys = []
     for d in sweep.datasets:
         bucket, prefix = parse_s3_uri(d.uri)

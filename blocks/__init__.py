@@ -5,6 +5,6 @@ Register every type with one command: ``prefect block register -m blocks``.
 
 from blocks.cache import CacheSettings
 from blocks.clearml import ClearMLCredentials
-from blocks.shared_tier import S3Credentials, SharedTierBlock
+from blocks.shared_tier import SharedTierBlock, store_config
 
-__all__ = ["CacheSettings", "ClearMLCredentials", "S3Credentials", "SharedTierBlock"]
+__all__ = ["CacheSettings", "ClearMLCredentials", "SharedTierBlock", "store_config"]

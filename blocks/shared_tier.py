@@ -1,74 +1,132 @@
-"""The shared tier (a folder, or S3 with its credentials) as Prefect blocks."""
+"""The shared tier (a folder, or S3 with prefect-aws credentials) as a Prefect block.
+
+S3 credentials and buckets are prefect-aws's own blocks (``AwsCredentials``,
+``MinIOCredentials``, ``S3Bucket``): a team that already keeps them in Prefect uses them as
+they are. ``store_config`` turns one into mlstage's ``StoreConfig`` (secrets stay
+``SecretStr``); mlstage itself never imports Prefect.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
+from pydantic import Field, SecretStr, model_validator
 
+from mlstage.errors import ConfigError
 from mlstage.shared import SharedTier, open_shared
+from mlstage.store import StoreConfig
 
 
-class S3Credentials(Block):
-    """Credentials and endpoint for S3 or an S3-compatible store; hands out ready boto3 clients."""
+def store_config(credentials: AwsCredentials | MinIOCredentials | None) -> StoreConfig:
+    """The ``StoreConfig`` a prefect-aws credentials block describes.
 
-    _block_type_name = "mlstage S3 credentials"
-    _block_type_slug = "mlstage-s3-credentials"
-    _description = "S3 credentials for mlstage's shared tier (secrets masked in the UI)."
+    What the block leaves empty comes from the standard AWS environment, as boto3 would take
+    it (endpoint, region, CA bundle, proxy, and credentials when the block has none). Keys
+    are used as they are; a profile, or a role to assume, go through boto3 (the role's
+    temporary credentials are renewed before they expire).
+    """
+    config = StoreConfig.from_env()
+    if credentials is None:
+        return config
+    params = credentials.aws_client_parameters
+    changes: dict[str, Any] = {}
+    if credentials.region_name:
+        changes["region"] = credentials.region_name
+    if params.endpoint_url:
+        changes["endpoint"] = params.endpoint_url
+    if params.verify is False:
+        changes["allow_invalid_certificates"] = True
+    if params.verify_cert_path:
+        changes["ca_bundle"] = str(params.verify_cert_path)
+    style = ((params.config or {}).get("s3") or {}).get("addressing_style")
+    if style in ("virtual", "path"):
+        changes["virtual_hosted"] = style == "virtual"
+    if isinstance(credentials, MinIOCredentials):
+        return replace(
+            config,
+            **changes,
+            **_keys(credentials.minio_root_user, credentials.minio_root_password, None),
+        )
+    key, secret = credentials.aws_access_key_id, credentials.aws_secret_access_key
+    token = SecretStr(credentials.aws_session_token) if credentials.aws_session_token else None
+    if credentials.assume_role_arn:
+        from obstore.auth.boto3 import StsCredentialProvider
 
-    aws_access_key_id: str | None = Field(
-        default=None,
-        description="Access key id; empty: boto3's default chain (env, profile, role).",
-    )
-    aws_secret_access_key: SecretStr | None = Field(default=None, description="Secret access key.")
-    aws_session_token: SecretStr | None = Field(
-        default=None, description="Session token for temporary credentials."
-    )
-    region_name: str | None = Field(default=None, description="AWS region, e.g. us-east-1.")
-    endpoint_url: str | None = Field(
-        default=None, description="S3-compatible endpoint, e.g. http://minio:9000; empty: AWS."
-    )
+        base = credentials.model_copy(update={"assume_role_arn": None})
+        role = {"RoleArn": credentials.assume_role_arn, "RoleSessionName": "mlstage"}
+        role.update(credentials.assume_role_kwargs.get_params_override())
+        provider = StsCredentialProvider(base.get_boto3_session(), **role)  # type: ignore[arg-type]
+        return replace(config, **changes, credential_provider=provider)
+    if credentials.profile_name and not (key and secret):
+        return replace(
+            config, **changes, profile=credentials.profile_name, **_keys(None, None, None)
+        )
+    if key and secret:
+        return replace(config, **changes, **_keys(key, secret, token))
+    return replace(config, **changes)
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for a boto3 S3 client (secrets revealed only here)."""
-        kw: dict[str, Any] = {
-            "aws_access_key_id": self.aws_access_key_id,
-            "aws_secret_access_key": (
-                self.aws_secret_access_key.get_secret_value()
-                if self.aws_secret_access_key
-                else None
-            ),
-            "aws_session_token": (
-                self.aws_session_token.get_secret_value() if self.aws_session_token else None
-            ),
-            "region_name": self.region_name,
-            "endpoint_url": self.endpoint_url,
-        }
-        return {k: v for k, v in kw.items() if v}
 
-    def build(self) -> Any:
-        """A thread-safe boto3 S3 client configured for mlstage's concurrent transfers."""
-        from mlstage.sources.s3 import make_client
-
-        return make_client(**self.client_kwargs())
+def _keys(key: str | None, secret: SecretStr | None, token: SecretStr | None) -> dict[str, Any]:
+    """The credential fields of a StoreConfig, replacing whatever the environment gave."""
+    return {
+        "access_key_id": key,
+        "secret_access_key": secret,
+        "session_token": token,
+        "credential_provider": None,
+        "profile": None,
+        "anonymous": False,
+    }
 
 
 class SharedTierBlock(Block):
-    """Where preprocessed artifacts live for every node: a mounted folder or s3://bucket/prefix."""
+    """Where preprocessed artifacts live for every node: a mounted folder or an S3 prefix."""
 
     _block_type_name = "mlstage shared tier"
     _block_type_slug = "mlstage-shared-tier"
     _description = (
-        "mlstage's shared tier: a folder every node mounts (NFS, PVC) or s3://bucket/prefix."
+        "mlstage's shared tier: a folder every node mounts (NFS, PVC), s3://bucket/prefix with "
+        "prefect-aws AwsCredentials, or a prefect-aws S3Bucket."
     )
 
-    location: str = Field(description="A folder path (NFS/PVC mount) or s3://bucket/prefix.")
-    s3_credentials: S3Credentials | None = Field(
-        default=None, description="Credentials for an s3:// location; empty: the AWS environment."
+    location: str | None = Field(
+        default=None,
+        description="A folder path (NFS/PVC mount) or s3://bucket/prefix; empty when s3_bucket "
+        "names the place.",
     )
+    s3_credentials: AwsCredentials | None = Field(
+        default=None,
+        description="prefect-aws AwsCredentials for an s3:// location (keys, profile, role, "
+        "region, endpoint); empty: the AWS environment of the process.",
+    )
+    s3_bucket: S3Bucket | None = Field(
+        default=None,
+        description="A prefect-aws S3Bucket (bucket, folder and credentials) instead of a "
+        "location and credentials.",
+    )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> SharedTierBlock:
+        if (self.location is None) == (self.s3_bucket is None):
+            raise ValueError("give either location or s3_bucket")
+        if self.s3_bucket is not None and self.s3_credentials is not None:
+            raise ValueError("s3_bucket carries its own credentials: leave s3_credentials empty")
+        return self
 
     def build(self) -> SharedTier:
         """The SharedTier this block configures."""
-        client = self.s3_credentials.build() if self.s3_credentials else None
-        return open_shared(self.location, client=client)
+        if self.s3_bucket is not None:
+            bucket = self.s3_bucket
+            folder = bucket.bucket_folder.strip("/")
+            location = f"s3://{bucket.bucket_name}/{folder}"
+            return open_shared(location, config=store_config(bucket.credentials))
+        assert self.location is not None
+        if self.s3_credentials is not None and not self.location.startswith("s3://"):
+            raise ConfigError(
+                f"{self.location}: s3_credentials given for a location that is not s3://",
+                hint="remove s3_credentials, or point location at s3://bucket/prefix",
+            )
+        config = store_config(self.s3_credentials) if self.location.startswith("s3://") else None
+        return open_shared(self.location, config=config)

@@ -1,4 +1,4 @@
-"""Fixtures every test folder shares: isolated homes, a real S3 endpoint on 127.0.0.1."""
+"""Fixtures every test folder shares: isolated homes, real S3 endpoints on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -21,12 +21,10 @@ atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
 os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-# S3 endpoints remembered by tests that open sources outside a test home stay out of the
-# developer's own cache folder
-os.environ.setdefault("MLSTAGE_ENDPOINTS_DIR", str(_SESSION_DIR / "endpoints"))
 
 from mlstage.testing.postgres import check_postgres, throwaway_database  # noqa: E402
 from mlstage.testing.prefect_server import PrefectServer, prefect_server  # noqa: E402
+from mlstage.testing.rclone import rclone_server  # noqa: E402
 from mlstage.testing.s3 import S3Endpoint, moto_server  # noqa: E402
 
 
@@ -56,7 +54,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "MLSTAGE_SHARED",
         "MLSTAGE_CACHE_DIR",
         "MLSTAGE_CACHE_LIMIT_BYTES",
-        "MLSTAGE_ENDPOINTS_DIR",
     ):
         monkeypatch.delenv(var, raising=False)
     return h
@@ -67,6 +64,22 @@ def s3_endpoint() -> Iterator[S3Endpoint]:
     """A real S3 endpoint over HTTP (moto server mode) for the whole session."""
     with moto_server() as endpoint:
         yield endpoint
+
+
+@pytest.fixture(scope="session")
+def rclone_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """A second, independent S3 server (``rclone serve s3``) for the whole session."""
+    with rclone_server(tmp_path_factory.mktemp("rclone") / "root") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(autouse=True)
+def _fresh_range_memory() -> None:
+    """What an endpoint did with ranged GETs is remembered per process (mlstage.store.ranges);
+    each test starts without it (servers and proxies reuse ports across tests)."""
+    from mlstage.store import ranges
+
+    ranges.forget()
 
 
 @pytest.fixture

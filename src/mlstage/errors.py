@@ -5,7 +5,9 @@
      ├── SourceError                      a source could not be listed or read
      │    ├── ObjectNotFound(FileNotFoundError)   bucket, prefix, key, dataset or file missing
      │    ├── AccessDenied(PermissionError)       credentials missing or refused
+     │    ├── ObjectChanged                       replaced since the dataset was resolved (412)
      │    └── TransientError                      throttling, 5xx, resets, truncated bodies: retried
+     │         └── EndpointTimeout(TimeoutError)  no answer within the timeout: retried twice
      ├── UnsafePathError(ValueError)      a key or archive member that would escape its destination
      ├── IntegrityError                   bytes that do not match their size or checksum
      ├── CacheError                       the node-local cache is unusable or inconsistent
@@ -13,7 +15,7 @@
      ├── StateError                       the state DB is unreachable or refused the operation
      └── RunError                         a model entrypoint failed to import or to run
 
-Lower-layer errors (botocore, httpx, OSError, ClearML) are mapped at the adapter boundary with
+Lower-layer errors (obstore, httpx, OSError, ClearML) are mapped at the adapter boundary with
 the URI or path and a hint, so callers see one line that says what and where.
 """
 
@@ -45,8 +47,22 @@ class AccessDenied(SourceError, PermissionError):
     """Credentials are missing or were refused."""
 
 
+class ObjectChanged(SourceError):
+    """An object no longer is the version its listing named (HTTP 412 on a conditional read)."""
+
+
 class TransientError(SourceError):
     """A failure worth retrying: throttling, 5xx, connection resets, truncated bodies."""
+
+    attempts: int | None = None  # set by RetryPolicy on the error that ended its retries
+
+
+class EndpointTimeout(TransientError, TimeoutError):
+    """An endpoint accepted the connection, then sent nothing within the read timeout.
+
+    Retried at most twice (``RetryPolicy.timeout_attempts``): a hung endpoint costs each
+    attempt the whole timeout, so the usual eight attempts would hold a run for minutes.
+    """
 
 
 class UnsafePathError(MlstageError, ValueError):

@@ -37,12 +37,6 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(
         default=None, description="Node-local cache folder; default: home/cache."
     )
-    endpoints_dir: Path | None = Field(
-        default=None,
-        description="Where S3 endpoints are remembered (per bucket: URL layout and signing "
-        "region, never credentials), so later runs skip building a boto3 client; default: "
-        "cache_dir/endpoints.",
-    )
     hit_check: Literal["seal", "none"] = Field(
         default="seal",
         description="Before a cached dataset is handed out, check its tree against the seal "
@@ -62,6 +56,22 @@ class Settings(BaseSettings):
         ge=1024 * 1024,
         description="Objects larger than this are fetched as parallel ranged GETs of this size.",
     )
+    read_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        description="Seconds an S3 or HTTP endpoint may stay silent (waiting for an answer, or "
+        "between two reads of a body) before the request counts as timed out; a timed-out "
+        "request is retried at most twice. Connecting has its own 10 s limit; a whole "
+        "transfer has none (a large part may take long on a slow link).",
+    )
+    s3_etag_is_md5: bool = Field(
+        default=True,
+        description="Verify single-part S3 objects against the MD5 their ETag holds. Turn off "
+        "for buckets encrypted with SSE-KMS or SSE-C, whose ETags are not MD5s (the response "
+        "header that tells them apart is not exposed by obstore); size and If-Match still "
+        "apply.",
+    )
 
     @property
     def resolved_state_url(self) -> SecretStr:
@@ -75,10 +85,6 @@ class Settings(BaseSettings):
     @property
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir or self.home / "cache"
-
-    @property
-    def resolved_endpoints_dir(self) -> Path:
-        return self.endpoints_dir or self.resolved_cache_dir / "endpoints"
 
 
 def open_cache(settings: Settings) -> LocalCache:

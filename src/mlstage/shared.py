@@ -22,16 +22,26 @@ import re
 import shutil
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlstage.errors import ConfigError, ObjectNotFound, SharedTierError, UnsafePathError
+from mlstage.errors import (
+    ConfigError,
+    ObjectNotFound,
+    SharedTierError,
+    SourceError,
+    TransientError,
+    UnsafePathError,
+)
 from mlstage.manifest import Entry, Manifest
+from mlstage.retry import gave_up
 from mlstage.sources import scheme_of
 from mlstage.sources.base import Source
 from mlstage.sources.local import FolderSource
+from mlstage.store import Bucket, StoreConfig
 from mlstage.transfer import file_sha256
 
 
@@ -220,55 +230,80 @@ class FolderSharedTier:
 
 
 class S3SharedTier:
-    """The shared tier under ``s3://bucket/prefix``."""
+    """The shared tier under ``s3://bucket/prefix``, read and written through one ``Bucket``."""
 
-    def __init__(self, uri: str, *, client: Any | None = None) -> None:
-        from mlstage.sources.s3 import make_client, parse_s3_uri
+    def __init__(
+        self, uri: str, *, store: Bucket | None = None, config: StoreConfig | None = None
+    ) -> None:
+        """``store``: the bucket to use (its configuration and connections); else one reached
+        as ``config`` says, by default the AWS environment."""
+        from mlstage.sources.s3 import parse_s3_uri
 
         self.bucket, prefix = parse_s3_uri(uri)
         self.prefix = prefix.rstrip("/") + "/" if prefix else ""
         self.uri = f"s3://{self.bucket}/{self.prefix}"
-        self.client = client or make_client()
+        if store is not None and store.name != self.bucket:
+            raise ConfigError(
+                f"{self.uri}: the store given is for bucket {store.name!r}",
+                hint="give the shared tier a Bucket of its own bucket",
+            )
+        self.store = store or Bucket(self.bucket, config)
 
     def _key(self, artifact_id: str, name: str) -> str:
         return f"{self.prefix}artifacts/{check_artifact_id(artifact_id)}/{name}"
 
     def get(self, artifact_id: str) -> Artifact | None:
-        from mlstage.sources.s3 import map_client_error
-
+        """The artifact if its manifest is published, else None; errors other than "not
+        there" are SharedTierErrors. The manifest is read when first used (``Artifact``), a
+        line at a time: a node that holds the artifact never reads it."""
         check_artifact_id(artifact_id)
-        try:
-            manifest = Manifest.from_json(self._read(self._key(artifact_id, "manifest.json")))
-            info = json.loads(self._read(self._key(artifact_id, "artifact.json")))
-        except ObjectNotFound:
-            return None
-        except Exception as exc:
-            raise map_client_error(exc, self.uri, "reading an artifact") from exc
+        manifest_key = self._key(artifact_id, "manifest.json")
+        with self._reading(artifact_id):
+            listed = self.store.head(manifest_key)
+            if listed is None:
+                return None
+            try:
+                info = json.loads(self.store.get(self._key(artifact_id, "artifact.json")))
+            except ObjectNotFound:
+                return None
+
+        def read_once() -> Manifest:
+            chunks = self.store.read(
+                manifest_key, 0, listed.size, size=listed.size, etag=listed.etag or None
+            )
+            return Manifest.read(_lines(chunks), origin=self.store.uri(manifest_key))[0]
+
+        def read_manifest() -> Manifest:
+            with self._reading(artifact_id):
+                return self.store.retry.call(read_once)
+
         return Artifact(
             artifact_id,
             f"s3://{self.bucket}/{self._key(artifact_id, '')}".rstrip("/"),
-            manifest,
+            read_manifest,
             info,
         )
 
-    def _read(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
-
-        from mlstage.sources.s3 import map_client_error
-
+    @contextmanager
+    def _reading(self, artifact_id: str) -> Iterator[None]:
+        """The store's errors while reading an artifact, as SharedTierErrors."""
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            raise map_client_error(exc, f"s3://{self.bucket}/{key}", "GET") from exc
+            yield
+        except TransientError as exc:
+            raise SharedTierError(
+                f"cannot read artifact {artifact_id} from {self.uri}: {gave_up(exc, '')}",
+                hint="the shared tier's endpoint keeps failing; retry later",
+            ) from exc
+        except SourceError as exc:
+            raise SharedTierError(str(exc), hint=exc.hint) from exc
 
     def publish(self, artifact_id: str, data_dir: Path, info: dict[str, Any]) -> Artifact:
         """Upload under a prefix of this publisher's own, then write the manifest only if no
         other publisher's is there (a conditional PUT): publishers racing on one artifact never
         mix their files, and the first complete manifest wins; a loser removes its prefix and
-        returns the winner's artifact. A store without conditional writes lets the last
-        manifest win, still naming a prefix whose files are all its own."""
-        from mlstage.sources.s3 import map_client_error
-
+        returns the winner's artifact. A store without conditional writes (rclone's ignores
+        ``If-None-Match``) lets the last manifest win, still naming a prefix whose files are
+        all its own."""
         existing = self.get(artifact_id)
         if existing is not None:
             return existing
@@ -277,24 +312,29 @@ class S3SharedTier:
         manifest = manifest_of_dir(data_dir, source=f"s3://{self.bucket}/{data}")
 
         def put(e: Entry) -> None:
-            self.client.upload_file(str(data_dir / e.path), self.bucket, f"{data}/{e.path}")
+            self.store.put(f"{data}/{e.path}", data_dir / e.path)
 
         failed: Exception | None = None
         try:
             with ThreadPoolExecutor(max_workers=16) as pool:
                 list(pool.map(put, manifest.entries))
-            provenance = json.dumps(info, indent=2, sort_keys=True)
-            self._put_if_absent(self._key(artifact_id, "artifact.json"), provenance)
-            self._put_if_absent(self._key(artifact_id, "manifest.json"), manifest.to_json())
+            provenance = json.dumps(info, indent=2, sort_keys=True).encode()
+            self.store.put(self._key(artifact_id, "artifact.json"), provenance, create_only=True)
+            self.store.put(
+                self._key(artifact_id, "manifest.json"),
+                manifest.to_json().encode(),
+                create_only=True,  # there already: the read-back below decides whose it is
+            )
         except Exception as exc:  # noqa: BLE001 - what the bucket holds decides, below
             failed = exc
         published = self._forget_unless_named(artifact_id, data)
         if published is not None:  # ours, or another node's: published either way
             return published
         if failed is not None:
+            hint = getattr(failed, "hint", None)
             raise SharedTierError(
-                f"cannot publish {artifact_id} to {self.uri}: "
-                f"{map_client_error(failed, self.uri, 'PUT')}"
+                f"cannot publish {artifact_id} to {self.uri}: {failed}",
+                hint=hint if isinstance(hint, str) else None,
             ) from failed
         raise SharedTierError(
             f"published {artifact_id} to {self.uri} but cannot read it back",
@@ -304,7 +344,7 @@ class S3SharedTier:
     def _forget_unless_named(self, artifact_id: str, data: str) -> Artifact | None:
         """The artifact as published; our ``data`` prefix is removed unless its manifest names
         it. Decided from what the bucket holds, not from the PUT's answer: a PUT that landed
-        and was retried (botocore does, on a timeout or a 5xx) answers PreconditionFailed."""
+        and was retried answers PreconditionFailed."""
         try:
             published = self.get(artifact_id)
         except Exception:  # noqa: BLE001 - cannot tell: keep the files (garbage at worst)
@@ -313,45 +353,11 @@ class S3SharedTier:
             self._remove_prefix(f"{data}/")
         return published
 
-    def _put_if_absent(self, key: str, body: str) -> None:
-        """PUT ``key`` unless it exists (If-None-Match: *): the first writer's stays. Stores
-        (and botocore releases) without conditional writes get a plain PUT: the last stays."""
-        import time
-
-        from botocore.exceptions import ClientError, ParamValidationError
-
-        for attempt in range(6):
-            try:
-                self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=body.encode(), IfNoneMatch="*"
-                )
-                return
-            except ParamValidationError:  # a botocore older than S3's conditional writes
-                break
-            except ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code", ""))
-                if code == "ConditionalRequestConflict":  # another conditional PUT in flight
-                    time.sleep(0.1 * 2**attempt)
-                    continue
-                if code == "NotImplemented":
-                    break
-                if code == "PreconditionFailed":  # there already: the caller reads it back
-                    return
-                raise
-        else:
-            return  # still in conflict: the other writer's PUT decides
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body.encode())
-
     def _remove_prefix(self, prefix: str) -> None:
         """Best effort: delete every object under ``prefix`` (a publish that lost or failed)."""
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix
-            )
-            for page in pages:
-                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-                if keys:
-                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+            for page in self.store.pages(prefix):
+                self.store.delete([o.key for o in page])
         except Exception:  # noqa: BLE001 - left behind, it is garbage no manifest names
             pass
 
@@ -369,13 +375,26 @@ class S3SharedTier:
                 f"outside the artifact at s3://{self.bucket}/{inside}",
                 hint="the manifest was not written by mlstage; remove the artifact to rebuild it",
             )
-        return S3Source(self.bucket, key.rstrip("/") + "/", client=self.client)
+        return S3Source(self.store, key.rstrip("/") + "/")
 
 
-def open_shared(location: str, *, client: Any | None = None) -> SharedTier:
-    """The shared tier at a folder path or ``s3://bucket/prefix``."""
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The text lines of a byte stream, decoded one at a time (never the whole text)."""
+    rest = b""
+    for chunk in chunks:
+        rest += chunk
+        *lines, rest = rest.split(b"\n")
+        for line in lines:
+            yield line.decode()
+    if rest:
+        yield rest.decode()
+
+
+def open_shared(location: str, *, config: StoreConfig | None = None) -> SharedTier:
+    """The shared tier at a folder path or ``s3://bucket/prefix`` (reached as ``config``
+    says, by default the AWS environment)."""
     if scheme_of(location) == "s3":
-        return S3SharedTier(location, client=client)
+        return S3SharedTier(location, config=config)
     if scheme_of(location) in ("", "file"):
         return FolderSharedTier(location.removeprefix("file://"))
     raise SharedTierError(

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from mlstage.errors import IntegrityError, MlstageError, SourceError, TransientError
+from mlstage.errors import IntegrityError, MlstageError, TransientError
 from mlstage.fileio import pwrite_all
 from mlstage.manifest import Entry
-from mlstage.retry import RetryPolicy
+from mlstage.retry import RetryPolicy, gave_up
 from mlstage.sources.base import WHOLE_CHECKSUM, CorruptData, RemoteObject, Source
 
 if TYPE_CHECKING:
@@ -301,11 +301,13 @@ class Transfer:
         finally:
             self._stop.set()
             # a consumer interrupted (SIGTERM, Ctrl-C, a closed generator) does not wait for
-            # reads blocked on the network: completed parts stay journalled for the next run
+            # reads blocked on the network (a silent endpoint holds them for the read timeout):
+            # completed parts are journalled; an unfinished one is fetched again next time
             pool.shutdown(wait=not interrupted, cancel_futures=True)
             for copy in list(self._mirrors):  # objects that never finished: not copies
                 copy.fail()
-                self._close_mirror(copy)
+                if not interrupted:  # else a worker may still hold its descriptor: left open
+                    self._close_mirror(copy)  # (the process is exiting, which closes it)
 
     def _copy_batches(
         self, objects: Iterable[RemoteObject], max_batch: int
@@ -377,8 +379,15 @@ class Transfer:
 
     # -- internals ----------------------------------------------------------------------
     def _split(self, obj: RemoteObject) -> bool:
-        """Whether to fetch ``obj`` as parallel ranged parts: above ``part_size``, when the
-        source serves ranges (real object stores cap what one connection carries)."""
+        """Whether to fetch ``obj`` as parallel ranged parts: every one larger than
+        ``part_size``, when the source reads ranges.
+
+        One connection to a remote object store rarely fills a fast link (TCP window x
+        latency, the store's per-request rate), so large objects always come as parallel
+        ranged GETs, as AWS's performance guidance says. (An emulator may pay more per range:
+        moto reads the whole object for each; the benchmark notes it, the engine does not
+        tune for it.)
+        """
         return self.source.supports_ranges and obj.size > self.part_size
 
     def _guard(
@@ -395,12 +404,7 @@ class Transfer:
                 IntegrityError(str(exc), hint="the source changed or corrupts data; re-resolve")
             )
         except TransientError as exc:
-            err = SourceError(
-                f"{exc.message} (gave up after {self.retry.attempts} attempts)",
-                hint="the source keeps failing; retry later or lower --workers",
-            )
-            err.__cause__ = exc
-            results.put(err)
+            results.put(gave_up(exc, "the source keeps failing; retry later or lower --workers"))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
             results.put(exc)
 

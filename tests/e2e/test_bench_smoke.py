@@ -43,14 +43,15 @@ def test_stage_s3_benchmark_runs_every_case(tmp_path: Path) -> None:
     doc = _bench(
         "bench.stage_s3",
         "--small-count 12 --small-kb 4 --big-count 1 --big-mb 3 --multi 5,4,3,2,1 "
-        "--tools mlstage,mlstage_first_run,serial_boto3 --serial-limit 6 --rounds 2",
+        "--tools mlstage,mlstage_link,serial_boto3 --serial-limit 6 --rounds 2",
         tmp_path,
     )
     cases = doc["cases"]
     assert set(cases) == {"a_small_objects", "b_large_objects", "c_five_datasets_at_once"}
     for case in cases.values():
         assert case["mlstage"]["verified"] is True, case
-    assert cases["a_small_objects"]["mlstage_first_run"]["verified"] is True
+    assert cases["a_small_objects"]["mlstage_link"]["verified"] is True
+    assert cases["a_small_objects"]["mlstage"]["client_cpu_ms_per_object"] > 0
     assert cases["a_small_objects"]["serial_boto3"]["extrapolated_from_objects"] == 6
     assert cases["a_small_objects"]["serial_boto3"]["ratio_vs_mlstage"] > 0
     assert cases["c_five_datasets_at_once"]["mlstage"]["together_vs_largest_alone"] > 0

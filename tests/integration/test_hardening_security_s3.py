@@ -29,7 +29,7 @@ def test_s3_publish_refuses_links_and_uploads_nothing(
     target = secret / "key.txt" if kind == "file" else secret
     os.symlink(target, data / "leak")
 
-    tier = S3SharedTier(f"s3://{bucket}/shared", client=s3_env.client())
+    tier = S3SharedTier(f"s3://{bucket}/shared")
     artifact_id = "ab" * 16
     with pytest.raises(UnsafePathError, match="leak"):
         tier.publish(artifact_id, data, {"dataset": "d"})
@@ -55,7 +55,7 @@ def test_racing_s3_publishers_never_mix_their_files(
     tmp_path: Path, s3_env: S3Endpoint, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two nodes publish one artifact at once from a recipe that is not deterministic."""
-    tier = S3SharedTier(f"s3://{bucket}/shared", client=s3_env.client())
+    tier = S3SharedTier(f"s3://{bucket}/shared")
     artifact_id = "cd" * 16
     first, second = tmp_path / "first", tmp_path / "second"
     for out, tag in ((first, b"A"), (second, b"B")):
@@ -63,7 +63,7 @@ def test_racing_s3_publishers_never_mix_their_files(
         (out / "x.bin").write_bytes(tag * 1000)
         (out / "y.bin").write_bytes(tag * 2000)
     tier.publish(artifact_id, first, {"dataset": "d"})
-    late = S3SharedTier(f"s3://{bucket}/shared", client=s3_env.client())
+    late = S3SharedTier(f"s3://{bucket}/shared")
     looks: list[str] = []
 
     def looked_too_early(aid: str):  # type: ignore[no-untyped-def]
@@ -85,16 +85,16 @@ def test_racing_s3_publishers_never_mix_their_files(
 def test_a_manifest_put_that_landed_and_was_retried_keeps_its_files(
     tmp_path: Path, s3_env: S3Endpoint, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """botocore retries a PUT after a timeout; the retry of one that landed answers 412."""
-    tier = S3SharedTier(f"s3://{bucket}/shared", client=s3_env.client())
-    real_put = tier.client.put_object
+    """A PUT is retried after a timeout; the retry of one that landed answers 412."""
+    tier = S3SharedTier(f"s3://{bucket}/shared")
+    real_put = tier.store.put
 
-    def landed_then_retried(**kwargs: object) -> object:
-        if str(kwargs["Key"]).endswith("manifest.json"):
-            real_put(**kwargs)  # the first attempt landed; its answer was lost
-        return real_put(**kwargs)  # the retry: PreconditionFailed
+    def landed_then_retried(key: str, data: object, **kwargs: object) -> bool:
+        if key.endswith("manifest.json"):
+            real_put(key, data, **kwargs)  # type: ignore[arg-type] - landed; answer lost
+        return real_put(key, data, **kwargs)  # type: ignore[arg-type] - the retry: 412
 
-    monkeypatch.setattr(tier.client, "put_object", landed_then_retried)
+    monkeypatch.setattr(tier.store, "put", landed_then_retried)
     out = tmp_path / "first"
     out.mkdir()
     (out / "x.bin").write_bytes(b"A" * 1000)
@@ -124,7 +124,7 @@ def _write_by_hand(
     client.put_object(Bucket=bucket, Key=f"{base}/artifact.json", Body=b"{}")
     manifest = manifest_of_dir(out, source=f"s3://{bucket}/{data_key}")
     client.put_object(Bucket=bucket, Key=f"{base}/manifest.json", Body=manifest.to_json().encode())
-    return S3SharedTier(f"s3://{bucket}/shared", client=client)
+    return S3SharedTier(f"s3://{bucket}/shared")
 
 
 def test_an_artifact_published_in_the_old_layout_still_stages(

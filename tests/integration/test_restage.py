@@ -231,8 +231,9 @@ def wait_for_restage(stack: PrefectStack, dataset: str, timeout: float = 150) ->
 
 def fingerprint_now(world: World, dataset: str) -> str:
     from mlstage.sources.s3 import S3Source
+    from mlstage.store import StoreConfig
 
-    src = S3Source(world.bucket, f"{dataset}/", client=world.endpoint.client())
+    src = S3Source(world.bucket, f"{dataset}/", config=StoreConfig.from_env(world.endpoint.env()))
     return src.resolve().fingerprint
 
 

@@ -63,7 +63,7 @@ def test_a_burst_of_posts_settles_into_one_change(
             other = http.post(url, content=notification(bucket, "elsewhere/x"))
             assert other.json() == {"datasets": []}
             assert http.post(url, content=b"not json").status_code == 400
-            final = S3Source(bucket, "ds/", client=client).resolve().fingerprint
+            final = S3Source(bucket, "ds/").resolve().fingerprint
             wait_until(lambda: len(changes) >= 1, timeout=30, what="the settled change")
             time.sleep(2.5)  # more checks would have run by now
             assert http.get(url).json() == {"ok": True, "settling": 0}

@@ -96,7 +96,9 @@ def test_stage_json_and_materialise(
         ("s3://{bucket}/evil", "proxy", None, "escapes the destination"),
         ("ftp://host/x", "proxy", None, "no source handles"),
         ("s3://{bucket}/clash", "proxy", None, "is a file and also the folder of"),
-        ("s3://{bucket}/dup", "proxy", None, "both stage as"),
+        # keys that normalise to one path: "x//y" was staged as x/y and refused as a duplicate;
+        # obstore (Rust object_store) cannot list a key with an empty segment at all
+        ("s3://{bucket}/dup", "proxy", None, "refusing the key 'dup/x//y': it has an empty"),
     ],
 )
 def test_bad_input_is_one_clear_line(

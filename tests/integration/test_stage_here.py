@@ -17,9 +17,9 @@ from mlstage import pipeline
 from mlstage.cache import LocalCache
 from mlstage.settings import Settings
 from mlstage.shared import Artifact, FolderSharedTier, S3SharedTier, SharedTier
-from mlstage.sources.s3 import make_client
 from mlstage.specs import DatasetSpec, RecipeSpec
 from mlstage.state import StateStore
+from mlstage.store import StoreConfig
 from mlstage.testing.faults import FaultProxy, fault_proxy
 from mlstage.testing.s3 import S3Endpoint
 from mlstage.testing.workloads import make_dataset
@@ -58,7 +58,7 @@ def files(root: Path) -> dict[str, bytes]:
 def test_the_artifact_is_not_read_back_from_the_shared_tier(
     stage_here: bool, tmp_path: Path, bucket: str, proxy: FaultProxy
 ) -> None:
-    tier = S3SharedTier(f"s3://{bucket}/shared", client=make_client(endpoint_url=proxy.url))
+    tier = S3SharedTier(f"s3://{bucket}/shared", config=StoreConfig.from_env(endpoint=proxy.url))
     ws = workspace(tmp_path, tier)
     prepared = pipeline.preprocess(ws, pipeline.resolve(ws, spec(tmp_path)), stage_here=stage_here)
     shards = len(prepared.artifact.manifest)
@@ -82,7 +82,7 @@ def test_the_artifact_is_not_read_back_from_the_shared_tier(
     assert data_key.startswith(f"shared/artifacts/{prepared.artifact.artifact_id}/data-")
     for e in prepared.artifact.manifest.entries:
         (published / e.path).parent.mkdir(parents=True, exist_ok=True)
-        tier.client.download_file(bucket, f"{data_key}/{e.path}", str(published / e.path))
+        (published / e.path).write_bytes(tier.store.get(f"{data_key}/{e.path}"))
     assert files(ready.staged.path) == files(published)
 
 

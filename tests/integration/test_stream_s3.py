@@ -17,9 +17,10 @@ from mlstage.reader import iter_shard
 from mlstage.recipes.shard import ShardParams, write_shards
 from mlstage.settings import Settings
 from mlstage.shared import S3SharedTier
-from mlstage.sources.s3 import S3Source, make_client
+from mlstage.sources.s3 import S3Source
 from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec
 from mlstage.state import StateStore
+from mlstage.store import StoreConfig
 from mlstage.stream import StreamCancelled, StreamingDataset, open_stream
 from mlstage.testing.s3 import S3Endpoint
 from mlstage.testing.slow_proxy import SlowLink, slow_proxy
@@ -57,7 +58,7 @@ def sharded(tmp_path: Path, bucket: str, s3_env: S3Endpoint) -> str:
 
 
 def slow_source(bucket: str, link: SlowLink) -> S3Source:
-    return S3Source(bucket, "shards/", client=make_client(endpoint_url=link.url))
+    return S3Source(bucket, "shards/", config=StoreConfig.from_env(endpoint=link.url))
 
 
 def keys_of(stream: StreamingDataset, order: str) -> tuple[list[str], bool]:
@@ -204,7 +205,9 @@ def ws_s3(link: SlowLink, bucket: str, tmp_path: Path) -> pipeline.Workspace:
     settings = Settings(home=tmp_path / "home")
     return pipeline.Workspace(
         cache=LocalCache(tmp_path / "home" / "cache"),
-        shared=S3SharedTier(f"s3://{bucket}/shared", client=make_client(endpoint_url=link.url)),
+        shared=S3SharedTier(
+            f"s3://{bucket}/shared", config=StoreConfig.from_env(endpoint=link.url)
+        ),
         state=StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
         settings=settings,
     )

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from mlstage.sources.s3 import make_client
-from mlstage.testing.s3 import S3Endpoint
+from mlstage.testing.s3 import CREDENTIALS, S3Endpoint
 from mlstage.testing.slow_proxy import slow_proxy
 
 pytestmark = pytest.mark.integration
@@ -19,7 +18,15 @@ def test_latency_and_bandwidth_cap(s3_env: S3Endpoint, bucket: str) -> None:
     s3_env.client().put_object(Bucket=bucket, Key="a", Body=body)
     s3_env.client().put_object(Bucket=bucket, Key="b", Body=body)
     with slow_proxy(s3_env.port, latency=0.05, bandwidth=1_000_000) as link:
-        client = make_client(endpoint_url=link.url)
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=link.url,
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+        )
         t0 = time.monotonic()
         client.head_object(Bucket=bucket, Key="a")
         head_s = time.monotonic() - t0

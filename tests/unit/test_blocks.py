@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blocks import CacheSettings, ClearMLCredentials, S3Credentials, SharedTierBlock
+import pytest
+from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
+
+from blocks import CacheSettings, ClearMLCredentials, SharedTierBlock
 from mlstage.cache import LocalCache
 from mlstage.shared import FolderSharedTier, S3SharedTier
 from mlstage.sources.clearml_server import ClearMLServer
@@ -21,21 +24,49 @@ def test_folder_shared_tier(tmp_path: Path) -> None:
     assert isinstance(tier, FolderSharedTier) and tier.root == tmp_path / "shared"
 
 
-def test_s3_shared_tier_with_secret_credentials() -> None:
-    creds = S3Credentials(
+def test_s3_shared_tier_with_prefect_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-of-the-environment")  # never mixed in
+    creds = AwsCredentials(
         aws_access_key_id="AKIDEXAMPLE",
         aws_secret_access_key="s3cr3t-value",
         region_name="eu-west-1",
-        endpoint_url="http://127.0.0.1:9",
+        aws_client_parameters={"endpoint_url": "http://127.0.0.1:9"},
     )
-    assert "s3cr3t-value" not in repr(creds) and "s3cr3t-value" not in creds.model_dump_json()
     block = roundtrip(SharedTierBlock(location="s3://bucket/prefix", s3_credentials=creds))
     tier = block.build()
     assert isinstance(tier, S3SharedTier) and (tier.bucket, tier.prefix) == ("bucket", "prefix/")
-    frozen = tier.client._request_signer._credentials.get_frozen_credentials()
-    assert (frozen.access_key, frozen.secret_key) == ("AKIDEXAMPLE", "s3cr3t-value")
-    assert tier.client.meta.endpoint_url == "http://127.0.0.1:9"
-    assert tier.client.meta.region_name == "eu-west-1"
+    config = tier.store.config
+    assert (config.endpoint, config.region) == ("http://127.0.0.1:9", "eu-west-1")
+    assert "s3cr3t-value" not in repr(config) and "s3cr3t-value" not in repr(tier.store)
+    signed_with = config._provider()()  # what obstore is handed
+    assert (signed_with["access_key_id"], signed_with["secret_access_key"]) == (
+        "AKIDEXAMPLE",
+        "s3cr3t-value",
+    )
+    assert signed_with["token"] is None
+
+
+def test_s3_bucket_block_names_bucket_folder_and_credentials() -> None:
+    bucket = S3Bucket(
+        bucket_name="team",
+        bucket_folder="mlstage/shared",
+        credentials=MinIOCredentials(
+            minio_root_user="minio",
+            minio_root_password="minio-secret",
+            aws_client_parameters={"endpoint_url": "http://minio.lan:9000"},
+        ),
+    )
+    tier = roundtrip(SharedTierBlock(s3_bucket=bucket)).build()
+    assert isinstance(tier, S3SharedTier) and tier.uri == "s3://team/mlstage/shared/"
+    assert tier.store.config.endpoint == "http://minio.lan:9000"
+    assert tier.store.config._provider()()["secret_access_key"] == "minio-secret"
+
+
+def test_a_shared_tier_block_names_one_place() -> None:
+    with pytest.raises(ValueError, match="either location or s3_bucket"):
+        SharedTierBlock()
+    with pytest.raises(ValueError, match="either location or s3_bucket"):
+        SharedTierBlock(location="/x", s3_bucket=S3Bucket(bucket_name="b"))
 
 
 def test_cache_settings(tmp_path: Path) -> None:

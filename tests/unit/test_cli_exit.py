@@ -53,6 +53,27 @@ def test_exit_waits_for_a_running_non_daemon_thread(os_exit: list[str]) -> None:
     assert os_exit == []  # the normal exit: the interpreter joins the thread first
 
 
+def test_an_interrupted_exit_does_not_wait_for_blocked_threads(
+    os_exit: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After SIGTERM or Ctrl-C, a worker blocked in a read of a silent endpoint would hold a
+    normal exit for the read timeout: the exit skips it (before: ~50 s to exit)."""
+    interrupted = threading.Event()
+    interrupted.set()
+    monkeypatch.setattr(cli, "_interrupted", interrupted)
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        with pytest.raises(_Exited) as exited:
+            cli._exit(143)
+    finally:
+        release.set()
+        worker.join()
+    assert exited.value.code == 143
+    assert os_exit == ["atexit", "os._exit"]
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "stderr"),
     [

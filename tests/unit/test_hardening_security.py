@@ -387,5 +387,5 @@ def test_artifact_ids_must_be_content_addresses(tmp_path: Path, bad: str) -> Non
     with pytest.raises(ConfigError):
         FolderSharedTier(tmp_path).get(bad)
     with pytest.raises(ConfigError):
-        S3SharedTier("s3://b/p", client=object()).get(bad)
+        S3SharedTier("s3://b/p").get(bad)
     assert check_artifact_id("0123456789abcdef" * 2)

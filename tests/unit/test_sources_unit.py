@@ -207,11 +207,10 @@ def test_clearml_s3_chunk_urls_keep_their_endpoint(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     stores: dict[str, object] = {}
     store, key = _store_for_url("s3://minio.lan:9000/bkt/ds/chunk.zip", stores)
-    assert (store.bucket, key) == ("bkt", "ds/chunk.zip")  # type: ignore[attr-defined]
-    url = store._s3.client.meta.endpoint_url  # type: ignore[attr-defined]
-    assert url == "http://minio.lan:9000"
+    assert (store.bucket.name, key) == ("bkt", "ds/chunk.zip")  # type: ignore[attr-defined]
+    assert store.bucket.config.endpoint == "http://minio.lan:9000"  # type: ignore[attr-defined]
     again, _ = _store_for_url("s3://minio.lan:9000/bkt/ds/chunk2.zip", stores)
-    assert again is store  # one client per endpoint and bucket
+    assert again is store  # one store (one connection pool) per endpoint and bucket
     monkeypatch.setenv("AWS_ENDPOINT_URL", "https://minio.lan:9000")
     assert s3_endpoint_for("minio.lan:9000") == "https://minio.lan:9000"
 

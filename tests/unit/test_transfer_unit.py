@@ -362,3 +362,41 @@ def test_copies_hold_descriptors_only_while_their_object_is_fetched(
     assert _mirrored_run(src, tmp_path / "w", tmp_path / "m") == dict.fromkeys(files, True)
     assert most[0] <= 4  # the workers' objects, not all 30
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == files
+
+
+class BlockedSource(MemorySource):
+    """Every read of a key starting with "stuck" blocks until released (a silent endpoint)."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__(files, md5=False)
+        self.release = threading.Event()
+        self.blocked = threading.Semaphore(0)
+
+    def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        if obj.key.startswith("stuck"):
+            self.blocked.release()
+            self.release.wait()
+        yield from super().read(obj, start, end)
+
+
+@pytest.mark.parametrize("signal_exc", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_consumer_does_not_wait_for_blocked_reads(
+    tmp_path: Path, signal_exc: type[BaseException]
+) -> None:
+    """Ctrl-C or SIGTERM arriving in the consumer: the transfer's pool is not joined (its
+    workers may sit in a read for the whole read timeout); completed objects stay."""
+    import time
+
+    src = BlockedSource({"done": b"d" * 10, "stuck-1": b"x" * 10, "stuck-2": b"y" * 10})
+    t = Transfer(src, tmp_path, workers=4, retry=FAST)
+    batches = t.fetch_batches(src.objects(src.resolve().entries))
+    first = next(batches)
+    assert [f.entry.path for f in first] == ["done"]
+    assert src.blocked.acquire(timeout=5) and src.blocked.acquire(timeout=5)
+    threading.Timer(3, src.release.set).start()  # a read timeout, shortened
+    started = time.monotonic()
+    with pytest.raises(signal_exc):
+        batches.throw(signal_exc())
+    assert time.monotonic() - started < 1.0  # before: joined the blocked workers
+    src.release.set()
+    assert first[0].path.exists()

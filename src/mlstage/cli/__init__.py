@@ -26,9 +26,21 @@ app.command("notify")(notify_cmd.notify)
 app.add_typer(db_cmd.app, name="db")
 
 
+# Set by SIGTERM and Ctrl-C: the exit then waits for no worker thread (see _exit).
+_interrupted = threading.Event()
+
+
 def _terminated(signum: int, _frame: object) -> None:
     # SIGTERM (a pod eviction, `kill`) unwinds like an error: half-made --to folders go away
+    _interrupted.set()
     raise SystemExit(128 + signum)
+
+
+def _ctrl_c(_signum: int, _frame: object) -> None:
+    # Python's own SIGINT handler, remembered: typer turns the KeyboardInterrupt into exit code
+    # 130, returned like any other, so _exit could not tell it was an interruption otherwise
+    _interrupted.set()
+    raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -41,12 +53,18 @@ def _run() -> int:
     from mlstage.errors import ConfigError, MlstageError
 
     signal.signal(signal.SIGTERM, _terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _ctrl_c)
     try:
         rc = app(standalone_mode=False)  # typer.Exit(code) comes back as a return value here
     except MlstageError as exc:
         typer.echo(f"mlstage: error: {exc}", err=True)
         return 2 if isinstance(exc, ConfigError) else 1
     except typer.Abort:  # Ctrl-C (typer turns KeyboardInterrupt into Abort)
+        _interrupted.set()
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C outside a command's body
+        _interrupted.set()
         return 130
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
@@ -67,13 +85,15 @@ def _run() -> int:
 def _exit(code: int) -> NoReturn:
     """Exit with ``code`` without the interpreter's teardown, once nothing is left running.
 
-    Tearing down every module's objects one by one (botocore's service model, pydantic's
-    schemas) took 0.10-0.15 s of each run on a 2-core VM: as long as staging 100 MB. The
-    operating system frees the memory at once. atexit handlers still run and stdout and
-    stderr are flushed, as at a normal exit; with any non-daemon thread alive the exit is
-    the normal one, which waits for it.
+    Tearing down every module's objects one by one (pydantic's schemas, the ORM's) took
+    0.10-0.15 s of each run on a 2-core VM: as long as staging 100 MB. The operating system
+    frees the memory at once. atexit handlers still run and stdout and stderr are flushed, as
+    at a normal exit; with any non-daemon thread alive the exit is the normal one, which waits
+    for it, unless the run was interrupted (SIGTERM, Ctrl-C): then threads blocked in a read
+    of a silent endpoint would hold the exit for the read timeout, and their work is
+    abandoned anyway (completed parts are journalled, temporary files are the cache's).
     """
-    if any(
+    if not _interrupted.is_set() and any(
         t.is_alive() and not t.daemon
         for t in threading.enumerate()
         if t is not threading.main_thread()

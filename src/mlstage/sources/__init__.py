@@ -73,7 +73,7 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 # How to hand each scheme's credentials over instead of writing them into the URI.
 _AWS = (
     "S3 credentials come from the AWS environment (AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
-    "AWS_SECRET_ACCESS_KEY) or a Prefect block (mlstage-s3-credentials)"
+    "AWS_SECRET_ACCESS_KEY) or a Prefect block (prefect-aws AwsCredentials)"
 )
 _CLEARML = (
     "ClearML credentials come from ClearML's own configuration (clearml.conf, or "

@@ -42,9 +42,11 @@ from mlstage.manifest import Entry, Manifest
 from mlstage.paths import safe_relpath
 from mlstage.retry import RetryPolicy
 from mlstage.sources.base import RemoteObject
+from mlstage.store import Bucket, StoreConfig
 
 _CHUNK_NAME = re.compile(r"^data(_\d+)?$")
 _BUF = 1024 * 1024
+_SPLITTABLE = 1024 * 1024  # the smallest part size: smaller chunks are never read in parts
 
 
 @dataclass(frozen=True)
@@ -77,56 +79,27 @@ class BlobStore(Protocol):
 
 
 class S3Store:
-    """Keys in one bucket, through the same client and error mapping as ``s3://`` sources."""
+    """Keys in one bucket, through ``mlstage.store`` like ``s3://`` sources (one ``Bucket``)."""
 
-    def __init__(self, bucket: str, *, client: Any | None = None) -> None:
-        from mlstage.sources.s3 import S3Source
-
-        self.uri = f"s3://{bucket}/"
-        self.bucket = bucket
-        self._s3 = S3Source(bucket, "", client=client)
+    def __init__(self, bucket: str | Bucket, *, config: StoreConfig | None = None) -> None:
+        self.bucket = bucket if isinstance(bucket, Bucket) else Bucket(bucket, config)
+        self.uri = self.bucket.uri()
 
     def list(self, prefix: str) -> list[tuple[str, int, str | None]]:
-        from mlstage.sources.s3 import map_client_error
-
-        out = []
-        try:
-            for page in self._s3.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix
-            ):
-                for o in page.get("Contents", []):
-                    out.append((o["Key"], o["Size"], o.get("ETag", "").strip('"') or None))
-        except Exception as exc:
-            raise map_client_error(exc, self.uri + prefix, "listing") from exc
-        return out
+        return [(o.key, o.size, o.etag or None) for page in self.bucket.pages(prefix) for o in page]
 
     def children(self, prefix: str) -> list[str]:
-        from mlstage.sources.s3 import map_client_error
-
-        out = []
-        try:
-            for page in self._s3.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
-            ):
-                out += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
-        except Exception as exc:
-            raise map_client_error(exc, self.uri + prefix, "listing") from exc
-        return out
+        return self.bucket.children(prefix)[1]
 
     def get(self, key: str) -> bytes:
-        return b"".join(self.read(key, -1, None, 0, -1))
+        return self.bucket.get(key)
 
     def read(self, key: str, size: int, etag: str | None, start: int, end: int) -> Iterator[bytes]:
-        if size < 0:  # whole object of unknown size
-            from mlstage.sources.s3 import map_client_error
+        return self.bucket.read(key, start, end, size=size, etag=etag)
 
-            try:
-                body = self._s3.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-                yield body.read()
-            except Exception as exc:
-                raise map_client_error(exc, self.uri + key, "GET") from exc
-            return
-        yield from self._s3.read(RemoteObject(key, size, None, (), etag=etag), start, end)
+    def honours_ranges(self, key: str, etag: str | None) -> bool:
+        """Whether the endpoint answers ranged GETs with 206 (``mlstage.store.ranges``)."""
+        return self.bucket.honours_ranges(key, etag)
 
 
 class FolderStore:
@@ -354,6 +327,10 @@ class ClearMLSource:
                     etag=chunk.etag,
                 )
             )
+        honours = getattr(self.store, "honours_ranges", None)  # S3 stores: ask the endpoint once
+        big = next((o for o in out if o.size > _SPLITTABLE), None)
+        if honours is not None and big is not None:
+            self.supports_ranges = honours(big.key, big.etag)
         return out
 
     def read(self, obj: RemoteObject, start: int = 0, end: int | None = None) -> Iterator[bytes]:
@@ -478,12 +455,8 @@ def _store_for_url(url: str, stores: dict[str, Any] | None = None) -> tuple[Blob
             bucket, key, endpoint = parts.netloc, path, ""
         store = stores.get(f"s3 {endpoint} {bucket}")
         if store is None:
-            client = None
-            if endpoint:
-                from mlstage.sources.s3 import make_client
-
-                client = make_client(pool=64, endpoint_url=endpoint)
-            store = stores[f"s3 {endpoint} {bucket}"] = S3Store(bucket, client=client)
+            config = StoreConfig.from_env(endpoint=endpoint) if endpoint else None
+            store = stores[f"s3 {endpoint} {bucket}"] = S3Store(bucket, config=config)
         return store, key
     if parts.scheme in ("file", ""):
         p = Path(unquote(parts.path))

@@ -4,6 +4,11 @@
 whether the server honours ranges. Paths are the URLs relative to their common folder, so
 ``https://h/d/{train,val}/s-{0..1}.tar`` stages as ``train/s-0.tar``, ``val/s-1.tar``, ...
 Reads are conditional on the ETag and ranged where the server supports it.
+
+These URLs stay on httpx rather than obstore's HTTPStore (the object-store layer,
+``mlstage.store``, is S3's): HTTPStore refuses a ``200`` answer to a ranged GET, which plain
+web servers and CDNs send, and reads no ``~/.netrc``. Timeouts match the store's: 10 s to
+connect, MLSTAGE_READ_TIMEOUT (20 s) of silence, none for a whole transfer.
 """
 
 from __future__ import annotations
@@ -16,11 +21,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
-from mlstage.errors import AccessDenied, ConfigError, ObjectNotFound, SourceError, TransientError
+from mlstage.errors import (
+    AccessDenied,
+    ConfigError,
+    EndpointTimeout,
+    ObjectNotFound,
+    SourceError,
+    TransientError,
+)
 from mlstage.manifest import Entry, Manifest
 from mlstage.paths import safe_relpath
 from mlstage.redact import is_secret_pair, scrub_uri
-from mlstage.retry import RetryPolicy
+from mlstage.retry import RetryPolicy, gave_up
 from mlstage.sources.base import FileObjectSource, RemoteObject
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -28,6 +40,7 @@ _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 _CHUNK = 1024 * 1024
 MAX_URLS = 1_000_000
 _HUGE = 10**15  # counts beyond this are not worth spelling out
+CONNECT_TIMEOUT = 10.0
 # Without an ETag the listed version is the Last-Modified date, kept in Entry.etag behind this
 # prefix (an ETag never holds a space, so the two cannot be confused).
 LAST_MODIFIED = "last-modified "
@@ -195,7 +208,10 @@ class HttpSource(FileObjectSource):
         client: Any | None = None,
         retry: RetryPolicy | None = None,
         workers: int = 16,
+        read_timeout: float | None = None,
     ) -> None:
+        """``read_timeout``: seconds of silence before a request times out (default:
+        MLSTAGE_READ_TIMEOUT)."""
         try:
             parts = urlsplit(pattern)
         except ValueError as exc:
@@ -225,6 +241,11 @@ class HttpSource(FileObjectSource):
         self.paths = _relative_paths(self.urls, pattern)
         self.retry = retry or RetryPolicy()
         self.workers = workers
+        if read_timeout is None:
+            from mlstage.settings import get_settings
+
+            read_timeout = get_settings().read_timeout
+        self.read_timeout = read_timeout
         self.supports_ranges = False
         self._client = client
         self._lock = threading.Lock()
@@ -238,7 +259,14 @@ class HttpSource(FileObjectSource):
                 self._client = httpx.Client(
                     auth=_netrc_auth(),
                     follow_redirects=True,
-                    timeout=httpx.Timeout(60.0, connect=10.0),
+                    # read/write: silence between two reads; pool: none (the engine's workers
+                    # never outnumber the connections); no limit on a whole transfer
+                    timeout=httpx.Timeout(
+                        connect=CONNECT_TIMEOUT,
+                        read=self.read_timeout,
+                        write=self.read_timeout,
+                        pool=None,
+                    ),
                     limits=httpx.Limits(max_connections=128, max_keepalive_connections=128),
                 )
             return self._client
@@ -255,7 +283,14 @@ class HttpSource(FileObjectSource):
             raise SourceError(
                 f"{url}: cannot connect ({exc})", hint="check the host name, port and network"
             ) from exc
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        except httpx.ConnectTimeout as exc:
+            raise SourceError(
+                f"{url}: cannot connect within {CONNECT_TIMEOUT:g} s",
+                hint="check the host name, port and network",
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise self._timeout(url, "HEAD") from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             raise TransientError(f"{url}: HEAD: {type(exc).__name__}") from exc
         if r.status_code not in (200, 206):
             raise _map_status(r.status_code, url, "HEAD")
@@ -281,8 +316,14 @@ class HttpSource(FileObjectSource):
 
     def resolve(self) -> Manifest:
         """One HEAD per URL, concurrently; no body is read."""
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mlstage-head")
+        try:
             heads = list(pool.map(lambda u: self.retry.call(lambda: self._head(u)), self.urls))
+        except TransientError as exc:
+            raise gave_up(exc, "the server keeps failing; retry later") from exc
+        finally:
+            # after a failure (or SIGTERM) the HEADs still in flight are of no use
+            pool.shutdown(wait=False, cancel_futures=True)
         self.supports_ranges = all(r for _s, _e, r in heads)
         entries = [
             Entry(path=path, size=size, etag=etag, locator=url)
@@ -332,8 +373,17 @@ class HttpSource(FileObjectSource):
                         return
                 if want:
                     raise TransientError(f"{url}: GET: the body ended {want} bytes early")
+        except httpx.TimeoutException as exc:
+            raise self._timeout(url, "GET") from exc
         except httpx.HTTPError as exc:
             raise TransientError(f"{url}: GET: {type(exc).__name__}") from exc
+
+    def _timeout(self, url: str, what: str) -> EndpointTimeout:
+        return EndpointTimeout(
+            f"{url}: {what}: no answer within {self.read_timeout:g} s",
+            hint="the server accepts connections but does not answer; check it, or raise "
+            "MLSTAGE_READ_TIMEOUT",
+        )
 
 
 def _check_total(r: Any, url: str, listed: int) -> None:

@@ -122,7 +122,12 @@ class PrioritySource:
         self._object_rank: dict[str, int] = {}
         self._path_rank: dict[str, int] = {}
         self.uri = inner.uri  # the cache keys objects by the source's URI: keep it identical
-        self.supports_ranges = inner.supports_ranges
+
+    @property
+    def supports_ranges(self) -> bool:
+        """The inner source's, asked each time: it may learn that its endpoint answers
+        ranges with 200 (``mlstage.store.ranges``) after this view was made."""
+        return self._inner.supports_ranges
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -22,6 +22,12 @@ Faults are matched in order against each request; the first that fires wins:
                 default: the middle); same length, wrong content
     reset       the connection closed without any response (RST)
     deny        403 with <Code>InvalidAccessKeyId</Code>
+    stall       nothing at all: the request is read, then no byte is sent back until the
+                client gives up and closes the connection (a hung endpoint)
+    norange     the request forwarded without its Range header: ``200`` and the whole body,
+                as a server that ignores ranges answers
+    range200    a ranged answer with status ``200`` instead of ``206``, its Content-Range
+                kept (rclone's ``serve s3`` 1.75 answers ranges so)
 
 A fault applies to requests whose method equals ``method`` (default GET; "*" for any) and whose
 path contains ``key`` (default: any); it fires for the first ``times`` matches (default
@@ -54,7 +60,18 @@ from urllib.parse import urlsplit
 
 from mlstage.testing.net import free_port, port_open, stop_process, wait_until
 
-KINDS = ("slowdown", "error500", "truncate", "corrupt", "reset", "deny")
+KINDS = (
+    "slowdown",
+    "error500",
+    "truncate",
+    "corrupt",
+    "reset",
+    "deny",
+    "stall",
+    "norange",
+    "range200",
+)
+_FORWARDED = ("truncate", "corrupt", "norange", "range200")  # faults that change a forward
 _CONTROL = "/_faults/"
 _BUF = 256 * 1024
 _HOP = {
@@ -169,12 +186,21 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         if state.config.latency:
             time.sleep(state.config.latency)
-        if fault is not None and fault.kind not in ("truncate", "corrupt"):
+        if fault is not None and fault.kind not in _FORWARDED:
             self._inject(fault)
             return
         self._forward(body, fault)
 
     def _inject(self, fault: Fault) -> None:
+        if fault.kind == "stall":
+            self.close_connection = True
+            self.connection.settimeout(600)
+            try:
+                while self.connection.recv(65536):  # until the client closes (or 10 min)
+                    pass
+            except OSError:
+                pass
+            return
         if fault.kind == "reset":
             # SO_LINGER 0: close() sends RST, as a dying load balancer would
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -196,6 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _forward(self, body: bytes | None, fault: Fault | None) -> None:
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+        if fault is not None and fault.kind == "norange":
+            headers = {k: v for k, v in headers.items() if k.lower() != "range"}
         for attempt in (0, 1):
             conn = self._upstream()
             try:
@@ -207,7 +235,10 @@ class _Handler(BaseHTTPRequestHandler):
                 if attempt:
                     self.send_error(502, "upstream unreachable")
                     return
-        self.send_response(resp.status, resp.reason)
+        if fault is not None and fault.kind == "range200" and resp.status == 206:
+            self.send_response(200, "OK")
+        else:
+            self.send_response(resp.status, resp.reason)
         length = resp.getheader("Content-Length")
         for k, v in resp.getheaders():
             if k.lower() not in _HOP and k.lower() != "content-length":
@@ -225,7 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
             resp.read()
             return
         cut = flip = None
-        if fault is not None:
+        if fault is not None and fault.kind in ("truncate", "corrupt"):
             at = fault.after_bytes if fault.after_bytes is not None else (total or 0) // 2
             if fault.kind == "truncate":
                 cut = at

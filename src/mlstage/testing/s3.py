@@ -34,7 +34,8 @@ CREDENTIALS = {
 class S3Endpoint:
     url: str
     port: int
-    pid: int | None = None  # moto's process (benchmarks read its CPU time)
+    pid: int | None = None  # the server's process (benchmarks read its CPU time)
+    kind: str = "moto"  # which server: "moto", "rclone" (its quirks: mlstage.testing.rclone)
 
     def env(self) -> dict[str, str]:
         """Environment that points boto3 (and mlstage) at this endpoint."""
