@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from array import array
 from pathlib import Path
 from typing import Any
 
@@ -199,11 +198,8 @@ def _materialise(cache: LocalCache, manifest: Manifest, digests: dict[str, str])
     cache.index.pin(fp, ordered)
     cache.trees.build(manifest, ordered, fp)
     write_record(cache.manifest_path(fp), manifest, ordered)
-    sealed = array("q")
-    for d in ordered:
-        st = os.lstat(cache.files.object_str(d))
-        sealed.extend((st.st_ino, st.st_size, st.st_mtime_ns))
-    cache.index.finish_staging(fp, ordered, cache.trees.publish(fp, manifest, sealed))
+    cache.trees.publish(fp)
+    cache.index.finish_staging(fp)
     return time.perf_counter() - started
 
 

@@ -63,7 +63,12 @@ def test_every_change_breaks_the_seal(tmp_path: Path, damage: str) -> None:
 def test_a_seal_round_trips_and_refuses_garbage(tmp_path: Path) -> None:
     root = _tree(tmp_path / "t")
     sealed = seal.take(str(root))
-    again = seal.Seal.from_bytes(sealed.to_bytes())
-    assert again == sealed and seal.intact(str(root), again)
-    assert seal.Seal.from_bytes(b"garbage") is None
-    assert seal.Seal.from_bytes(sealed.to_bytes()[:-8]) is None
+    at = tmp_path / "x.seal"
+    sealed.save(at)
+    again = seal.Seal.load(at)
+    assert again == sealed and again is not None and seal.intact(str(root), again)
+    assert seal.Seal.load(tmp_path / "none.seal") is None
+    (tmp_path / "garbage.seal").write_bytes(b"garbage")
+    assert seal.Seal.load(tmp_path / "garbage.seal") is None
+    at.write_bytes(at.read_bytes()[:-8])  # cut short
+    assert seal.Seal.load(at) is None

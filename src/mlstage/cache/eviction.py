@@ -108,17 +108,22 @@ class Eviction:
         """
         path = self.files.dataset_path(fingerprint)
         trash = self.files.trash(f"ds-{fingerprint}")
-        manifest_trash = self.files.trash(f"mf-{fingerprint}")
+        records = [
+            (self.files.manifest_path(fingerprint), self.files.trash(f"mf-{fingerprint}")),
+            (self.files.seal_path(fingerprint), self.files.trash(f"sl-{fingerprint}")),
+        ]
         with self.index.tx() as db:
             if self.leases.recorded(fingerprint):
                 return False
             digests = self.index.forget_dataset(db, fingerprint)
             if os.path.lexists(path):
                 os.rename(path, trash)
-            with suppress(FileNotFoundError):
-                os.rename(self.files.manifest_path(fingerprint), manifest_trash)
+            for kept, aside in records:
+                with suppress(FileNotFoundError):
+                    os.rename(kept, aside)
         self._empty_trash(trash)
-        manifest_trash.unlink(missing_ok=True)
+        for _kept, aside in records:
+            aside.unlink(missing_ok=True)
         self.delete_objects(digests)
         return True
 
@@ -180,6 +185,12 @@ class Eviction:
                 and not self.files.manifest_path(name).exists()
             ):
                 os.rename(path, self.files.manifest_path(name))
+            elif (
+                kind == "sl"
+                and self.index.dataset(name)
+                and not self.files.seal_path(name).exists()
+            ):
+                os.rename(path, self.files.seal_path(name))
             else:
                 self._empty_trash(path)
 
@@ -233,7 +244,7 @@ class Eviction:
                         rmtree(Path(item.path))
                         report.stray_dirs_removed += 1
             for item in os.scandir(self.files.root / "manifests"):
-                if not item.name.startswith("."):  # .<fp>.json.<pid>: a writer died mid-write
+                if not item.name.startswith("."):  # .<fp>.json|seal.<pid>: a writer died
                     continue
                 with self._stage_lock(item.name[1:].split(".", 1)[0]) as free:
                     if free:

@@ -6,6 +6,7 @@ Layout under ``root`` (see ``mlstage.cache.local`` for what each part is for)::
     objects/ab/abcdef...    each distinct content once, named by its sha256, read-only
     datasets/<fp>/          a complete dataset: a read-only tree of hard links into objects/
     manifests/<fp>.json     the manifest each dataset was built from, with each file's sha256
+    manifests/<fp>.seal     what its tree's files and folders looked like (cache/seal.py)
     tmp/xfer-<fp>/          transfers in flight, resumable after a crash
     tmp/trash/              objects and trees being removed
     locks/                  flock files: stage-<fp>, lease-<fp>, evict
@@ -72,6 +73,9 @@ class CacheFiles:
 
     def manifest_path(self, fingerprint: str) -> Path:
         return self.root / "manifests" / f"{fingerprint}.json"
+
+    def seal_path(self, fingerprint: str) -> Path:
+        return self.root / "manifests" / f"{fingerprint}.seal"
 
     def transfer_dir(self, fingerprint: str) -> Path:
         return self.root / "tmp" / f"xfer-{fingerprint}"

@@ -22,7 +22,7 @@ from mlstage.cache.files import disk_error
 from mlstage.errors import CacheError
 from mlstage.sqlite_setup import setup_lock, use_wal
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Digests are stored as their 32 bytes and datasets by a small integer where a row repeats
 # them (one row an object and a file): a million-file cache's index is ~350 MB, not ~770 MB,
@@ -73,10 +73,6 @@ CREATE TABLE IF NOT EXISTS aliases (
     fingerprint TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS aliases_fp ON aliases(fingerprint);
-CREATE TABLE IF NOT EXISTS seals (
-    fingerprint TEXT PRIMARY KEY,
-    seal        BLOB NOT NULL
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -183,8 +179,13 @@ class CacheIndex:
                     f"the index has format {version}, this mlstage writes {SCHEMA_VERSION} (a "
                     "format mlstage never released): remove the cache folder and stage again"
                 )
-            db.executescript(SCHEMA)  # executescript commits by itself
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            try:  # all or nothing: a disk that fills midway leaves an empty index, not half
+                db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            except BaseException:
+                if db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -196,7 +197,7 @@ class CacheIndex:
                 conn.execute("PRAGMA busy_timeout=60000")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA cache_size=-16384")  # 16 MiB: the hot B-tree pages
+                conn.execute("PRAGMA cache_size=-8192")  # 8 MiB: the hot B-tree pages
                 conn.execute("PRAGMA mmap_size=0")  # mapped pages would count as this RSS
             except BaseException:
                 conn.close()  # never left to the cyclic gc (see close)
@@ -273,21 +274,11 @@ class CacheIndex:
                 (fingerprint, source, files, nbytes, now, now),
             )
 
-    def finish_staging(self, fingerprint: str, digests: Iterable[str], seal: bytes) -> None:
-        """Mark the dataset complete, referencing exactly ``digests``, its tree sealed.
-
-        The references are written afresh (streamed: a million-file dataset's digests are
-        never held as a set), in the transaction that makes the dataset ready.
-        """
+    def finish_staging(self, fingerprint: str) -> None:
+        """Mark the dataset complete. What it references was recorded while it was staged:
+        each object it reuses was pinned (``pin``), each it fetched inserted with it."""
         now = time.time()
         with self.tx() as db:
-            ds = self._dataset_id(db, fingerprint)
-            db.execute("DELETE FROM dataset_objects WHERE dataset=?", (ds,))
-            db.executemany(
-                "INSERT OR IGNORE INTO dataset_objects VALUES (?,?)",
-                ((ds, _raw(d)) for d in digests),
-            )
-            self.set_seal(db, fingerprint, seal)
             db.execute(
                 "UPDATE datasets SET state='ready', created=?, last_used=? WHERE fingerprint=?",
                 (now, now, fingerprint),
@@ -299,10 +290,6 @@ class CacheIndex:
         if row is None:
             raise CacheError(f"dataset {fingerprint[:12]} is not being staged here")
         return int(row[0])
-
-    def set_seal(self, db: sqlite3.Connection, fingerprint: str, seal: bytes) -> None:
-        """Inside ``tx()``: record the seal of a dataset's tree (``mlstage.cache.seal``)."""
-        db.execute("INSERT OR REPLACE INTO seals VALUES (?,?)", (fingerprint, seal))
 
     def set_alias(self, name: str, fingerprint: str) -> None:
         """Name a ready dataset (e.g. ``artifact:<id>``); forgotten with the dataset."""
@@ -318,13 +305,6 @@ class CacheIndex:
         row = self.db.execute("SELECT fingerprint FROM aliases WHERE name=?", (name,)).fetchone()
         return row[0] if row else None
 
-    def seal(self, fingerprint: str) -> bytes | None:
-        """The seal of a dataset's tree, as recorded when it was published or repaired."""
-        row = self.db.execute(
-            "SELECT seal FROM seals WHERE fingerprint=?", (fingerprint,)
-        ).fetchone()
-        return bytes(row[0]) if row else None
-
     def forget_dataset(self, db: sqlite3.Connection, fingerprint: str) -> list[str]:
         """Inside ``tx()``: forget a dataset; return the digests it referenced."""
         digests = [
@@ -335,7 +315,6 @@ class CacheIndex:
         ]
         db.execute(f"DELETE FROM dataset_objects WHERE dataset={_DATASET_ID}", (fingerprint,))
         db.execute("DELETE FROM datasets WHERE fingerprint=?", (fingerprint,))
-        db.execute("DELETE FROM seals WHERE fingerprint=?", (fingerprint,))
         db.execute("DELETE FROM aliases WHERE fingerprint=?", (fingerprint,))
         return digests
 

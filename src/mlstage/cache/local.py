@@ -354,15 +354,14 @@ class LocalCache:
         mirror: Mirror | None = None,
     ) -> StagedDataset:
         """Stage under the stage lock: reuse what is here and sound, fetch the rest, build,
-        record, seal and publish the tree. Holds per entry its digest (32 bytes), the seal's
-        inode, size and mtime (24 bytes) and, for an entry to fetch, its index."""
+        record, publish and seal the tree. Holds per entry its digest (32 bytes) and, for an
+        entry to fetch, its position (4 bytes); the manifest is the caller's."""
         n = len(manifest)
         # a path too long under the cache would fail once its bytes were fetched
         manifest.check_fits(self.root, what="cache folder (MLSTAGE_CACHE_DIR)")
         self.index.begin_staging(fp, manifest.source, n, manifest.total_bytes)
         digests = Digests(n)
-        sealed = array("q", bytes(24 * n))
-        missing = array("Q")
+        missing = array("I")
         entries = manifest.entries
         for start in range(0, n, 1000):
             chunk = entries[start : start + 1000]
@@ -378,9 +377,6 @@ class LocalCache:
                     st = usable[d]
                     if st is not None:
                         digests.set(i, d)
-                        sealed[3 * i : 3 * i + 3] = array(
-                            "q", (st.st_ino, chunk[j].size, st.st_mtime_ns)
-                        )
                         continue
                 missing.append(i)
 
@@ -408,11 +404,9 @@ class LocalCache:
                     yield e
 
             for batch in transfer.fetch_batches(source.objects(wanted(missing))):
-                placed = self.objects.ingest(source.uri, batch, fp)
-                for fetched, row in zip(batch, placed, strict=True):
-                    i = at.pop(fetched.entry.path)
-                    digests.set(i, fetched.digest)
-                    sealed[3 * i : 3 * i + 3] = array("q", (row.ino, row.size, row.mtime_ns))
+                self.objects.ingest(source.uri, batch, fp)
+                for fetched in batch:
+                    digests.set(at.pop(fetched.entry.path), fetched.digest)
                     if on_object:
                         on_object(fetched)
         del missing
@@ -421,13 +415,11 @@ class LocalCache:
             raise CacheError(
                 f"{source.uri}: entries were not delivered (first: {entries[absent].path})"
             )
-        building = self.files.building_path(fp)
-        for i in self.trees.build(manifest, digests, fp):  # copies, not links: their own files
-            st = os.lstat(f"{building}/{entries[i].path}")
-            sealed[3 * i : 3 * i + 3] = array("q", (st.st_ino, st.st_size, st.st_mtime_ns))
+        self.trees.build(manifest, digests, fp)
         write_record(self.manifest_path(fp), manifest, digests)
-        seal = self.trees.publish(fp, manifest, sealed)
-        self.index.finish_staging(fp, digests, seal)
+        del digests  # not needed to seal the tree: its 32 bytes an entry are freed first
+        self.trees.publish(fp)
+        self.index.finish_staging(fp)
         try:
             rmtree(workdir)
         except OSError as exc:  # staged all the same; gc removes it later

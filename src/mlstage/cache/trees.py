@@ -8,7 +8,6 @@ builds, publishes, rebuilds or discards its tree.
 from __future__ import annotations
 
 import os
-from array import array
 from collections.abc import Sequence
 
 from mlstage.cache import seal as seals
@@ -27,16 +26,14 @@ class Trees:
         self.index = index
         self.objects = objects
 
-    def build(self, manifest: Manifest, digests: Sequence[str], fingerprint: str) -> list[int]:
-        """Build the tree of ``manifest`` (``digests[i]`` holds entry i) in its temp folder;
-        the entries that got a copy of their object instead of a link (see ``Objects.link``)."""
+    def build(self, manifest: Manifest, digests: Sequence[str], fingerprint: str) -> None:
+        """Build the tree of ``manifest`` (``digests[i]`` holds entry i) in its temp folder."""
         tmp = str(self.files.building_path(fingerprint))
         rmtree(self.files.building_path(fingerprint))  # a killed stager's (we hold the lock)
         os.mkdir(tmp)
         made: set[str] = {tmp}
-        copies: list[int] = []
         link = self.objects.link
-        for i, (path, digest) in enumerate(zip(manifest.paths(), digests, strict=True)):
+        for path, digest in zip(manifest.paths(), digests, strict=True):
             dest = f"{tmp}/{path}"
             parent = dest.rpartition("/")[0]
             if parent not in made:
@@ -45,8 +42,7 @@ class Trees:
                     made.add(parent)
                     parent = parent.rpartition("/")[0]
             try:
-                if not link(digest, dest):
-                    copies.append(i)
+                link(digest, dest)
             except FileNotFoundError as exc:
                 raise CacheError(
                     f"object {digest[:12]} for {path} vanished while building {fingerprint[:12]}",
@@ -55,31 +51,14 @@ class Trees:
                 ) from exc
         for d in sorted(made, key=lambda p: p.count("/"), reverse=True):
             os.chmod(d, 0o555)
-        return copies
 
-    def publish(self, fingerprint: str, manifest: Manifest, files: array[int]) -> bytes:
-        """Move the built tree into place (replacing any tree there) and return its seal.
-
-        ``files`` is the seal's file part as staging knows it (each entry's object inode,
-        size and mtime, see ``Seal``); only the folders are looked at here, one ``lstat``
-        each, in the walk's order: a folder comes right before its first path.
-        """
+    def publish(self, fingerprint: str) -> None:
+        """Move the built tree into place (replacing any tree there) and seal it: one
+        ``lstat`` a file and a folder, the seal written beside the dataset's record."""
         final = self.files.dataset_path(fingerprint)
         self.discard(fingerprint)  # a crash's leftover, or the broken tree being replaced
         os.rename(self.files.building_path(fingerprint), final)
-        root = str(final)
-        folders = array("q", [os.lstat(root).st_mtime_ns])
-        seen: list[str] = []  # the open folders of the previous path, outermost first
-        for path in manifest.paths():
-            parts = path.split("/")[:-1]
-            common = 0
-            while common < min(len(seen), len(parts)) and seen[common] == parts[common]:
-                common += 1
-            for depth in range(common, len(parts)):
-                folder = "/".join(parts[: depth + 1])
-                folders.append(os.lstat(f"{root}/{folder}").st_mtime_ns)
-            seen = parts
-        return seals.Seal(files, folders).to_bytes()
+        seals.take(str(final)).save(self.files.seal_path(fingerprint))
 
     def discard(self, fingerprint: str) -> None:
         """Remove a dataset's tree that is not (or no longer) handed out: one a staging
@@ -94,8 +73,7 @@ class Trees:
 
     def intact(self, fingerprint: str) -> bool:
         """True when the dataset's tree is exactly as sealed (one ``lstat`` per file)."""
-        recorded = self.index.seal(fingerprint)
-        sealed = seals.Seal.from_bytes(recorded) if recorded is not None else None
+        sealed = seals.Seal.load(self.files.seal_path(fingerprint))
         return sealed is not None and seals.intact(
             str(self.files.dataset_path(fingerprint)), sealed
         )
@@ -103,6 +81,6 @@ class Trees:
     def reseal(self, fingerprint: str) -> None:
         """Seal the dataset's tree as it is now (its files were just verified); with the
         dataset's stage lock held."""
-        sealed = seals.take(str(self.files.dataset_path(fingerprint))).to_bytes()
-        with self.index.tx() as db:
-            self.index.set_seal(db, fingerprint, sealed)
+        seals.take(str(self.files.dataset_path(fingerprint))).save(
+            self.files.seal_path(fingerprint)
+        )
