@@ -82,6 +82,18 @@ class Artifact:
     def __reduce__(self) -> tuple[object, ...]:
         return (Artifact, (self.artifact_id, self.uri, self.manifest, self.info))
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Artifact):
+            return NotImplemented
+        return (self.artifact_id, self.uri, self.info) == (
+            other.artifact_id,
+            other.uri,
+            other.info,
+        ) and self.manifest == other.manifest
+
+    def __hash__(self) -> int:
+        return hash((self.artifact_id, self.uri))
+
     def __repr__(self) -> str:
         return f"Artifact({self.artifact_id}, {self.uri})"
 
