@@ -84,16 +84,20 @@ def test_sweep_benchmark_runs_every_way(tmp_path: Path) -> None:
     doc = _bench(
         "bench.sweep",
         "--datasets 2 --models 2 --files 6 --train-s 0 --overhead-files 40 "
-        "--overhead-repeats 1 --repeats 1",
+        f"--overhead-repeats 1 --repeats 1 --out {tmp_path / 'sweep.json'}",
         tmp_path,
     )
-    assert set(doc["time_to_last_result_s"]) == {"mlstage", "serial", "clearml_style"}
+    ways = {"mlstage", "clearml_pods", "obvious_prefect", "obvious_prefect_one_worker"}
+    assert set(doc["time_to_last_result_s"]) == ways
+    for way in ways:  # one clock: the last result final, then the call's return
+        assert 0 < doc["time_to_last_result_s"][way] <= doc["returned_s"][way] + 0.5, way
     assert doc["ratio_mlstage_vs_single_alone"] > 0
     assert doc["ratio_library_threads_vs_single_alone"] > 0  # the sweep without Prefect
     assert len(doc["details"]["library_threads"]["first_step_s"]) == 4
     assert len(doc["details"]["mlstage"]["first_step_s"]) == 4  # 2 models x 2 datasets
+    assert len(doc["details"]["clearml_pods"]["first_step_s"]) == 4  # one process a model
     phase = doc["data_phase"]["mlstage"]  # until the last model started: part of the run's CPU
-    assert 0 < phase["seconds"] <= doc["time_to_last_result_s"]["mlstage"]
+    assert 0 < phase["seconds"] <= doc["returned_s"]["mlstage"]
     for process, cpu in phase["cpu_s"].items():
         assert 0 <= cpu <= doc["cpu_s"]["mlstage"][process], process
     unit = doc["prefect_unit_costs"]
@@ -106,3 +110,7 @@ def test_sweep_benchmark_runs_every_way(tmp_path: Path) -> None:
     assert ovh["staging_s"] > 0 and ovh["prefect_tasks_per_model"] == 2
     # orchestration is what a run spends outside the library's verbs: never negative
     assert 0 <= ovh["overhead_to_completed_s"] <= ovh["overhead_to_return_s"]
+    assert doc["overhead_vs_staging_headline"] == max(
+        ovh["overhead_vs_staging"], ovh["overhead_to_return_vs_staging"]
+    )
+    assert (tmp_path / "sweep.png").stat().st_size > 0
