@@ -114,3 +114,17 @@ def test_sweep_benchmark_runs_every_way(tmp_path: Path) -> None:
         ovh["overhead_vs_staging"], ovh["overhead_to_return_vs_staging"]
     )
     assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_cache_lookup_benchmark_runs_both_parts(tmp_path: Path) -> None:
+    doc = _bench(
+        "bench.cache_lookup",
+        f"--sizes 50,100 --lookups 20 --rounds 1 --dataset-files 120 --out {tmp_path / 'cl.json'}",
+        tmp_path,
+    )
+    for row in doc["sizes"].values():
+        assert row["mlstage"]["median_us"] > 0 and row["ratio_mlstage_vs_clearml_new"] > 0
+    hit = doc["whole_dataset"]  # the hand-out checks every file, against ClearML's own check
+    assert hit["files"] == 120 and hit["mlstage_handout_ms"] > 0
+    assert hit["ratio_clearml_vs_mlstage_handout"] > 0
+    assert (tmp_path / "cl.png").stat().st_size > 0
