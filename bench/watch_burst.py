@@ -29,6 +29,7 @@ from typing import Any
 from mlstage.sources.s3 import S3Source
 from mlstage.specs import DatasetSpec
 from mlstage.state import StateStore
+from mlstage.store import StoreConfig
 from mlstage.testing.s3 import moto_server
 from mlstage.watch import WatchEntry, Watcher
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = DatasetSpec(name="ds", uri=f"s3://{BUCKET}/ds/")
 
         def resolve(_: DatasetSpec):  # type: ignore[no-untyped-def]
-            return S3Source(BUCKET, "ds/", client=ep.client()).resolve()
+            return S3Source(BUCKET, "ds/", config=StoreConfig.from_env(ep.env())).resolve()
 
         entries = {
             "mlstage": WatchEntry(dataset=spec, settle_seconds=args.settle),

@@ -128,3 +128,24 @@ def test_cache_lookup_benchmark_runs_both_parts(tmp_path: Path) -> None:
     assert hit["files"] == 120 and hit["mlstage_handout_ms"] > 0
     assert hit["ratio_clearml_vs_mlstage_handout"] > 0
     assert (tmp_path / "cl.png").stat().st_size > 0
+
+
+def test_make_bench_writes_json_and_a_report(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.all", "--quick", "--only", "watch_burst"]
+        + ["--results", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads((results / "watch_burst.json").read_text())
+    assert doc["machine"]["cores"] and doc["command"].startswith("python -m bench.watch_burst")
+    report = (results / "report.md").read_text()
+    assert "## watch_burst" in report and "ratio_restages_peer_over_mlstage" in report
+    bad = subprocess.run(
+        [sys.executable, "-m", "bench.all", "--only", "nope"], cwd=ROOT, capture_output=True
+    )
+    assert bad.returncode == 2 and b"unknown benchmark(s) nope" in bad.stderr
