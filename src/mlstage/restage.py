@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlmodel import col, select
-
 from mlstage import pipeline
 from mlstage.cache import LocalCache
 from mlstage.events import EventSpec, benchmark_stale, dataset_restaged
@@ -23,7 +21,6 @@ from mlstage.redact import MASK
 from mlstage.specs import ModelSpec, SecretResolver
 from mlstage.state import StateStore
 from mlstage.state.claims import DEFAULT_LEASE_SECONDS, Coordination, default_owner
-from mlstage.state.models import BenchmarkRun, Consumption, Dataset, DatasetVersion
 from mlstage.watch import WatchEntry
 
 LOCAL = "local"
@@ -31,7 +28,7 @@ LOCAL = "local"
 
 @dataclass(frozen=True)
 class StaleRun:
-    """The latest run of a benchmark (model, entrypoint, params) on an older version."""
+    """The latest run of a benchmark (a model on a dataset), on a superseded version."""
 
     run_id: str
     model: str
@@ -76,29 +73,17 @@ class RestageResult:
         return out
 
 
-def stale_benchmarks(store: StateStore, dataset: str, current: str) -> list[StaleRun]:
-    """The benchmarks of ``dataset`` whose latest run consumed a version other than ``current``.
+def stale_benchmarks(store: StateStore, dataset: str) -> list[StaleRun]:
+    """The benchmarks of ``dataset`` whose latest run consumed a superseded version.
 
-    A benchmark is a (model, entrypoint, params); only its latest run counts, so a run that
-    was already re-run on ``current`` is not listed again, and re-running never duplicates.
+    The one definition of stale (``StateStore.stale_runs``, as ``mlstage lineage stale``
+    lists them): a benchmark is a model on the dataset and only its latest run counts, so a
+    run already re-run on the current version is not listed again, and re-running never
+    duplicates.
     """
-    with store.session() as s:
-        q = (
-            select(BenchmarkRun, DatasetVersion.fingerprint)
-            .join(Consumption, Consumption.run_id == BenchmarkRun.id)
-            .join(DatasetVersion, DatasetVersion.id == Consumption.version_id)
-            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
-            .where(Dataset.name == dataset)
-            .order_by(col(BenchmarkRun.started_at))
-        )
-        latest: dict[tuple[str, str, str], tuple[BenchmarkRun, str]] = {}
-        for run, fingerprint in s.exec(q):
-            key = (run.model, run.entrypoint, json.dumps(run.params or {}, sort_keys=True))
-            latest[key] = (run, fingerprint)
     return [
-        StaleRun(run.id, run.model, run.entrypoint, dict(run.params or {}), fp, run.status)
-        for run, fp in latest.values()
-        if fp != current
+        StaleRun(r.run_id, r.model, r.entrypoint or "", dict(r.params), r.version or "", r.status)
+        for r in store.stale_runs(dataset)
     ]
 
 
@@ -193,7 +178,7 @@ def _restage_claimed(
     prepared = pipeline.preprocess(ws, resolved, stage_here=LOCAL in entry.warm_caches)
     result = RestageResult(name, version, "restaged", prepared.artifact.artifact_id)
     result.warmed, ready = warm(ws, prepared, entry.warm_caches)
-    result.stale = stale_benchmarks(ws.state, name, version)
+    result.stale = stale_benchmarks(ws.state, name)  # resolve made ``version`` current
     if result.stale and (entry.rerun_stale if rerun_stale is None else rerun_stale):
         for s in result.stale:
             why = masked_reason(s)

@@ -145,15 +145,30 @@ def test_stale_runs_follow_the_version_seen_last(store: StateStore) -> None:
     on_v1 = record_run(store, fingerprint="1" * 64)
     assert store.stale_runs() == []
 
-    on_v2 = record_run(store, fingerprint="2" * 64)
+    vit_on_v1 = record_run(store, fingerprint="1" * 64, model="vit")
+    on_v2 = record_run(store, fingerprint="2" * 64)  # resnet re-run on v2: current again
     record_run(store, dataset="cifar", fingerprint="c" * 64)  # another dataset, current
     (stale,) = store.stale_runs()
-    assert stale.run_id == on_v1 and stale.latest_version == "2" * 64
+    assert stale.run_id == vit_on_v1 and stale.latest_version == "2" * 64
+    # the history view lists every run on a superseded version, re-run or not
+    assert [r.run_id for r in store.stale_runs(history=True)] == [on_v1, vit_on_v1]
 
-    # the source goes back to v1: now the runs on v2 are the stale ones
+    # the source goes back to v1: now resnet's latest run, on v2, is the stale one
     store.record_version("mnist", "1" * 64, "s3://bucket/mnist/", 3, 1000)
     assert [r.run_id for r in store.stale_runs("mnist")] == [on_v2]
+    assert [r.run_id for r in store.stale_runs("mnist", history=True)] == [on_v2]
     assert store.stale_runs("cifar") == []
+
+
+def test_a_benchmark_is_a_model_on_a_dataset(store: StateStore) -> None:
+    """The same model on two datasets is two benchmarks: re-running it on one leaves the
+    other stale; the benchmark's latest run is what counts, whatever its params."""
+    record_run(store, fingerprint="1" * 64, params={"lr": 0.1})
+    on_cifar = record_run(store, dataset="cifar", fingerprint="c" * 64)
+    store.record_version("mnist", "2" * 64, "s3://bucket/mnist/", 3, 1000)
+    store.record_version("cifar", "d" * 64, "s3://bucket/cifar/", 3, 1000)
+    record_run(store, fingerprint="2" * 64, params={"lr": 0.2})  # mnist re-run: current
+    assert [r.run_id for r in store.stale_runs()] == [on_cifar]
 
 
 def test_version_history(store: StateStore) -> None:
@@ -326,7 +341,7 @@ def _assert_first_schema_data(st: StateStore) -> None:
     (v,) = st.versions("mnist")
     assert v.first_seen == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC) == v.last_seen
     # and the upgraded DB takes new records
-    record_run(st, fingerprint="2" * 64, nbytes=3 * GiB)
+    record_run(st, fingerprint="2" * 64, nbytes=3 * GiB, model="vit")
     assert [r.run_id for r in st.stale_runs("mnist")] == ["run1"]
 
 
@@ -481,6 +496,10 @@ def test_cli_lineage_queries_as_json(
     assert [r["run_id"] for r in cli_json("consumers", "--artifact", "a-" + "1" * 64)] == [old]
     (stale,) = cli_json("stale")
     assert stale["run_id"] == old and stale["latest_version"] == "2" * 64
+    assert [r["run_id"] for r in cli_json("stale", "--history")] == [old]
+    rerun = record_run(store, fingerprint="2" * 64, model="resnet")
+    assert cli_json("stale") == []  # resnet's latest run is on the current version
+    assert [r["run_id"] for r in cli_json("stale", "--history")] == [old]
     assert [(v["version"], v["current"]) for v in cli_json("versions", "mnist")] == [
         ("1" * 64, False),
         ("2" * 64, True),
@@ -489,6 +508,6 @@ def test_cli_lineage_queries_as_json(
     table = runner.invoke(app, ["lineage", "runs"])
     assert table.exit_code == 0 and "resnet" in table.output and old[:12] in table.output
     before = runner.invoke(app, ["lineage", "--json", "runs"])  # --json before the subcommand
-    assert {r["run_id"] for r in json.loads(before.output)} == {old, new}
+    assert {r["run_id"] for r in json.loads(before.output)} == {old, new, rerun}
     short = runner.invoke(app, ["lineage", "run", old[:5]])
     assert "6 or more characters" in str(short.exception)

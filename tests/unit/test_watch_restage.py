@@ -68,7 +68,7 @@ def test_restage_lists_and_reruns_stale_benchmarks_once(
     entry = make_entry(remote, rerun_stale=True, warm_caches=["local", str(extra_cache)])
     old = first_run(ws, entry)
     v2 = change(ws, entry, remote)
-    assert [s.run_id for s in stale_benchmarks(ws.state, "toy", v2)] == [old.run_id]
+    assert [s.run_id for s in stale_benchmarks(ws.state, "toy")] == [old.run_id]
 
     result = restage(ws, entry, v2)
     assert result.status == "restaged" and result.warmed == ["local", str(extra_cache)]
@@ -77,8 +77,9 @@ def test_restage_lists_and_reruns_stale_benchmarks_once(
     assert rerun.status == "completed" and rerun.metrics["samples"] == 24
     assert ws.state.run(rerun.run_id).version == v2
     assert any(extra_cache.rglob("*.tar"))
-    assert [r.run_id for r in ws.state.stale_runs("toy")] == [old.run_id]
-    assert stale_benchmarks(ws.state, "toy", v2) == []  # the re-run is current
+    assert ws.state.stale_runs("toy") == []  # the re-run is current: nothing is stale
+    assert [r.run_id for r in ws.state.stale_runs("toy", history=True)] == [old.run_id]
+    assert stale_benchmarks(ws.state, "toy") == []
     names = [e.event for e in result.events()]
     assert names == ["mlstage.benchmark.stale", "mlstage.dataset.restaged"]
     assert result.events()[-1].payload["reran"] == [rerun.run_id]

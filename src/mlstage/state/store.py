@@ -71,6 +71,7 @@ class LineageRow:
     ready_seconds: float | None = None
     stall_seconds: float | None = None
     latest_version: str | None = None
+    entrypoint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (what ``--json`` prints)."""
@@ -115,6 +116,26 @@ def _current_versions() -> Any:
         .label("rn"),
     ).subquery()
     return select(ranked.c.id, ranked.c.dataset_id, ranked.c.fingerprint).where(ranked.c.rn == 1)
+
+
+def _latest_runs() -> Any:
+    """Subquery: the id of each benchmark's latest run, a benchmark being a model on a dataset
+    (the runs that consumed a version of it, newest ``started_at`` first)."""
+    ranked = (
+        select(
+            col(BenchmarkRun.id).label("run_id"),
+            func.row_number()
+            .over(
+                partition_by=(BenchmarkRun.model, DatasetVersion.dataset_id),
+                order_by=(col(BenchmarkRun.started_at).desc(), col(BenchmarkRun.id).desc()),
+            )
+            .label("rn"),
+        )
+        .join(Consumption, col(Consumption.run_id) == BenchmarkRun.id)
+        .join(DatasetVersion, col(DatasetVersion.id) == Consumption.version_id)
+        .subquery()
+    )
+    return select(ranked.c.run_id).where(ranked.c.rn == 1)
 
 
 class StateStore:
@@ -420,6 +441,7 @@ class StateStore:
                     ready_seconds=st.ready_seconds if st else None,
                     stall_seconds=st.stall_seconds if st else None,
                     latest_version=latest,
+                    entrypoint=run.entrypoint,
                 )
             )
         return out
@@ -489,16 +511,22 @@ class StateStore:
         with self.session() as s:
             return self._lineage(s, *where)
 
-    def stale_runs(self, dataset: str | None = None) -> list[LineageRow]:
-        """Runs whose dataset is now at a different version than the one they consumed.
+    def stale_runs(self, dataset: str | None = None, *, history: bool = False) -> list[LineageRow]:
+        """The stale benchmarks: each one whose latest run consumed a superseded version.
 
-        "Now" is the version a resolve saw last, so a source that went back to an older
-        version makes the runs on the newer one stale, not the other way round.
+        A benchmark is a model on a dataset; its latest run is the newest one that consumed a
+        version of that dataset. A version is superseded when it is not the dataset's current
+        one, the version a resolve saw last (so a source that went back to an older version
+        makes the runs on the newer one stale). A benchmark re-run on the current version is
+        not stale, however many older runs it has. ``history``: every run that consumed a
+        superseded version instead, re-run or not.
         """
         where: list[ColumnElement[bool]] = []
         if dataset:
             ds_id = select(Dataset.id).where(Dataset.name == dataset).scalar_subquery()
             where.append(col(DatasetVersion.dataset_id) == ds_id)
+        if not history:
+            where.append(col(BenchmarkRun.id).in_(_latest_runs()))
         with self.session() as s:
             return self._lineage(s, *where, stale_only=True)
 
