@@ -27,7 +27,7 @@ from mlstage import pipeline
 from mlstage.settings import get_settings
 from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec
 from mlstage.state import StateStore
-from mlstage.testing.prefect_server import prefect_server, process_worker
+from mlstage.testing.prefect_server import PrefectServer, prefect_server, process_worker
 from mlstage.testing.s3 import S3Endpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ class PrefectStack:
         return r.json()
 
     def restage_runs(self, dataset: str) -> list[dict[str, Any]]:
-        dep = self.api("GET", "/deployments/name/restage-dataset/restage-dataset")
+        dep = self.api("GET", "/deployments/name/restage-dataset/default")
         runs = self.api(
             "POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": [dep["id"]]}}}
         )
@@ -79,13 +79,35 @@ class PrefectStack:
         return self.api("POST", "/events/filter", json=body)["events"]
 
 
+def flow_of(deployment: dict[str, Any]) -> str:
+    """The flow a prefect.yaml deployment runs (its entrypoint's function, dashed)."""
+    return deployment["entrypoint"].split(":")[1].replace("_", "-")
+
+
+def resume_watch(server: PrefectServer) -> None:
+    """What docs/prefect.md tells a user to do once a watch list exists: resume the paused
+    schedule of watch-datasets/default. Until then the deployment starts no runs."""
+    (schedule,) = json.loads(
+        server.cli("deployment", "schedule", "ls", "watch-datasets/default", "-o", "json").stdout
+    )
+    assert schedule["active"] is False
+    dep = httpx.get(f"{server.api_url}/deployments/name/watch-datasets/default", timeout=30)
+    runs = httpx.post(
+        f"{server.api_url}/flow_runs/filter",
+        json={"deployments": {"id": {"any_": [dep.json()["id"]]}}},
+        timeout=30,
+    ).json()
+    assert runs == []  # paused: nothing scheduled, nothing ran
+    server.cli("deployment", "schedule", "resume", "watch-datasets/default", schedule["id"])
+
+
 def _deploy_file(tmp: Path) -> Path:
     """This repo's prefect.yaml, reduced to our deployments, with a short watch interval."""
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    mine = [d for d in doc["deployments"] if d["name"] in ("watch-datasets", "restage-dataset")]
+    mine = [d for d in doc["deployments"] if flow_of(d) in ("watch-datasets", "restage-dataset")]
     for d in mine:
-        if d["name"] == "watch-datasets":
-            d["schedules"] = [{"interval": WATCH_INTERVAL}]
+        if flow_of(d) == "watch-datasets":
+            d["schedules"][0]["interval"] = WATCH_INTERVAL  # still paused, as deployed
     doc["deployments"] = mine
     out = tmp / "prefect.yaml"
     out.write_text(yaml.safe_dump(doc))
@@ -112,6 +134,8 @@ def prefect_stack(
             server.cli(
                 "deploy", "--all", "--prefect-file", str(_deploy_file(tmp)), cwd=REPO, env=world.env
             )
+            time.sleep(6)  # a scheduler loop (5 s here) passes: a paused schedule makes no runs
+            resume_watch(server)
             worker_env = {**world.env, "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
             with process_worker(
                 server, POOL, cwd=REPO, env=worker_env, create_pool=False, log=worker_log
