@@ -100,6 +100,23 @@ def benchmark_sweep(
     """Preprocess each distinct dataset once, stage all concurrently, run each model when its data is ready.
 
     A model that fails is reported in the summary and the run's final message; the others go on.
+
+    Args:
+        sweep: The models and the datasets they read. Each dataset is preprocessed once; each
+            model starts as soon as its own data is staged.
+        dask_address: Address of a running dask.distributed scheduler, e.g.
+            tcp://scheduler:8786: preprocessing then runs as a subflow on its workers (which
+            need PREFECT_API_URL and the same MLSTAGE settings or blocks). Empty: in this flow
+            run's own process.
+        shared_block: Name of a saved mlstage-shared-tier block: the shared tier artifacts
+            are published to and staged from. Empty: MLSTAGE_SHARED on the worker (default:
+            a folder under MLSTAGE_HOME).
+        cache_block: Name of a saved mlstage-cache-settings block: this node's cache
+            folder, size limit and transfer workers. Empty: the worker's MLSTAGE_CACHE_DIR
+            (default: a folder under MLSTAGE_HOME).
+        clearml_block: Name of a saved mlstage-clearml-credentials block, used where a
+            clearml:// dataset is resolved. Empty: the ClearML SDK's own configuration. Passed on, like the other
+            two blocks, to the run-benchmark runs of launch=deployment models.
     """
     problems = validate_sweep(sweep) + dask_problems(dask_address)
     if problems:

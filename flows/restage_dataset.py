@@ -28,7 +28,19 @@ def restage_dataset(
     rerun_stale: bool | None = None,
     watchlist: str | None = None,
 ) -> dict[str, Any]:
-    """Re-stage ``version`` of ``dataset`` (rerun_stale: None follows the watch list entry)."""
+    """Re-stage a new version of a watched dataset: preprocess, publish, warm, list stale runs.
+
+    Args:
+        dataset: Name of the changed dataset, as its watch list entry names it (the trigger
+            fills it from the event).
+        version: The new version (fingerprint) to re-stage; a version the source already
+            moved past ends as superseded.
+        old_version: The version it replaced, if known (for the record).
+        rerun_stale: Re-run the stale benchmarks on the new version. Empty: as the watch list
+            entry's rerun_stale says.
+        watchlist: Path of the watch list (YAML) on the worker. Empty: MLSTAGE_WATCHLIST, else
+            watchlist.yaml under MLSTAGE_HOME.
+    """
     logger = get_run_logger()
     if old_version in ("", "None"):  # a template rendering of a missing value
         old_version = None
