@@ -103,7 +103,7 @@ def benchmark_sweep(
 
     Args:
         sweep: The models and the datasets they read. Each dataset is preprocessed once; each
-            model starts as soon as its own data is staged.
+            model starts as soon as its own data is staged (and its slots are free).
         dask_address: Address of a running dask.distributed scheduler, e.g.
             tcp://scheduler:8786: preprocessing then runs as a subflow on its workers (which
             need PREFECT_API_URL and the same MLSTAGE settings or blocks). Empty: in this flow

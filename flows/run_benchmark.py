@@ -28,7 +28,8 @@ def run_benchmark(
     """One model on one artifact: by id (as benchmark-sweep launches it) or from a DatasetSpec.
 
     Args:
-        model: The model to run: its entrypoint and parameters.
+        model: The model to run: its entrypoint and parameters; with slots, it waits for that
+            many free slots of this node's capacity (docs/prefect.md).
         artifact_id: Id of an artifact already on the shared tier (what benchmark-sweep
             passes). Give this or dataset, not both.
         dataset: A dataset to resolve, preprocess and publish first (skipped when its artifact

@@ -145,6 +145,15 @@ class ModelSpec(BaseModel):
         "first staged object while the rest arrives (a module:function with a stream "
         "parameter, or a command with {ready_list}; others wait for the whole dataset).",
     )
+    slots: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="How many of its node's slots (e.g. GPUs) the model holds while it runs; "
+        "it waits, shown as AwaitingSlot, until that many are free. The capacity is the "
+        "Prefect global concurrency limit mlstage-slots-HOSTNAME (or MLSTAGE_SLOT_LIMIT): "
+        "prefect gcl create mlstage-slots-HOSTNAME --limit 2. 0: it waits for nothing.",
+    )
 
     _name = field_validator("name")(_check_name)
 
@@ -254,7 +263,8 @@ class SweepSpec(BaseModel):
     )
     models: list[ModelSpec] = Field(
         min_length=1,
-        description="The models to run: each starts as soon as its own dataset is staged.",
+        description="The models to run: each starts as soon as its own dataset is staged "
+        "(and, with slots, once its node has them free).",
     )
 
     @model_validator(mode="after")

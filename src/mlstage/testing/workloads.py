@@ -13,8 +13,8 @@ def count_files(
 ) -> dict[str, Any]:
     """A "model": counts its staged files, works ``seconds``, fails on request.
 
-    Reports when it started (``started_at``, epoch seconds) and in which process, so callers can
-    measure time to first step and where it ran.
+    Reports when it started and finished (``started_at``, ``finished_at``, epoch seconds) and in
+    which process, so callers can measure time to first step, overlap and where it ran.
     """
     started_at = time.time()
     if fail:
@@ -22,7 +22,12 @@ def count_files(
     files = sum(1 for p in Path(data_dir).rglob("*") if p.is_file())
     if seconds:
         time.sleep(seconds)
-    return {"score": files, "started_at": started_at, "pid": os.getpid()}
+    return {
+        "score": files,
+        "started_at": started_at,
+        "finished_at": time.time(),
+        "pid": os.getpid(),
+    }
 
 
 def pid_recipe(input_dir: Path, output_dir: Path, tag: str = "x") -> None:
