@@ -15,6 +15,7 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from prefect import flow, get_run_logger
@@ -46,12 +47,18 @@ T = TypeVar("T")
 
 
 def summarize(ws: Workspace, outcomes: list[RunOutcome], started_at: float) -> list[dict[str, Any]]:
-    """One row per model: what it consumed (from the state DB), when its data was ready, its score."""
+    """One row per model: what it consumed (from the state DB), where those bytes came from,
+    when its data was ready (on its own node for a ``launch: deployment`` model), its score."""
     rows = []
     recorded = ws.state.runs_by_id([o.run_id for o in outcomes if o.run_id != "-"])
     for o in outcomes:
         lineage = recorded.get(o.run_id)
-        r = o.ready
+        if o.ready is not None:
+            ready_at: float | None = o.ready.ready_at
+        elif lineage and lineage.staged_at:  # staged by its own run, maybe on another node
+            ready_at = datetime.fromisoformat(lineage.staged_at).timestamp()
+        else:
+            ready_at = None
         rows.append(
             {
                 "model": o.model,
@@ -61,8 +68,13 @@ def summarize(ws: Workspace, outcomes: list[RunOutcome], started_at: float) -> l
                 "cache": None
                 if not lineage or lineage.cache_hit is None
                 else ("hit" if lineage.cache_hit else "miss"),
+                "data_from": lineage.data_from if lineage else None,
                 "bytes_staged": (lineage.bytes_fetched or 0) if lineage else 0,
-                "ready_s": round(r.ready_at - started_at, 2) if r else None,
+                "bytes_from_shared": lineage.bytes_from_shared if lineage else None,
+                "bytes_from_recipe": lineage.bytes_from_recipe if lineage else None,
+                "bytes_from_cache": lineage.bytes_from_cache if lineage else None,
+                "node": lineage.node if lineage else None,
+                "ready_s": round(ready_at - started_at, 2) if ready_at is not None else None,
                 "status": o.status,
                 "score": o.metrics.get("score"),
                 "error": scrub_text(o.error) if o.error else None,

@@ -65,8 +65,10 @@ def record_run(
     flow_run_id: str | None = None,
     source_uri: str = "s3://bucket/mnist/",
     params: dict | None = None,
+    made_here: bool = False,
 ) -> str:
-    """Resolve -> publish -> stage -> run -> record, as the pipeline does; the run id."""
+    """Resolve -> publish -> stage -> run -> record, as the pipeline does; the run id.
+    ``made_here``: staged from this node's own recipe output (nothing from the shared tier)."""
     v, _ = st.record_version(dataset, fingerprint, source_uri, 3, nbytes)
     assert v.id is not None
     art = st.record_artifact(
@@ -86,6 +88,7 @@ def record_run(
         first_object_seconds=None if hit else 0.25,
         ready_seconds=0.5,
         node="node-a",
+        bytes_from_shared=0 if made_here else None,
     )
     run = st.start_run(
         model=model,
@@ -158,6 +161,18 @@ def test_stale_runs_follow_the_version_seen_last(store: StateStore) -> None:
     assert [r.run_id for r in store.stale_runs("mnist")] == [on_v2]
     assert [r.run_id for r in store.stale_runs("mnist", history=True)] == [on_v2]
     assert store.stale_runs("cifar") == []
+
+
+def test_each_row_says_where_its_bytes_came_from(store: StateStore) -> None:
+    shared = record_run(store, fingerprint="1" * 64)  # fetched from the shared tier
+    hit = record_run(store, fingerprint="2" * 64, hit=True)
+    made_here = record_run(store, fingerprint="3" * 64, made_here=True)
+    rows = {r.run_id: r for r in store.runs()}
+    assert rows[shared].data_from == "shared tier" and rows[shared].bytes_from_shared == 1000
+    assert rows[hit].data_from == "cache" and rows[hit].bytes_from_cache == 1000
+    assert rows[made_here].data_from == "recipe output on this node"
+    assert rows[made_here].bytes_from_recipe == 1000 and rows[made_here].bytes_total == 1000
+    assert all(r.staged_at for r in rows.values())
 
 
 def test_a_benchmark_is_a_model_on_a_dataset(store: StateStore) -> None:

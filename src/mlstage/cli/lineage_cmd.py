@@ -22,6 +22,7 @@ RUN_COLUMNS = [
     "version",
     "artifact_id",
     "cache_hit",
+    "data_from",
     "bytes_fetched",
     "status",
     "metrics",
