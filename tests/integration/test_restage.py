@@ -279,6 +279,25 @@ def test_a_changed_object_restages_and_reruns_the_stale_benchmark(
     assert rerun.model == "logistic" and rerun.status == "completed"
     assert rerun.metrics["samples"] == 13 and rerun.flow_run_id == run["id"]
 
+    # the UI shows each step as a task run, and a table of the re-run scores
+    steps = prefect_stack.api(
+        "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}
+    )
+    names = {s["name"].rsplit("-", 1)[0]: s["state_type"] for s in steps}
+    assert names == {
+        "resolve": "COMPLETED",
+        "preprocess": "COMPLETED",
+        "warm-caches": "COMPLETED",
+        "find-stale": "COMPLETED",
+        "rerun-logistic": "COMPLETED",
+    }
+    (table,) = prefect_stack.api(
+        "POST", "/artifacts/filter", json={"artifacts": {"key": {"any_": ["stale-polled"]}}}
+    )
+    (row,) = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    assert row["rerun"] == rerun.run_id and row["rerun_status"] == "completed"
+    assert row["score_now"] == rerun.metrics["score"] and row["score_before"] is not None
+
     (restaged,) = prefect_stack.events("mlstage.dataset.restaged", "polled")
     assert restaged["payload"]["reran"] == [rerun.run_id]
     assert restaged["payload"]["stale_runs"] == [old_run.run_id]

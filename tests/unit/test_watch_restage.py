@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mlstage import pipeline
-from mlstage.restage import restage, stale_benchmarks
+from mlstage.restage import rerun_table, restage, stale_benchmarks
 from mlstage.settings import get_settings
 from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec
 from mlstage.state.claims import Coordination
@@ -86,6 +87,33 @@ def test_restage_lists_and_reruns_stale_benchmarks_once(
 
     assert restage(ws, entry, v2).status == "duplicate"
     assert len(ws.state.runs()) == 2
+
+    (row,) = rerun_table(result)  # the restage flow's table artifact
+    assert (row["stale_run"], row["rerun"], row["rerun_status"]) == (
+        old.run_id,
+        rerun.run_id,
+        "completed",
+    )
+    assert (
+        row["score_before"] == old.metrics["score"] and row["score_now"] == rerun.metrics["score"]
+    )
+
+
+def test_each_restage_step_goes_through_the_step_runner(
+    ws: pipeline.Workspace, remote: Path
+) -> None:
+    """The restage-dataset flow passes a runner that makes each step a Prefect task run."""
+    entry = make_entry(remote, rerun_stale=True)
+    first_run(ws, entry)
+    v2 = change(ws, entry, remote)
+    seen: list[str] = []
+
+    def step(name: str, fn: Any) -> Any:
+        seen.append(name)
+        return fn()
+
+    assert restage(ws, entry, v2, step=step).status == "restaged"
+    assert seen == ["resolve", "preprocess", "warm-caches", "find-stale", "rerun-m"]
 
 
 def test_restage_without_rerun_only_lists(ws: pipeline.Workspace, remote: Path) -> None:
