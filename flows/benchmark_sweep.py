@@ -1,6 +1,6 @@
 """benchmark-sweep: models x datasets; every model starts as soon as its own data is staged.
 
-preprocess (each distinct dataset once; thread pool or Dask) -> stage (all concurrently; in
+preprocess (each distinct dataset once; thread pool, or a Dask subflow) -> stage (all concurrently; in
 this process preprocess stages its own output, so only a Dask run has stage tasks) -> run each
 model the moment its own dataset is ready: in this process, or as its own run-benchmark
 deployment run (its own pod) -> summary table + progress artifacts
@@ -29,7 +29,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import opaque
 
-from flows._dask import dask_problems, preprocess_runner, submit_preprocess
+from flows._dask import dask_problems, submit_preprocess
 from flows._workspace import using_blocks, workspace
 from flows.artifacts import best_effort
 from flows.outcomes import model_outcome
@@ -137,7 +137,7 @@ def benchmark_sweep(
             "moved):\n- " + "\n- ".join(problems)
         )
     blocks = child_blocks(shared_block, cache_block, clearml_block)
-    with using_blocks(shared_block, cache_block), preprocess_runner(dask_address) as cpu:
+    with using_blocks(shared_block, cache_block):
         ws = workspace()
         started_at = time.time()
         steps: Finished[Step] = Finished()
@@ -146,7 +146,12 @@ def benchmark_sweep(
             if d.name in wanted:
                 stages_here = any(waits_for_staging(m) for m in sweep.models if m.dataset == d.name)
                 future = submit_preprocess(
-                    cpu, d, shared_block, clearml_block, cache_block, stage_here=stages_here
+                    dask_address,
+                    d,
+                    shared_block,
+                    clearml_block,
+                    cache_block,
+                    stage_here=stages_here,
                 )
                 steps.add(future, Step("preprocess", d.name))
         record = ws.state.start_sweep(

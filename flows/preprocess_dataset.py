@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows._dask import dask_problems, preprocess_runner, submit_preprocess
+from flows._dask import dask_problems, on_dask, submit_preprocess
 from mlstage.errors import ConfigError
 from mlstage.pipeline import validate_datasets
 from mlstage.specs import DatasetSpec
@@ -41,9 +41,11 @@ def preprocess_dataset(
     problems = validate_datasets(datasets) + dask_problems(dask_address)
     if problems:
         raise ConfigError("cannot preprocess:\n- " + "\n- ".join(problems))
-    with preprocess_runner(dask_address) as runner:
+    if dask_address:  # one subflow, its task runner on the cluster
+        prepared = on_dask(dask_address)(datasets, shared_block, clearml_block, cache_block)
+    else:
         futures = [
-            submit_preprocess(runner, d, shared_block, clearml_block, cache_block) for d in datasets
+            submit_preprocess(None, d, shared_block, clearml_block, cache_block) for d in datasets
         ]
         wait(futures)
         prepared = [f.result() for f in futures]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from flows._dask import preprocess_on_dask
 from flows.benchmark_sweep import benchmark_sweep
 from flows.preprocess_dataset import preprocess_dataset
 from flows.restage_dataset import restage_dataset
@@ -23,6 +24,7 @@ FLOWS = [
     stage_datasets,
     watch_datasets,
     restage_dataset,
+    preprocess_on_dask,  # a subflow: its parameters show on its run's page
 ]
 BLOCK_TYPES = {
     "shared_block": "mlstage-shared-tier",
