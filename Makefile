@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_HOME ?= $(MLSTAGE_HOME)/prefect
 
-.PHONY: demo test lint unit setup bench clean
+.PHONY: demo test lint unit setup bench clean image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ unit: setup
 
 bench: setup
 	$(BIN)/python -m bench.all
+
+# the worker and job image for Kubernetes (docs/kubernetes.md: base image, proxies, pushing)
+IMAGE ?= mlstage:dev
+image:
+	buildah bud -t $(IMAGE) -f Containerfile .
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist
