@@ -45,3 +45,21 @@ def test_a_sweep_launches_run_benchmark_under_a_deployed_name() -> None:
     for name, path in FILES.items():
         assert f"run-benchmark/{child_deployment(model, name)}" in deployments(path)
     assert f"run-benchmark/{child_deployment(model, None)}" in deployments(FILES["default"])
+
+
+def test_prefect_version_follows_the_installed_prefect() -> None:
+    """prefect.yaml's prefect-version (both files) is the Prefect mlstage requires and runs."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (req,) = [Requirement(d) for d in project["dependencies"] if d.startswith("prefect")]
+    installed = Version(version("prefect"))
+    assert installed in req.specifier and installed >= Version("3.9.1")
+    for path in FILES.values():
+        declared = Version(str(yaml.safe_load(path.read_text())["prefect-version"]))
+        assert declared in req.specifier
+        assert (declared.major, declared.minor) == (installed.major, installed.minor)
