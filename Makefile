@@ -7,19 +7,25 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_HOME ?= $(MLSTAGE_HOME)/prefect
 
-.PHONY: demo test lint unit setup bench clean
+.PHONY: demo test lint unit setup bench clean image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# the demo needs only mlstage and scikit-learn (the 'demo' extra); tests need '.[dev]' (torch,
+# dask, PostgreSQL, moto...), which includes the demo's
+$(VENV)/.installed-demo: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
-	touch $@
+	touch $@ $(VENV)/.installed-demo
 
 setup: $(VENV)/.installed
 
-demo: setup
+demo: $(VENV)/.installed-demo
 	$(BIN)/python -m flows.demo
 
 lint: setup
@@ -34,6 +40,11 @@ unit: setup
 
 bench: setup
 	$(BIN)/python -m bench.all
+
+# the worker and job image for Kubernetes (docs/kubernetes.md: base image, proxies, pushing)
+IMAGE ?= mlstage:dev
+image:
+	buildah bud -t $(IMAGE) -f Containerfile .
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist

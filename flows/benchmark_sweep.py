@@ -1,6 +1,6 @@
 """benchmark-sweep: models x datasets; every model starts as soon as its own data is staged.
 
-preprocess (each distinct dataset once; thread pool or Dask) -> stage (all concurrently; in
+preprocess (each distinct dataset once; thread pool, or a Dask subflow) -> stage (all concurrently; in
 this process preprocess stages its own output, so only a Dask run has stage tasks) -> run each
 model the moment its own dataset is ready: in this process, or as its own run-benchmark
 deployment run (its own pod) -> summary table + progress artifacts
@@ -15,6 +15,7 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from prefect import flow, get_run_logger
@@ -28,7 +29,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import opaque
 
-from flows._dask import dask_problems, preprocess_runner, submit_preprocess
+from flows._dask import dask_problems, submit_preprocess
 from flows._workspace import using_blocks, workspace
 from flows.artifacts import best_effort
 from flows.outcomes import model_outcome
@@ -46,12 +47,18 @@ T = TypeVar("T")
 
 
 def summarize(ws: Workspace, outcomes: list[RunOutcome], started_at: float) -> list[dict[str, Any]]:
-    """One row per model: what it consumed (from the state DB), when its data was ready, its score."""
+    """One row per model: what it consumed (from the state DB), where those bytes came from,
+    when its data was ready (on its own node for a ``launch: deployment`` model), its score."""
     rows = []
     recorded = ws.state.runs_by_id([o.run_id for o in outcomes if o.run_id != "-"])
     for o in outcomes:
         lineage = recorded.get(o.run_id)
-        r = o.ready
+        if o.ready is not None:
+            ready_at: float | None = o.ready.ready_at
+        elif lineage and lineage.staged_at:  # staged by its own run, maybe on another node
+            ready_at = datetime.fromisoformat(lineage.staged_at).timestamp()
+        else:
+            ready_at = None
         rows.append(
             {
                 "model": o.model,
@@ -61,8 +68,13 @@ def summarize(ws: Workspace, outcomes: list[RunOutcome], started_at: float) -> l
                 "cache": None
                 if not lineage or lineage.cache_hit is None
                 else ("hit" if lineage.cache_hit else "miss"),
+                "data_from": lineage.data_from if lineage else None,
                 "bytes_staged": (lineage.bytes_fetched or 0) if lineage else 0,
-                "ready_s": round(r.ready_at - started_at, 2) if r else None,
+                "bytes_from_shared": lineage.bytes_from_shared if lineage else None,
+                "bytes_from_recipe": lineage.bytes_from_recipe if lineage else None,
+                "bytes_from_cache": lineage.bytes_from_cache if lineage else None,
+                "node": lineage.node if lineage else None,
+                "ready_s": round(ready_at - started_at, 2) if ready_at is not None else None,
                 "status": o.status,
                 "score": o.metrics.get("score"),
                 "error": scrub_text(o.error) if o.error else None,
@@ -100,6 +112,23 @@ def benchmark_sweep(
     """Preprocess each distinct dataset once, stage all concurrently, run each model when its data is ready.
 
     A model that fails is reported in the summary and the run's final message; the others go on.
+
+    Args:
+        sweep: The models and the datasets they read. Each dataset is preprocessed once; each
+            model starts as soon as its own data is staged (and its slots are free).
+        dask_address: Address of a running dask.distributed scheduler, e.g.
+            tcp://scheduler:8786: preprocessing then runs as a subflow on its workers (which
+            need PREFECT_API_URL and the same MLSTAGE settings or blocks). Empty: in this flow
+            run's own process.
+        shared_block: Name of a saved mlstage-shared-tier block: the shared tier artifacts
+            are published to and staged from. Empty: MLSTAGE_SHARED on the worker (default:
+            a folder under MLSTAGE_HOME).
+        cache_block: Name of a saved mlstage-cache-settings block: this node's cache
+            folder, size limit and transfer workers. Empty: the worker's MLSTAGE_CACHE_DIR
+            (default: a folder under MLSTAGE_HOME).
+        clearml_block: Name of a saved mlstage-clearml-credentials block, used where a
+            clearml:// dataset is resolved. Empty: the ClearML SDK's own configuration. Passed on, like the other
+            two blocks, to the run-benchmark runs of launch=deployment models.
     """
     problems = validate_sweep(sweep) + dask_problems(dask_address)
     if problems:
@@ -108,7 +137,7 @@ def benchmark_sweep(
             "moved):\n- " + "\n- ".join(problems)
         )
     blocks = child_blocks(shared_block, cache_block, clearml_block)
-    with using_blocks(shared_block, cache_block), preprocess_runner(dask_address) as cpu:
+    with using_blocks(shared_block, cache_block):
         ws = workspace()
         started_at = time.time()
         steps: Finished[Step] = Finished()
@@ -117,7 +146,12 @@ def benchmark_sweep(
             if d.name in wanted:
                 stages_here = any(waits_for_staging(m) for m in sweep.models if m.dataset == d.name)
                 future = submit_preprocess(
-                    cpu, d, shared_block, clearml_block, cache_block, stage_here=stages_here
+                    dask_address,
+                    d,
+                    shared_block,
+                    clearml_block,
+                    cache_block,
+                    stage_here=stages_here,
                 )
                 steps.add(future, Step("preprocess", d.name))
         record = ws.state.start_sweep(

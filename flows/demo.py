@@ -77,7 +77,17 @@ def print_table(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="mlstage demo: benchmark-sweep")
-    cols = ["model", "dataset", "version", "cache", "bytes_staged", "ready_s", "score", "status"]
+    cols = [
+        "model",
+        "dataset",
+        "version",
+        "cache",
+        "data_from",
+        "bytes_staged",
+        "ready_s",
+        "score",
+        "status",
+    ]
     for c in cols:
         table.add_column(
             c, justify="right" if c in ("bytes_staged", "ready_s", "score") else "left"

@@ -27,7 +27,23 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """One model on one artifact: by id (as benchmark-sweep launches it) or from a DatasetSpec.
 
-    ``clearml_block`` configures the ClearML SDK where a ``clearml://`` dataset is resolved.
+    Args:
+        model: The model to run: its entrypoint and parameters; with slots, it waits for that
+            many free slots of this node's capacity (docs/prefect.md).
+        artifact_id: Id of an artifact already on the shared tier (what benchmark-sweep
+            passes). Give this or dataset, not both.
+        dataset: A dataset to resolve, preprocess and publish first (skipped when its artifact
+            exists). Give this or artifact_id, not both.
+        sweep_id: The mlstage sweep id this run belongs to (set by benchmark-sweep; empty
+            when started by hand).
+        shared_block: Name of a saved mlstage-shared-tier block: the shared tier artifacts
+            are published to and staged from. Empty: MLSTAGE_SHARED on the worker (default:
+            a folder under MLSTAGE_HOME).
+        cache_block: Name of a saved mlstage-cache-settings block: this node's cache
+            folder, size limit and transfer workers. Empty: the worker's MLSTAGE_CACHE_DIR
+            (default: a folder under MLSTAGE_HOME).
+        clearml_block: Name of a saved mlstage-clearml-credentials block, used where a
+            clearml:// dataset is resolved. Empty: the ClearML SDK's own configuration.
     """
     problems = validate_models([model])
     if (artifact_id is None) == (dataset is None):

@@ -19,7 +19,18 @@ def stage_datasets(
     shared_block: str | None = None,
     cache_block: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Stage every artifact (each once, all at the same time) into this node's cache."""
+    """Stage every artifact (each once, all at the same time) into this node's cache.
+
+    Args:
+        artifact_ids: Ids of artifacts on the shared tier (preprocess-dataset returns them;
+            mlstage lineage runs lists them). Repeated ids are staged once.
+        shared_block: Name of a saved mlstage-shared-tier block: the shared tier artifacts
+            are published to and staged from. Empty: MLSTAGE_SHARED on the worker (default:
+            a folder under MLSTAGE_HOME).
+        cache_block: Name of a saved mlstage-cache-settings block: this node's cache
+            folder, size limit and transfer workers. Empty: the worker's MLSTAGE_CACHE_DIR
+            (default: a folder under MLSTAGE_HOME).
+    """
     with using_blocks(shared_block, cache_block):
         futures = [
             stage_task.submit(opaque(find_task.submit(a))) for a in dict.fromkeys(artifact_ids)

@@ -19,6 +19,7 @@ from prefect.states import State
 
 from flows._workspace import load_secret, workspace
 from flows.outcomes import shown_in_ui
+from flows.slots import model_slots
 from mlstage import pipeline
 from mlstage.specs import ModelSpec
 
@@ -27,9 +28,12 @@ from mlstage.specs import ModelSpec
 def run_streaming_task(
     model: ModelSpec, prepared: pipeline.Prepared, sweep_id: str | None = None
 ) -> pipeline.RunOutcome | State[pipeline.RunOutcome]:
-    """Start the model on its first staged object while the rest lands; record the run."""
-    return shown_in_ui(
-        pipeline.run_streaming(
+    """Start the model on its first staged object while the rest lands; record the run.
+
+    With ``slots`` it first waits for that many of this node's (staging starts with the run).
+    """
+    with model_slots(model):
+        outcome = pipeline.run_streaming(
             workspace(),
             model,
             prepared,
@@ -37,4 +41,4 @@ def run_streaming_task(
             flow_run_id=flow_run.get_id(),
             resolve_secret=load_secret,
         )
-    )
+    return shown_in_ui(outcome)

@@ -13,6 +13,7 @@ from prefect.states import State
 from flows._workspace import clearml_configured, load_secret, workspace
 from flows.artifacts import best_effort, publish_consumption
 from flows.outcomes import shown_in_ui
+from flows.slots import model_slots
 from mlstage import pipeline
 from mlstage.errors import RunError
 from mlstage.sources import scheme_of
@@ -59,16 +60,18 @@ def run_task(
 ) -> pipeline.RunOutcome | State[pipeline.RunOutcome]:
     """Run one model on its staged data, record what it consumed, and show it in the UI
     (a failed model's task run ends Failed, with its outcome: see ``flows.outcomes``). Its
-    ``secrets`` are loaded from their Secret blocks here, right before it starts."""
+    ``secrets`` are loaded from their Secret blocks here, right before it starts; with
+    ``slots`` it first waits for that many of this node's (``flows.slots``)."""
     ws = workspace()
-    outcome = pipeline.run(
-        ws,
-        model,
-        ready,
-        sweep_id=sweep_id,
-        flow_run_id=flow_run.get_id(),
-        resolve_secret=load_secret,
-    )
+    with model_slots(model):  # its data is staged: only the run itself holds the slots
+        outcome = pipeline.run(
+            ws,
+            model,
+            ready,
+            sweep_id=sweep_id,
+            flow_run_id=flow_run.get_id(),
+            resolve_secret=load_secret,
+        )
     best_effort(
         f"{model.name}: consumption artifact not published",
         publish_consumption,

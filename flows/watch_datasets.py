@@ -18,7 +18,14 @@ from mlstage.watch import WATCHLIST_ENV, WatchList, configured_watchlist, watch,
 
 @flow(name="watch-datasets", log_prints=True)
 def watch_datasets(watchlist: str | None = None, confirm: bool = True) -> dict[str, Any]:
-    """One pass over the watch list (path; default $MLSTAGE_WATCHLIST): emit one event per change."""
+    """One pass over the watch list: emit one mlstage.dataset.changed event per settled change.
+
+    Args:
+        watchlist: Path of the watch list (YAML) on the worker. Empty: MLSTAGE_WATCHLIST, else
+            watchlist.yaml under MLSTAGE_HOME; with neither, the pass watches nothing.
+        confirm: Announce a change only once its fingerprint has been stable for the entry's
+            settle_seconds (off: announce at first sight).
+    """
     logger = get_run_logger()
     path = configured_watchlist(watchlist)
     if path is None:  # deployed by `prefect deploy --all` before anything is watched

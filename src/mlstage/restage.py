@@ -10,11 +10,10 @@ restage-dataset flow wraps ``restage`` and emits the events.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from sqlmodel import col, select
+from typing import Any, Literal, Protocol, TypeVar
 
 from mlstage import pipeline
 from mlstage.cache import LocalCache
@@ -23,15 +22,27 @@ from mlstage.redact import MASK
 from mlstage.specs import ModelSpec, SecretResolver
 from mlstage.state import StateStore
 from mlstage.state.claims import DEFAULT_LEASE_SECONDS, Coordination, default_owner
-from mlstage.state.models import BenchmarkRun, Consumption, Dataset, DatasetVersion
 from mlstage.watch import WatchEntry
 
 LOCAL = "local"
+T = TypeVar("T")
+
+
+class StepRunner(Protocol):
+    """Runs one named step of a restage (``fn``) and returns what it returns: a flow runs
+    each as its own task run, so the UI shows the steps; plain callers just call it."""
+
+    def __call__(self, name: str, fn: Callable[[], T], /) -> T: ...
+
+
+def run_inline(name: str, fn: Callable[[], T], /) -> T:
+    """The default StepRunner: call the step."""
+    return fn()
 
 
 @dataclass(frozen=True)
 class StaleRun:
-    """The latest run of a benchmark (model, entrypoint, params) on an older version."""
+    """The latest run of a benchmark (a model on a dataset), on a superseded version."""
 
     run_id: str
     model: str
@@ -39,6 +50,7 @@ class StaleRun:
     params: dict[str, Any]
     consumed_version: str
     status: str
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,29 +88,25 @@ class RestageResult:
         return out
 
 
-def stale_benchmarks(store: StateStore, dataset: str, current: str) -> list[StaleRun]:
-    """The benchmarks of ``dataset`` whose latest run consumed a version other than ``current``.
+def stale_benchmarks(store: StateStore, dataset: str) -> list[StaleRun]:
+    """The benchmarks of ``dataset`` whose latest run consumed a superseded version.
 
-    A benchmark is a (model, entrypoint, params); only its latest run counts, so a run that
-    was already re-run on ``current`` is not listed again, and re-running never duplicates.
+    The one definition of stale (``StateStore.stale_runs``, as ``mlstage lineage stale``
+    lists them): a benchmark is a model on the dataset and only its latest run counts, so a
+    run already re-run on the current version is not listed again, and re-running never
+    duplicates.
     """
-    with store.session() as s:
-        q = (
-            select(BenchmarkRun, DatasetVersion.fingerprint)
-            .join(Consumption, Consumption.run_id == BenchmarkRun.id)
-            .join(DatasetVersion, DatasetVersion.id == Consumption.version_id)
-            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
-            .where(Dataset.name == dataset)
-            .order_by(col(BenchmarkRun.started_at))
-        )
-        latest: dict[tuple[str, str, str], tuple[BenchmarkRun, str]] = {}
-        for run, fingerprint in s.exec(q):
-            key = (run.model, run.entrypoint, json.dumps(run.params or {}, sort_keys=True))
-            latest[key] = (run, fingerprint)
     return [
-        StaleRun(run.id, run.model, run.entrypoint, dict(run.params or {}), fp, run.status)
-        for run, fp in latest.values()
-        if fp != current
+        StaleRun(
+            r.run_id,
+            r.model,
+            r.entrypoint or "",
+            dict(r.params),
+            r.version or "",
+            r.status,
+            dict(r.metrics),
+        )
+        for r in store.stale_runs(dataset)
     ]
 
 
@@ -146,6 +154,7 @@ def restage(
     flow_run_id: str | None = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     resolve_secret: SecretResolver | None = None,
+    step: StepRunner = run_inline,
 ) -> RestageResult:
     """Preprocess, publish and warm ``version`` of ``entry``'s dataset; list stale benchmarks
     and, when asked (``rerun_stale`` or the entry's option), re-run them on it.
@@ -156,7 +165,8 @@ def restage(
     ``duplicate``: another caller claimed this version. ``superseded``: the source moved on
     since the change was announced (the watcher announces the newer version in turn). The
     claim is renewed while the work runs; another caller takes it over only when it was not
-    renewed for ``lease_seconds`` (this process died).
+    renewed for ``lease_seconds`` (this process died). ``step`` runs each step (resolve,
+    preprocess, warm-caches, find-stale, one rerun-MODEL per re-run) while the claim is held.
     """
     name = entry.name
     owner = owner or default_owner()
@@ -166,7 +176,7 @@ def restage(
     try:
         with coord.hold(name, version, owner=owner, lease_seconds=lease_seconds):
             result, detail = _restage_claimed(
-                ws, entry, version, rerun_stale, flow_run_id, resolve_secret
+                ws, entry, version, rerun_stale, flow_run_id, resolve_secret, step
             )
     except BaseException as exc:
         coord.finish(name, version, "failed", f"{type(exc).__name__}: {exc}"[:2000], owner=owner)
@@ -183,17 +193,21 @@ def _restage_claimed(
     rerun_stale: bool | None,
     flow_run_id: str | None,
     resolve_secret: SecretResolver | None,
+    step: StepRunner = run_inline,
 ) -> tuple[RestageResult, str | None]:
     """The work ``restage`` does once it holds the claim; the result and the claim's detail."""
     name = entry.name
-    resolved = pipeline.resolve(ws, entry.dataset)
+    resolved = step("resolve", lambda: pipeline.resolve(ws, entry.dataset))
     if resolved.version != version:
         return RestageResult(name, version, "superseded"), f"source is now at {resolved.version}"
     # warming this node's cache is staging it here: from the recipe's output, no read back
-    prepared = pipeline.preprocess(ws, resolved, stage_here=LOCAL in entry.warm_caches)
+    prepared = step(
+        "preprocess",
+        lambda: pipeline.preprocess(ws, resolved, stage_here=LOCAL in entry.warm_caches),
+    )
     result = RestageResult(name, version, "restaged", prepared.artifact.artifact_id)
-    result.warmed, ready = warm(ws, prepared, entry.warm_caches)
-    result.stale = stale_benchmarks(ws.state, name, version)
+    result.warmed, ready = step("warm-caches", lambda: warm(ws, prepared, entry.warm_caches))
+    result.stale = step("find-stale", lambda: stale_benchmarks(ws.state, name))
     if result.stale and (entry.rerun_stale if rerun_stale is None else rerun_stale):
         for s in result.stale:
             why = masked_reason(s)
@@ -212,10 +226,36 @@ def _restage_claimed(
                 why = "its params come from Secret blocks, and this caller cannot load them"
                 result.not_rerun.append((s, why))
                 continue
-            ready = ready or pipeline.stage(ws, prepared)
-            result.reran.append(
-                pipeline.run(
+
+            def rerun(model: ModelSpec = model) -> pipeline.RunOutcome:
+                nonlocal ready
+                ready = ready or pipeline.stage(ws, prepared)
+                return pipeline.run(
                     ws, model, ready, flow_run_id=flow_run_id, resolve_secret=resolve_secret
                 )
-            )
+
+            result.reran.append(step(f"rerun-{s.model}", rerun))
     return result, None
+
+
+def rerun_table(result: RestageResult) -> list[dict[str, Any]]:
+    """One row per stale benchmark: the version and score it had, and what its re-run on the
+    new version scored (or why it was not re-run)."""
+    reran = {r.model: r for r in result.reran}
+    skipped = {s.run_id: why for s, why in result.not_rerun}
+    rows = []
+    for s in result.stale:
+        r = reran.get(s.model)
+        rows.append(
+            {
+                "model": s.model,
+                "stale_run": s.run_id,
+                "consumed_version": s.consumed_version[:12],
+                "score_before": s.metrics.get("score"),
+                "rerun": r.run_id if r else None,
+                "rerun_status": r.status if r else skipped.get(s.run_id, "not re-run"),
+                "score_now": r.metrics.get("score") if r else None,
+                "version_now": result.version[:12],
+            }
+        )
+    return rows

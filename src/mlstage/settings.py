@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=16, ge=1, le=256, description="Concurrent object transfers per staging."
     )
+    slot_limit: str | None = Field(
+        default=None,
+        description="The Prefect global concurrency limit whose slots models with slots > 0 "
+        "hold while they run (this node's capacity, e.g. its GPUs); default: "
+        "mlstage-slots- and this node's hostname. The same name on several nodes makes one "
+        "capacity for all of them (a pool).",
+    )
     part_size: int = Field(
         default=16 * 1024 * 1024,
         ge=1024 * 1024,

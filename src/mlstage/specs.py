@@ -1,5 +1,8 @@
 """The user's inputs, as pydantic models (the Prefect UI renders them as forms).
 
+Every field has a description, shown under it in the UI's run form: plain text without angle
+brackets (the UI drops anything written like an HTML tag), placeholders in CAPITALS.
+
 A spec is what a flow run is given, so Prefect's own database stores it as the run's
 parameters: a model's secrets are therefore never in its spec, only the names of the Prefect
 Secret blocks that hold them (``ModelSpec.secrets``), loaded when the model starts.
@@ -34,12 +37,21 @@ def _check_name(v: str) -> str:
 
 
 class RecipeSpec(BaseModel):
-    """How to preprocess a dataset: ``shard``, ``identity`` or a user function ``module:function``."""
+    """How a dataset is preprocessed, once, before it is staged."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(default="shard", description="shard, identity, or module:function")
-    params: dict[str, Any] = Field(default_factory=dict, description="Recipe parameters.")
+    name: str = Field(
+        default="shard",
+        description="shard (pack the files into tar shards), identity (publish them as they "
+        "are), or module:function, a recipe of your own called as fn(input_dir, output_dir, "
+        "**params); its module must import on the worker (docs/prefect.md).",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description='The recipe\'s parameters, e.g. {"target_bytes": 67108864} for shard '
+        "(bytes a shard holds). A change makes a new artifact.",
+    )
 
 
 class DatasetSpec(BaseModel):
@@ -47,11 +59,21 @@ class DatasetSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Unique name; the resource id is mlstage.dataset.<name>.")
-    uri: str = Field(
-        description="s3://bucket/prefix, https://host/shard-{000..009}.tar, clearml://..., or a folder"
+    name: str = Field(
+        description="Unique name in the sweep: letters, digits, '_', '.', '-'. The state DB "
+        "keeps its versions under it; its events name the resource mlstage.dataset.NAME."
     )
-    recipe: RecipeSpec = Field(default_factory=RecipeSpec)
+    uri: str = Field(
+        description="Where it is read from: s3://bucket/prefix/, a folder on the worker "
+        "(/data/x), https://host/shard-{000..009}.tar, or clearml://DATASET_ID. No "
+        "credentials in it: S3 keys come from the environment or an mlstage-s3-credentials "
+        "block."
+    )
+    recipe: RecipeSpec = Field(
+        default_factory=RecipeSpec,
+        description="How it is preprocessed once, on CPU, before any model reads it "
+        "(default: shard).",
+    )
 
     _name = field_validator("name")(_check_name)
 
@@ -79,16 +101,22 @@ class ModelSpec(BaseModel):
 
     Its secrets (an API token, a database password) are not parameters: ``secrets`` names,
     per parameter, the Prefect Secret block that holds the value, loaded right before the
-    entrypoint is called and never recorded (the state DB records ``secret:<block>``).
+    entrypoint is called and never recorded (the state DB records secret:BLOCK).
     """
 
     # an error must not repeat the input: it may be a secret put in the wrong place
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    name: str
-    dataset: str = Field(description="The name of a dataset in the sweep.")
+    name: str = Field(
+        description="Unique name in the sweep: letters, digits, '_', '.', '-'. A benchmark is "
+        "this name on its dataset: its latest run is the one staleness looks at."
+    )
+    dataset: str = Field(description="The name of one of the sweep's datasets: its data.")
     entrypoint: str = Field(
-        description="module:function called with data_dir=..., or a command containing {data_dir}"
+        description="module:function, called as fn(data_dir=PATH, **params) and returning a "
+        "dict of metrics; its module must import on the worker that runs the model "
+        "(docs/prefect.md). Or a command containing {data_dir}, e.g. python train.py "
+        "--data {data_dir}; its last output line may be a JSON object of metrics."
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
@@ -102,15 +130,29 @@ class ModelSpec(BaseModel):
     )
     launch: Literal["inline", "deployment"] = Field(
         default="inline",
-        description="inline: a subflow in the sweep's process; deployment: its own run-benchmark run (own pod).",
+        description="inline: a task of the sweep, in the sweep's process; deployment: its own "
+        "run-benchmark flow run (its own process or pod), which stages the data on its node.",
     )
     deployment: str | None = Field(
         default=None,
-        description="launch=deployment: run it as run-benchmark/<deployment>; default: the "
-        "sweep's own deployment name (benchmark-sweep/k8s -> run-benchmark/k8s), else default.",
+        description="For launch=deployment: the model runs as run-benchmark/NAME with this "
+        "NAME. Empty: the name of the sweep's own deployment (benchmark-sweep/k8s starts "
+        "run-benchmark/k8s), else default.",
     )
     start: Literal["ready", "first-shard"] = Field(
-        default="ready", description="Start when the data is complete, or on the first shard."
+        default="ready",
+        description="ready: start once the whole dataset is staged; first-shard: start on the "
+        "first staged object while the rest arrives (a module:function with a stream "
+        "parameter, or a command with {ready_list}; others wait for the whole dataset).",
+    )
+    slots: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="How many of its node's slots (e.g. GPUs) the model holds while it runs; "
+        "it waits, shown as AwaitingSlot, until that many are free. The capacity is the "
+        "Prefect global concurrency limit mlstage-slots-HOSTNAME (or MLSTAGE_SLOT_LIMIT): "
+        "prefect gcl create mlstage-slots-HOSTNAME --limit 2. 0: it waits for nothing.",
     )
 
     _name = field_validator("name")(_check_name)
@@ -209,9 +251,21 @@ class SweepSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    name: str = Field(default="sweep")
-    datasets: list[DatasetSpec] = Field(min_length=1)
-    models: list[ModelSpec] = Field(min_length=1)
+    name: str = Field(
+        default="sweep",
+        description="A name for this sweep: the state DB records it, and its artifacts are "
+        "keyed by it (sweep-NAME-summary, sweep-NAME-progress).",
+    )
+    datasets: list[DatasetSpec] = Field(
+        min_length=1,
+        description="The datasets the models read: each is resolved, preprocessed and "
+        "published once, however many models read it.",
+    )
+    models: list[ModelSpec] = Field(
+        min_length=1,
+        description="The models to run: each starts as soon as its own dataset is staged "
+        "(and, with slots, once its node has them free).",
+    )
 
     @model_validator(mode="after")
     def _references(self) -> SweepSpec:

@@ -180,6 +180,13 @@ def test_preprocessing_here_leaves_nothing_to_stage(
     # each dataset was staged once, by its preprocess (a miss that brought its bytes)
     assert {r["cache"] for r in rows.values()} == {"miss"}
     assert all(r["bytes_staged"] > 0 for r in rows.values())
+    # and the row says where those bytes came from: the recipe's output, on this node
+    for r in rows.values():
+        assert r["data_from"] == "recipe output on this node"
+        assert r["bytes_from_recipe"] == r["bytes_staged"] and r["bytes_from_shared"] == 0
+    again = {r["model"]: r for r in benchmark_sweep(sweep)}
+    assert {(r["cache"], r["data_from"]) for r in again.values()} == {("hit", "cache")}
+    assert all(r["bytes_from_cache"] > 0 and r["ready_s"] is not None for r in again.values())
     names = task_run_names(prefect_api.api_url, str(state.state_details.flow_run_id), 4)
     assert names == ["preprocess", "preprocess", "run-model", "run-model"]
 

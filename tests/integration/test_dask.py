@@ -1,4 +1,5 @@
-"""preprocess-dataset on a dask.distributed cluster with separate worker processes."""
+"""Preprocessing on a dask.distributed cluster with separate worker processes, the Prefect way:
+a ``preprocess-on-dask`` subflow whose task runner is ``DaskTaskRunner(address=...)``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mlstage.specs import DatasetSpec, RecipeSpec
 from mlstage.testing.workloads import make_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]
+COUNT = "mlstage.testing.workloads:count_files"
 
 
 @pytest.fixture(autouse=True)
@@ -23,10 +25,32 @@ def fresh_workspace() -> Iterator[None]:
     reset_workspace()
 
 
-def test_preprocess_runs_on_dask_worker_processes(home: Path, prefect_api, tmp_path: Path) -> None:
-    from distributed import Client, LocalCluster
+def subflow_runs(api_url: str, parent_flow_run_id: str) -> list[dict]:
+    """The preprocess-on-dask flow runs started under ``parent_flow_run_id`` (by its tasks)."""
+    import httpx
 
+    tasks = httpx.post(
+        f"{api_url}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": [parent_flow_run_id]}}},
+        timeout=30,
+    ).json()
+    runs = httpx.post(
+        f"{api_url}/flow_runs/filter",
+        json={"flow_runs": {"parent_task_run_id": {"any_": [t["id"] for t in tasks]}}},
+        timeout=30,
+    ).json()
+    return runs
+
+
+def test_preprocess_runs_on_dask_worker_processes(home: Path, prefect_api, tmp_path: Path) -> None:
+    import httpx
+    from distributed import Client, LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    from flows._dask import on_dask
+    from flows.benchmark_sweep import benchmark_sweep
     from flows.preprocess_dataset import preprocess_dataset
+    from mlstage.specs import ModelSpec, SweepSpec
 
     specs = [
         DatasetSpec(
@@ -44,8 +68,23 @@ def test_preprocess_runs_on_dask_worker_processes(home: Path, prefect_api, tmp_p
         Client(cluster) as client,
     ):
         worker_pids = set(client.run(os.getpid).values())
-        rows = preprocess_dataset(specs, dask_address=cluster.scheduler_address)
-        again = preprocess_dataset(specs, dask_address=cluster.scheduler_address)
+        address = cluster.scheduler_address
+        runner = on_dask(address).task_runner
+        assert isinstance(runner, DaskTaskRunner) and runner.address == address
+        state = preprocess_dataset(specs, dask_address=address, return_state=True)
+        rows = state.result()
+        again = preprocess_dataset(specs, dask_address=address)
+        # a sweep preprocesses each dataset in its own subflow on the cluster, then runs its
+        # models here on the published artifacts
+        sweep = SweepSpec(
+            name="on-dask",
+            datasets=[specs[0].model_copy(update={"name": "d"}), specs[1]],
+            models=[
+                ModelSpec(name="md", dataset="d", entrypoint=COUNT),
+                ModelSpec(name="mb", dataset="b", entrypoint=COUNT),
+            ],
+        )
+        sweep_state = benchmark_sweep(sweep, dask_address=address, return_state=True)
 
     assert [r["dataset"] for r in rows] == ["a", "b", "c"]
     assert not any(r["skipped"] for r in rows) and all(r["skipped"] for r in again)
@@ -55,6 +94,16 @@ def test_preprocess_runs_on_dask_worker_processes(home: Path, prefect_api, tmp_p
         assert text.startswith(f"{r['dataset']} ") and "files=6" in text
         ran.append(int(text.split("pid=")[1].split()[0]))
     assert os.getpid() not in ran and set(ran) <= worker_pids
+
+    # the preprocessing was one subflow of preprocess-dataset, and one per dataset of the sweep
+    api = prefect_api.api_url
+    (sub,) = subflow_runs(api, str(state.state_details.flow_run_id))
+    flow = httpx.get(f"{api}/flows/{sub['flow_id']}", timeout=30).json()
+    assert flow["name"] == "preprocess-on-dask" and sub["state_type"] == "COMPLETED"
+    assert sweep_state.is_completed()
+    assert {r["status"] for r in sweep_state.result()} == {"completed"}
+    subs = subflow_runs(api, str(sweep_state.state_details.flow_run_id))
+    assert len(subs) == 2 and {s["state_type"] for s in subs} == {"COMPLETED"}
 
 
 def test_dask_without_a_prefect_server_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 POOL = "mlstage-flows-test"  # its own pool: other tests' scheduled runs never land on this worker
 MINE = ("benchmark-sweep", "run-benchmark", "preprocess-dataset", "stage-datasets")
 COUNT = "mlstage.testing.workloads:count_files"
+SLOTS = "mlstage-slots-deployed-test"  # the worker's capacity: one slot
 
 
 def own_pool(folder: Path) -> Path:
@@ -58,7 +59,9 @@ def deployed(
         env=server.env(),
         check=True,
     )
-    with process_worker(server, POOL, cwd=REPO, env={"MLSTAGE_HOME": str(home)}):
+    server.cli("gcl", "create", SLOTS, "--limit", "1", check=False)  # as docs/prefect.md says
+    worker_env = {"MLSTAGE_HOME": str(home), "MLSTAGE_SLOT_LIMIT": SLOTS}
+    with process_worker(server, POOL, cwd=REPO, env=worker_env):
         server.cli("deploy", "--all", "--prefect-file", str(own_pool(home)), cwd=REPO)
         yield server, home
 
@@ -73,6 +76,14 @@ def deployment_run(server: PrefectServer, name: str, **params: object) -> tuple[
     found = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
     assert found, out
     return proc.returncode, out, found.group(1)
+
+
+def summary_rows(server: PrefectServer, key: str) -> list[dict]:
+    """The newest table artifact ``key``, as rows."""
+    body = {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1}
+    (found,) = httpx.post(f"{server.api_url}/artifacts/filter", json=body, timeout=10).json()
+    data = found["data"]
+    return json.loads(data) if isinstance(data, str) else data
 
 
 def flow_run(server: PrefectServer, run_id: str) -> dict:
@@ -97,11 +108,19 @@ def test_deployed_sweep_runs_each_model_and_records_what_it_consumed(
                 "recipe": {"name": "identity"},
             },
         ],
-        "models": [
-            {"name": "inline-a", "dataset": "a", "entrypoint": COUNT},
-            {"name": "pod-b", "dataset": "b", "entrypoint": COUNT, "launch": "deployment"},
+        "models": [  # each holds the worker's one slot for a second: they take turns
+            {"name": "inline-a", "dataset": "a", "entrypoint": COUNT, "slots": 1},
+            {
+                "name": "pod-b",
+                "dataset": "b",
+                "entrypoint": COUNT,
+                "launch": "deployment",
+                "slots": 1,
+            },
         ],
     }
+    for m in sweep["models"]:
+        m["params"] = {"seconds": 1}
     code, out, run_id = deployment_run(
         server, "benchmark-sweep/default", sweep=sweep, shared_block="test-shared"
     )
@@ -123,6 +142,14 @@ def test_deployed_sweep_runs_each_model_and_records_what_it_consumed(
     # the shared tier came from the block
     assert (home / "block-shared" / "artifacts" / runs["pod-b"].artifact_id).is_dir()
     assert not (home / "shared").exists()
+    # one slot: the sweep's model and the run-benchmark run's never ran at the same time
+    a, b = (runs[m].metrics for m in ("inline-a", "pod-b"))
+    assert a["finished_at"] <= b["started_at"] or b["finished_at"] <= a["started_at"]
+    # the summary says where each model's bytes came from, and when its data was ready
+    summary = {r["model"]: r for r in summary_rows(server, "sweep-deployed-summary")}
+    assert summary["inline-a"]["data_from"] == "recipe output on this node"
+    assert summary["pod-b"]["data_from"] == "shared tier"  # staged by its own run
+    assert summary["pod-b"]["ready_s"] is not None and summary["pod-b"]["ready_s"] > 0
 
 
 def test_a_malformed_sweep_fails_with_one_line_per_problem(

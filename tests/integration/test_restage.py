@@ -27,7 +27,7 @@ from mlstage import pipeline
 from mlstage.settings import get_settings
 from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec
 from mlstage.state import StateStore
-from mlstage.testing.prefect_server import prefect_server, process_worker
+from mlstage.testing.prefect_server import PrefectServer, prefect_server, process_worker
 from mlstage.testing.s3 import S3Endpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ class PrefectStack:
         return r.json()
 
     def restage_runs(self, dataset: str) -> list[dict[str, Any]]:
-        dep = self.api("GET", "/deployments/name/restage-dataset/restage-dataset")
+        dep = self.api("GET", "/deployments/name/restage-dataset/default")
         runs = self.api(
             "POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": [dep["id"]]}}}
         )
@@ -79,13 +79,35 @@ class PrefectStack:
         return self.api("POST", "/events/filter", json=body)["events"]
 
 
+def flow_of(deployment: dict[str, Any]) -> str:
+    """The flow a prefect.yaml deployment runs (its entrypoint's function, dashed)."""
+    return deployment["entrypoint"].split(":")[1].replace("_", "-")
+
+
+def resume_watch(server: PrefectServer) -> None:
+    """What docs/prefect.md tells a user to do once a watch list exists: resume the paused
+    schedule of watch-datasets/default. Until then the deployment starts no runs."""
+    (schedule,) = json.loads(
+        server.cli("deployment", "schedule", "ls", "watch-datasets/default", "-o", "json").stdout
+    )
+    assert schedule["active"] is False
+    dep = httpx.get(f"{server.api_url}/deployments/name/watch-datasets/default", timeout=30)
+    runs = httpx.post(
+        f"{server.api_url}/flow_runs/filter",
+        json={"deployments": {"id": {"any_": [dep.json()["id"]]}}},
+        timeout=30,
+    ).json()
+    assert runs == []  # paused: nothing scheduled, nothing ran
+    server.cli("deployment", "schedule", "resume", "watch-datasets/default", schedule["id"])
+
+
 def _deploy_file(tmp: Path) -> Path:
     """This repo's prefect.yaml, reduced to our deployments, with a short watch interval."""
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    mine = [d for d in doc["deployments"] if d["name"] in ("watch-datasets", "restage-dataset")]
+    mine = [d for d in doc["deployments"] if flow_of(d) in ("watch-datasets", "restage-dataset")]
     for d in mine:
-        if d["name"] == "watch-datasets":
-            d["schedules"] = [{"interval": WATCH_INTERVAL}]
+        if flow_of(d) == "watch-datasets":
+            d["schedules"][0]["interval"] = WATCH_INTERVAL  # still paused, as deployed
     doc["deployments"] = mine
     out = tmp / "prefect.yaml"
     out.write_text(yaml.safe_dump(doc))
@@ -112,6 +134,8 @@ def prefect_stack(
             server.cli(
                 "deploy", "--all", "--prefect-file", str(_deploy_file(tmp)), cwd=REPO, env=world.env
             )
+            time.sleep(6)  # a scheduler loop (5 s here) passes: a paused schedule makes no runs
+            resume_watch(server)
             worker_env = {**world.env, "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
             with process_worker(
                 server, POOL, cwd=REPO, env=worker_env, create_pool=False, log=worker_log
@@ -249,10 +273,31 @@ def test_a_changed_object_restages_and_reruns_the_stale_benchmark(
     run = wait_for_restage(prefect_stack, "polled")
     assert run["parameters"]["version"] == v2 and run["parameters"]["old_version"] == v1
     assert [v.fingerprint for v in store.versions("polled")] == [v1, v2]
-    assert [r.run_id for r in store.stale_runs("polled")] == [old_run.run_id]
+    # re-run on v2: the benchmark is current again; its old run stays in the history view
+    assert store.stale_runs("polled") == []
+    assert [r.run_id for r in store.stale_runs("polled", history=True)] == [old_run.run_id]
     (rerun,) = store.runs_consuming(version=v2)
     assert rerun.model == "logistic" and rerun.status == "completed"
     assert rerun.metrics["samples"] == 13 and rerun.flow_run_id == run["id"]
+
+    # the UI shows each step as a task run, and a table of the re-run scores
+    steps = prefect_stack.api(
+        "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}
+    )
+    names = {s["name"].rsplit("-", 1)[0]: s["state_type"] for s in steps}
+    assert names == {
+        "resolve": "COMPLETED",
+        "preprocess": "COMPLETED",
+        "warm-caches": "COMPLETED",
+        "find-stale": "COMPLETED",
+        "rerun-logistic": "COMPLETED",
+    }
+    (table,) = prefect_stack.api(
+        "POST", "/artifacts/filter", json={"artifacts": {"key": {"any_": ["stale-polled"]}}}
+    )
+    (row,) = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    assert row["rerun"] == rerun.run_id and row["rerun_status"] == "completed"
+    assert row["score_now"] == rerun.metrics["score"] and row["score_before"] is not None
 
     (restaged,) = prefect_stack.events("mlstage.dataset.restaged", "polled")
     assert restaged["payload"]["reran"] == [rerun.run_id]

@@ -65,8 +65,10 @@ def record_run(
     flow_run_id: str | None = None,
     source_uri: str = "s3://bucket/mnist/",
     params: dict | None = None,
+    made_here: bool = False,
 ) -> str:
-    """Resolve -> publish -> stage -> run -> record, as the pipeline does; the run id."""
+    """Resolve -> publish -> stage -> run -> record, as the pipeline does; the run id.
+    ``made_here``: staged from this node's own recipe output (nothing from the shared tier)."""
     v, _ = st.record_version(dataset, fingerprint, source_uri, 3, nbytes)
     assert v.id is not None
     art = st.record_artifact(
@@ -86,6 +88,7 @@ def record_run(
         first_object_seconds=None if hit else 0.25,
         ready_seconds=0.5,
         node="node-a",
+        bytes_from_shared=0 if made_here else None,
     )
     run = st.start_run(
         model=model,
@@ -145,15 +148,42 @@ def test_stale_runs_follow_the_version_seen_last(store: StateStore) -> None:
     on_v1 = record_run(store, fingerprint="1" * 64)
     assert store.stale_runs() == []
 
-    on_v2 = record_run(store, fingerprint="2" * 64)
+    vit_on_v1 = record_run(store, fingerprint="1" * 64, model="vit")
+    on_v2 = record_run(store, fingerprint="2" * 64)  # resnet re-run on v2: current again
     record_run(store, dataset="cifar", fingerprint="c" * 64)  # another dataset, current
     (stale,) = store.stale_runs()
-    assert stale.run_id == on_v1 and stale.latest_version == "2" * 64
+    assert stale.run_id == vit_on_v1 and stale.latest_version == "2" * 64
+    # the history view lists every run on a superseded version, re-run or not
+    assert [r.run_id for r in store.stale_runs(history=True)] == [on_v1, vit_on_v1]
 
-    # the source goes back to v1: now the runs on v2 are the stale ones
+    # the source goes back to v1: now resnet's latest run, on v2, is the stale one
     store.record_version("mnist", "1" * 64, "s3://bucket/mnist/", 3, 1000)
     assert [r.run_id for r in store.stale_runs("mnist")] == [on_v2]
+    assert [r.run_id for r in store.stale_runs("mnist", history=True)] == [on_v2]
     assert store.stale_runs("cifar") == []
+
+
+def test_each_row_says_where_its_bytes_came_from(store: StateStore) -> None:
+    shared = record_run(store, fingerprint="1" * 64)  # fetched from the shared tier
+    hit = record_run(store, fingerprint="2" * 64, hit=True)
+    made_here = record_run(store, fingerprint="3" * 64, made_here=True)
+    rows = {r.run_id: r for r in store.runs()}
+    assert rows[shared].data_from == "shared tier" and rows[shared].bytes_from_shared == 1000
+    assert rows[hit].data_from == "cache" and rows[hit].bytes_from_cache == 1000
+    assert rows[made_here].data_from == "recipe output on this node"
+    assert rows[made_here].bytes_from_recipe == 1000 and rows[made_here].bytes_total == 1000
+    assert all(r.staged_at for r in rows.values())
+
+
+def test_a_benchmark_is_a_model_on_a_dataset(store: StateStore) -> None:
+    """The same model on two datasets is two benchmarks: re-running it on one leaves the
+    other stale; the benchmark's latest run is what counts, whatever its params."""
+    record_run(store, fingerprint="1" * 64, params={"lr": 0.1})
+    on_cifar = record_run(store, dataset="cifar", fingerprint="c" * 64)
+    store.record_version("mnist", "2" * 64, "s3://bucket/mnist/", 3, 1000)
+    store.record_version("cifar", "d" * 64, "s3://bucket/cifar/", 3, 1000)
+    record_run(store, fingerprint="2" * 64, params={"lr": 0.2})  # mnist re-run: current
+    assert [r.run_id for r in store.stale_runs()] == [on_cifar]
 
 
 def test_version_history(store: StateStore) -> None:
@@ -326,7 +356,7 @@ def _assert_first_schema_data(st: StateStore) -> None:
     (v,) = st.versions("mnist")
     assert v.first_seen == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC) == v.last_seen
     # and the upgraded DB takes new records
-    record_run(st, fingerprint="2" * 64, nbytes=3 * GiB)
+    record_run(st, fingerprint="2" * 64, nbytes=3 * GiB, model="vit")
     assert [r.run_id for r in st.stale_runs("mnist")] == ["run1"]
 
 
@@ -481,6 +511,10 @@ def test_cli_lineage_queries_as_json(
     assert [r["run_id"] for r in cli_json("consumers", "--artifact", "a-" + "1" * 64)] == [old]
     (stale,) = cli_json("stale")
     assert stale["run_id"] == old and stale["latest_version"] == "2" * 64
+    assert [r["run_id"] for r in cli_json("stale", "--history")] == [old]
+    rerun = record_run(store, fingerprint="2" * 64, model="resnet")
+    assert cli_json("stale") == []  # resnet's latest run is on the current version
+    assert [r["run_id"] for r in cli_json("stale", "--history")] == [old]
     assert [(v["version"], v["current"]) for v in cli_json("versions", "mnist")] == [
         ("1" * 64, False),
         ("2" * 64, True),
@@ -489,6 +523,6 @@ def test_cli_lineage_queries_as_json(
     table = runner.invoke(app, ["lineage", "runs"])
     assert table.exit_code == 0 and "resnet" in table.output and old[:12] in table.output
     before = runner.invoke(app, ["lineage", "--json", "runs"])  # --json before the subcommand
-    assert {r["run_id"] for r in json.loads(before.output)} == {old, new}
+    assert {r["run_id"] for r in json.loads(before.output)} == {old, new, rerun}
     short = runner.invoke(app, ["lineage", "run", old[:5]])
     assert "6 or more characters" in str(short.exception)

@@ -60,3 +60,26 @@ def test_description_names_version_and_hit() -> None:
     text = consumption_markdown([row(cache_hit=True)])
     assert "mnist" in text and "v" * 12 in text and "cache hit" in text
     assert "no recorded consumption" in consumption_markdown([row(version=None)])
+
+
+def test_every_byte_has_one_origin() -> None:
+    from mlstage.state.store import origins
+
+    made_here = origins(hit=False, total=163840, fetched=163840, shared=0, source=0)
+    assert (made_here.recipe, made_here.shared, made_here.cache) == (163840, 0, 0)
+    assert made_here.words == "recipe output on this node"
+    hit = origins(hit=True, total=1000, fetched=0, shared=0, source=0)
+    assert (hit.cache, hit.words) == (1000, "cache")
+    # objects the cache already held count as cache; the rest came over from the shared tier
+    partial = origins(hit=False, total=1000, fetched=700, shared=700, source=0)
+    assert (partial.shared, partial.cache, partial.recipe) == (700, 300, 0)
+    assert partial.words == "shared tier + cache"
+    assert (
+        origins(hit=False, total=10, fetched=10, shared=4, source=6).words == "source + shared tier"
+    )
+
+
+def test_the_table_says_where_the_bytes_came_from() -> None:
+    (t,) = consumption_table([row(data_from="shared tier", bytes_total=1234)])
+    assert t["data_from"] == "shared tier" and t["bytes_total"] == 1234
+    assert "from shared tier" in consumption_markdown([row(data_from="shared tier")])

@@ -13,9 +13,12 @@ from mlstage.events import DATASET_CHANGED, benchmark_stale, dataset_changed
 REPO = Path(__file__).resolve().parents[2]
 
 
-def deployment(name: str) -> dict:
+def deployment(flow: str) -> dict:
+    """prefect.yaml's deployment of ``flow`` (its entrypoint's function, dashed)."""
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    return next(d for d in doc["deployments"] if d["name"] == name)
+    return next(
+        d for d in doc["deployments"] if d["entrypoint"].split(":")[1].replace("_", "-") == flow
+    )
 
 
 def test_restage_trigger_matches_the_changed_event_and_finds_its_parameters() -> None:
@@ -37,9 +40,12 @@ def test_restage_trigger_matches_the_changed_event_and_finds_its_parameters() ->
     assert set(rendered) <= set(restage_dataset.parameters.properties)
 
 
-def test_watch_is_scheduled_and_not_doubled_up() -> None:
+def test_watch_is_scheduled_paused_and_not_doubled_up() -> None:
     d = deployment("watch-datasets")
     assert d["schedules"][0]["interval"] > 0
+    # quiet by default: no run every minute before anything is watched (docs/prefect.md says
+    # how to resume it)
+    assert d["schedules"][0]["active"] is False
     assert d["concurrency_limit"]["limit"] == 1
     assert d["work_pool"]["name"] == deployment("restage-dataset")["work_pool"]["name"]
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mlstage import pipeline
-from mlstage.restage import restage, stale_benchmarks
+from mlstage.restage import rerun_table, restage, stale_benchmarks
 from mlstage.settings import get_settings
 from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec
 from mlstage.state.claims import Coordination
@@ -68,7 +69,7 @@ def test_restage_lists_and_reruns_stale_benchmarks_once(
     entry = make_entry(remote, rerun_stale=True, warm_caches=["local", str(extra_cache)])
     old = first_run(ws, entry)
     v2 = change(ws, entry, remote)
-    assert [s.run_id for s in stale_benchmarks(ws.state, "toy", v2)] == [old.run_id]
+    assert [s.run_id for s in stale_benchmarks(ws.state, "toy")] == [old.run_id]
 
     result = restage(ws, entry, v2)
     assert result.status == "restaged" and result.warmed == ["local", str(extra_cache)]
@@ -77,14 +78,42 @@ def test_restage_lists_and_reruns_stale_benchmarks_once(
     assert rerun.status == "completed" and rerun.metrics["samples"] == 24
     assert ws.state.run(rerun.run_id).version == v2
     assert any(extra_cache.rglob("*.tar"))
-    assert [r.run_id for r in ws.state.stale_runs("toy")] == [old.run_id]
-    assert stale_benchmarks(ws.state, "toy", v2) == []  # the re-run is current
+    assert ws.state.stale_runs("toy") == []  # the re-run is current: nothing is stale
+    assert [r.run_id for r in ws.state.stale_runs("toy", history=True)] == [old.run_id]
+    assert stale_benchmarks(ws.state, "toy") == []
     names = [e.event for e in result.events()]
     assert names == ["mlstage.benchmark.stale", "mlstage.dataset.restaged"]
     assert result.events()[-1].payload["reran"] == [rerun.run_id]
 
     assert restage(ws, entry, v2).status == "duplicate"
     assert len(ws.state.runs()) == 2
+
+    (row,) = rerun_table(result)  # the restage flow's table artifact
+    assert (row["stale_run"], row["rerun"], row["rerun_status"]) == (
+        old.run_id,
+        rerun.run_id,
+        "completed",
+    )
+    assert (
+        row["score_before"] == old.metrics["score"] and row["score_now"] == rerun.metrics["score"]
+    )
+
+
+def test_each_restage_step_goes_through_the_step_runner(
+    ws: pipeline.Workspace, remote: Path
+) -> None:
+    """The restage-dataset flow passes a runner that makes each step a Prefect task run."""
+    entry = make_entry(remote, rerun_stale=True)
+    first_run(ws, entry)
+    v2 = change(ws, entry, remote)
+    seen: list[str] = []
+
+    def step(name: str, fn: Any) -> Any:
+        seen.append(name)
+        return fn()
+
+    assert restage(ws, entry, v2, step=step).status == "restaged"
+    assert seen == ["resolve", "preprocess", "warm-caches", "find-stale", "rerun-m"]
 
 
 def test_restage_without_rerun_only_lists(ws: pipeline.Workspace, remote: Path) -> None:

@@ -22,6 +22,7 @@ RUN_COLUMNS = [
     "version",
     "artifact_id",
     "cache_hit",
+    "data_from",
     "bytes_fetched",
     "status",
     "metrics",
@@ -120,11 +121,22 @@ def consumers(
 @app.command("stale")
 def stale(
     ctx: typer.Context,
-    dataset: str | None = typer.Option(None),
+    dataset: str | None = typer.Option(None, help="Only this dataset."),
+    history: bool = typer.Option(
+        False,
+        "--history",
+        help="Every run that consumed a superseded version, including benchmarks re-run since.",
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Runs whose dataset has a newer version than the one they consumed."""
-    _rows(_store().stale_runs(dataset), _json(ctx, as_json), "stale runs", STALE_COLUMNS)
+    """Stale benchmarks: the latest run of a model on a dataset consumed a superseded version.
+
+    Superseded: not the dataset's current version (the one a resolve saw last). The
+    restage-dataset flow re-runs exactly these.
+    """
+    rows = _store().stale_runs(dataset, history=history)
+    title = "runs on superseded versions" if history else "stale benchmarks (latest runs)"
+    _rows(rows, _json(ctx, as_json), title, STALE_COLUMNS)
 
 
 @app.command("versions")

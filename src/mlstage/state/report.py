@@ -16,9 +16,13 @@ CONSUMPTION_COLUMNS = [
     "artifact",
     "cache_hit",
     "node",
+    "data_from",
+    "bytes_total",
     "bytes_fetched",
     "bytes_from_shared",
     "bytes_from_source",
+    "bytes_from_recipe",
+    "bytes_from_cache",
     "first_object_s",
     "ready_s",
     "run_id",
@@ -41,9 +45,13 @@ def consumption_table(rows: Sequence[LineageRow]) -> list[dict[str, Any]]:
             "artifact": r.artifact_id,
             "cache_hit": r.cache_hit,
             "node": r.node,
+            "data_from": r.data_from,
+            "bytes_total": r.bytes_total,
             "bytes_fetched": r.bytes_fetched,
             "bytes_from_shared": r.bytes_from_shared,
             "bytes_from_source": r.bytes_from_source,
+            "bytes_from_recipe": r.bytes_from_recipe,
+            "bytes_from_cache": r.bytes_from_cache,
             "first_object_s": _seconds(r.first_object_seconds),
             "ready_s": _seconds(r.ready_seconds),
             "run_id": r.run_id,
@@ -69,7 +77,8 @@ def consumption_markdown(rows: Sequence[LineageRow]) -> str:
         return "This run has no recorded consumption."
     parts = [
         f"`{r.dataset}` version `{(r.version or '')[:12]}` via artifact "
-        f"`{(r.artifact_id or '')[:12]}` ({'cache hit' if r.cache_hit else 'fetched'})"
+        f"`{(r.artifact_id or '')[:12]}` ({'cache hit' if r.cache_hit else 'fetched'}, "
+        f"from {r.data_from or 'nothing recorded'})"
         for r in rows
     ]
     return f"Run `{rows[0].run_id}` of model `{rows[0].model}` consumed " + "; ".join(parts) + "."

@@ -71,6 +71,14 @@ class LineageRow:
     ready_seconds: float | None = None
     stall_seconds: float | None = None
     latest_version: str | None = None
+    entrypoint: str | None = None
+    # where the consumed bytes came from (see ``origins``): the artifact's size, split by
+    # origin, and in words
+    bytes_total: int | None = None
+    bytes_from_cache: int | None = None
+    bytes_from_recipe: int | None = None
+    data_from: str | None = None
+    staged_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (what ``--json`` prints)."""
@@ -95,6 +103,42 @@ class VersionRow:
         return asdict(self)
 
 
+CACHE, SHARED, SOURCE, RECIPE = "cache", "shared tier", "source", "recipe output on this node"
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Where a staging's bytes came from: its artifact's bytes, each counted once."""
+
+    cache: int
+    shared: int
+    source: int
+    recipe: int
+
+    @property
+    def words(self) -> str:
+        """The origins in words, largest first: ``shared tier``, ``cache + shared tier``..."""
+        parts = [(self.recipe, RECIPE), (self.shared, SHARED), (self.source, SOURCE)]
+        parts.append((self.cache, CACHE))
+        named = [name for n, name in sorted(parts, key=lambda p: -p[0]) if n > 0]
+        return " + ".join(named) or CACHE
+
+
+def origins(*, hit: bool, total: int | None, fetched: int, shared: int, source: int) -> Origins:
+    """Split a staging of an artifact of ``total`` bytes by origin.
+
+    A hit read it all from this node's cache. A miss moved ``fetched`` bytes onto the node:
+    ``shared`` from the shared tier, ``source`` from the source, and the rest from the recipe's
+    output on this node (preprocessed here and filed into the cache, nothing read back); what
+    it did not move (objects the cache already held) came from the cache.
+    """
+    if hit:
+        return Origins(total or 0, 0, 0, 0)
+    recipe = max(0, fetched - shared - source)
+    cache = max(0, (total or 0) - fetched)
+    return Origins(cache, shared, source, recipe)
+
+
 def _id_match(column: Any, value: str) -> ColumnElement[bool]:
     """Equal, or a prefix match for long enough values (tables show ids shortened)."""
     return column.startswith(value) if len(value) >= MIN_ID_PREFIX else column == value
@@ -115,6 +159,26 @@ def _current_versions() -> Any:
         .label("rn"),
     ).subquery()
     return select(ranked.c.id, ranked.c.dataset_id, ranked.c.fingerprint).where(ranked.c.rn == 1)
+
+
+def _latest_runs() -> Any:
+    """Subquery: the id of each benchmark's latest run, a benchmark being a model on a dataset
+    (the runs that consumed a version of it, newest ``started_at`` first)."""
+    ranked = (
+        select(
+            col(BenchmarkRun.id).label("run_id"),
+            func.row_number()
+            .over(
+                partition_by=(BenchmarkRun.model, DatasetVersion.dataset_id),
+                order_by=(col(BenchmarkRun.started_at).desc(), col(BenchmarkRun.id).desc()),
+            )
+            .label("rn"),
+        )
+        .join(Consumption, col(Consumption.run_id) == BenchmarkRun.id)
+        .join(DatasetVersion, col(DatasetVersion.id) == Consumption.version_id)
+        .subquery()
+    )
+    return select(ranked.c.run_id).where(ranked.c.rn == 1)
 
 
 class StateStore:
@@ -379,10 +443,18 @@ class StateStore:
     ) -> list[LineageRow]:
         cur = _current_versions().subquery()
         q = (
-            select(BenchmarkRun, Consumption, DatasetVersion, StageRecord, cur.c.fingerprint)
+            select(
+                BenchmarkRun,
+                Consumption,
+                DatasetVersion,
+                StageRecord,
+                cur.c.fingerprint,
+                col(Artifact.bytes),
+            )
             .outerjoin(Consumption, col(Consumption.run_id) == BenchmarkRun.id)
             .outerjoin(DatasetVersion, col(DatasetVersion.id) == Consumption.version_id)
             .outerjoin(StageRecord, col(StageRecord.id) == Consumption.stage_record_id)
+            .outerjoin(Artifact, col(Artifact.id) == Consumption.artifact_id)
             .outerjoin(cur, cur.c.dataset_id == DatasetVersion.dataset_id)
         )
         for w in where:
@@ -394,7 +466,18 @@ class StateStore:
         if limit:
             q = q.limit(limit)
         out = []
-        for run, c, v, st, latest in s.exec(q):
+        for run, c, v, st, latest, total in s.exec(q):
+            split = (
+                origins(
+                    hit=st.cache_hit,
+                    total=total,
+                    fetched=st.bytes_fetched,
+                    shared=st.bytes_from_shared,
+                    source=st.bytes_from_source,
+                )
+                if st
+                else None
+            )
             out.append(
                 LineageRow(
                     run_id=run.id,
@@ -420,6 +503,12 @@ class StateStore:
                     ready_seconds=st.ready_seconds if st else None,
                     stall_seconds=st.stall_seconds if st else None,
                     latest_version=latest,
+                    entrypoint=run.entrypoint,
+                    bytes_total=total,
+                    bytes_from_cache=split.cache if split else None,
+                    bytes_from_recipe=split.recipe if split else None,
+                    data_from=split.words if split else None,
+                    staged_at=_iso(st.created_at) if st else None,
                 )
             )
         return out
@@ -489,16 +578,22 @@ class StateStore:
         with self.session() as s:
             return self._lineage(s, *where)
 
-    def stale_runs(self, dataset: str | None = None) -> list[LineageRow]:
-        """Runs whose dataset is now at a different version than the one they consumed.
+    def stale_runs(self, dataset: str | None = None, *, history: bool = False) -> list[LineageRow]:
+        """The stale benchmarks: each one whose latest run consumed a superseded version.
 
-        "Now" is the version a resolve saw last, so a source that went back to an older
-        version makes the runs on the newer one stale, not the other way round.
+        A benchmark is a model on a dataset; its latest run is the newest one that consumed a
+        version of that dataset. A version is superseded when it is not the dataset's current
+        one, the version a resolve saw last (so a source that went back to an older version
+        makes the runs on the newer one stale). A benchmark re-run on the current version is
+        not stale, however many older runs it has. ``history``: every run that consumed a
+        superseded version instead, re-run or not.
         """
         where: list[ColumnElement[bool]] = []
         if dataset:
             ds_id = select(Dataset.id).where(Dataset.name == dataset).scalar_subquery()
             where.append(col(DatasetVersion.dataset_id) == ds_id)
+        if not history:
+            where.append(col(BenchmarkRun.id).in_(_latest_runs()))
         with self.session() as s:
             return self._lineage(s, *where, stale_only=True)
 
