@@ -26,6 +26,7 @@ MADE_BY_BENCH = {
     "bench/results/scale.png",
     "bench/results/scale.json",
     "bench/results/sweep.png",
+    "bench/results/cache_lookup.png",
 }
 # [text](target) and ![alt](target); the target up to a space, a closing parenthesis or '#'
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s#]*)(?:#[^)\s]*)?(?:\s[^)]*)?\)")
