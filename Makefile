@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_HOME ?= $(MLSTAGE_HOME)/prefect
 
-.PHONY: demo test lint unit setup bench clean image
+.PHONY: demo test lint docs unit setup bench clean image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ lint: setup
 	$(BIN)/ruff check src flows blocks bench tests
 	$(BIN)/ruff format --check src flows blocks bench tests
 
-test: lint
+# the documentation site (mkdocs.yml): built strictly, into the venv (never committed)
+docs: setup
+	$(BIN)/mkdocs build --strict -q -d $(VENV)/site
+
+test: lint docs
 	$(BIN)/python -m pytest -q
 
 unit: setup
