@@ -30,8 +30,7 @@ def watch_datasets(watchlist: str | None = None, confirm: bool = True) -> dict[s
     path = configured_watchlist(watchlist)
     if path is None:  # deployed by `prefect deploy --all` before anything is watched
         logger.info(
-            "nothing to watch: no watch list at %s (create it, or set %s; see README: "
-            "Re-staging when data changes)",
+            "nothing to watch: no watch list at %s (create it, or set %s; see docs/restaging.md)",
             watchlist_path(),
             WATCHLIST_ENV,
         )

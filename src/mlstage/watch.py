@@ -107,7 +107,7 @@ class WatchList(BaseModel):
             return cls.model_validate(data)
         except (ValueError, TypeError) as exc:  # pydantic, json and yaml errors
             raise ConfigError(
-                f"watch list {p} is malformed: {exc}", hint="see README: Re-staging"
+                f"watch list {p} is malformed: {exc}", hint="see docs/restaging.md"
             ) from exc
 
 

@@ -56,7 +56,7 @@ def test_prefect_version_follows_the_installed_prefect() -> None:
     from packaging.version import Version
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    (req,) = [Requirement(d) for d in project["dependencies"] if d.startswith("prefect")]
+    (req,) = [r for r in map(Requirement, project["dependencies"]) if r.name == "prefect"]
     installed = Version(version("prefect"))
     assert installed in req.specifier and installed >= Version("3.9.1")
     for path in FILES.values():

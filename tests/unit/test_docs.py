@@ -17,8 +17,6 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 README = REPO / "README.md"
 
-# Written on another branch; linked from the nav and the README ahead of their arrival.
-PAGES_TO_COME = {"docs/prefect.md", "docs/kubernetes.md", "docs/streaming.md"}
 # Written by `make bench`; the README and docs/benchmarks.md show and link them.
 MADE_BY_BENCH = {
     "bench/results/report.md",
@@ -89,7 +87,7 @@ def test_every_relative_link_points_to_a_file(page: Path) -> None:
             continue
         path = (page.parent / target).resolve()
         where = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
-        if not path.exists() and where not in PAGES_TO_COME | MADE_BY_BENCH:
+        if not path.exists() and where not in MADE_BY_BENCH:
             broken.append(target)
     assert not broken, f"{page.relative_to(REPO)} links to missing files: {broken}"
 
@@ -105,7 +103,7 @@ def _nav_files(nav: list) -> list[str]:
 def test_the_site_nav_names_every_page_and_only_pages_there_are() -> None:
     config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
     nav = _nav_files(config["nav"])
-    missing = [f for f in nav if not (DOCS / f).is_file() and f"docs/{f}" not in PAGES_TO_COME]
+    missing = [f for f in nav if not (DOCS / f).is_file()]
     assert not missing, f"mkdocs.yml's nav names pages that do not exist: {missing}"
     left_out = config.get("not_in_nav", "").split()
     unlisted = [

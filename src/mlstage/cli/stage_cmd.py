@@ -44,7 +44,7 @@ def stage(
     at: str | None = typer.Option(
         None,
         "--at",
-        help="The version to stage (a fingerprint, or 12+ of its first characters, as "
+        help="The version to stage (a fingerprint, or 6 or more of its first characters, as "
         "printed as 'version'). Held by this node: handed out without listing the source. "
         "Otherwise the source is listed and must still be at that version.",
     ),
