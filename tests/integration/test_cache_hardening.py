@@ -265,3 +265,58 @@ def test_stage_at_a_version_this_node_holds_never_lists_the_source(tmp_path: Pat
     _dataset(src)
     line = _one_line_error(_mlstage("stage", str(src), "--at", "0" * 16, env=env))
     assert "is now at version" in line
+
+
+OWNER_LIFECYCLE = """
+import os, sys
+from pathlib import Path
+from mlstage.cache import LocalCache
+from mlstage.sources.local import FolderSource
+root = Path(sys.argv[1])
+if os.geteuid() == 0:  # as root, only with the owner's rights: no DAC override
+    assert "CapBnd:\\t" in open("/proc/self/status").read()
+    with open("/tmp/.mlstage-probe-" + str(os.getpid()), "w"): pass
+    os.chmod("/tmp/.mlstage-probe-" + str(os.getpid()), 0o444)
+    try:
+        open("/tmp/.mlstage-probe-" + str(os.getpid()), "a")
+        raise SystemExit("still overriding file permissions")
+    except PermissionError:
+        os.unlink("/tmp/.mlstage-probe-" + str(os.getpid()))
+src = root / "src"
+(src / "a" / "b").mkdir(parents=True)
+for i in range(5):
+    (src / "a" / "b" / f"f{i}").write_text(str(i))
+(src / "top").write_text("t")
+source = FolderSource(src)
+with LocalCache(root / "cache") as cache:
+    staged = cache.stage(source, source.resolve())
+    assert cache.drop(staged.fingerprint)  # a read-only tree moved aside and removed
+    staged = cache.stage(source, source.resolve())
+    sub = staged.path / "a"
+    os.chmod(sub, 0o755)  # the owner may write into its data: detected and rebuilt
+    (sub / "extra").write_text("junk")
+    again = cache.stage(source, source.resolve())
+    assert again.repaired and not (again.path / "a" / "extra").exists()
+    os.chmod(again.path, 0o755)
+    os.symlink("/etc/hostname", again.path / "link")  # verify --repair rebuilds the tree
+    report = cache.verify(repair=True)
+    assert [p.kind for p in report.problems] == ["foreign_link"] and not report.unrepaired
+    assert not (again.path / "link").exists()
+    assert cache.evict(target_bytes=0) == [staged.fingerprint]
+    cache.gc()
+    assert not any((root / "cache" / "datasets").iterdir())
+print("ok")
+"""
+
+
+def test_an_unprivileged_owner_can_drop_evict_and_repair(tmp_path: Path) -> None:
+    """The cache's trees are read-only (0o555 folders): moving one aside to remove or rebuild
+    it needs the owner to make it writable first (root never noticed: it overrides modes)."""
+    cmd = [sys.executable, "-c", OWNER_LIFECYCLE, str(tmp_path)]
+    if os.geteuid() == 0:
+        setpriv = "/usr/bin/setpriv"
+        if not os.path.exists(setpriv):
+            pytest.skip("running as root without setpriv to drop the override of file modes")
+        cmd = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", *cmd]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]

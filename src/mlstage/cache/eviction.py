@@ -18,7 +18,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlstage.cache.files import CacheFiles, flock, remove_lock, rmtree
+from mlstage.cache.files import CacheFiles, flock, move_tree, remove_lock, rmtree
 from mlstage.cache.index import CacheIndex
 from mlstage.cache.leases import Leases
 from mlstage.cache.trees import Trees
@@ -117,7 +117,7 @@ class Eviction:
                 return False
             digests = self.index.forget_dataset(db, fingerprint)
             if os.path.lexists(path):
-                os.rename(path, trash)
+                move_tree(path, trash)
             for kept, aside in records:
                 with suppress(FileNotFoundError):
                     os.rename(kept, aside)
@@ -178,7 +178,7 @@ class Eviction:
                 and self.index.dataset(name)
                 and not os.path.lexists(self.files.dataset_path(name))
             ):
-                os.rename(path, self.files.dataset_path(name))
+                move_tree(path, self.files.dataset_path(name))
             elif (
                 kind == "mf"
                 and self.index.dataset(name)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 
 from mlstage.cache import seal as seals
-from mlstage.cache.files import CacheFiles, rmtree
+from mlstage.cache.files import CacheFiles, move_tree, rmtree
 from mlstage.cache.index import CacheIndex
 from mlstage.cache.objects import Objects
 from mlstage.errors import CacheError
@@ -57,7 +57,7 @@ class Trees:
         ``lstat`` a file and a folder, the seal written beside the dataset's record."""
         final = self.files.dataset_path(fingerprint)
         self.discard(fingerprint)  # a crash's leftover, or the broken tree being replaced
-        os.rename(self.files.building_path(fingerprint), final)
+        move_tree(self.files.building_path(fingerprint), final)
         seals.take(str(final)).save(self.files.seal_path(fingerprint))
 
     def discard(self, fingerprint: str) -> None:
@@ -68,7 +68,7 @@ class Trees:
         path = self.files.dataset_path(fingerprint)
         if os.path.lexists(path):
             trash = self.files.trash(f"ds-{fingerprint}")
-            os.rename(path, trash)
+            move_tree(path, trash)
             rmtree(trash)
 
     def intact(self, fingerprint: str) -> bool:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlstage.cache.files import rmtree
+from mlstage.cache.files import move_tree, rmtree
 from mlstage.cache.records import read_record
 from mlstage.errors import CacheError, ConfigError, MlstageError
 from mlstage.folders import walk
@@ -235,7 +235,7 @@ def _repair_dataset(
         if problems[0].kind == "foreign_link":
             aside = cache.files.trash(f"tree-{fp}")
             with cache.stage_lock(fp):
-                os.rename(tree, aside)
+                move_tree(tree, aside)
             rmtree(aside)
         for p in problems:  # an object whose only good copy is a tree file: take it back
             i = manifest.index(p.path) if p.path is not None else None
