@@ -1,22 +1,21 @@
 """benchmark-sweep: models x datasets; every model starts as soon as its own data is staged.
 
-preprocess (each distinct dataset once; thread pool, or a Dask subflow) -> stage (all concurrently; in
-this process preprocess stages its own output, so only a Dask run has stage tasks) -> run each
-model the moment its own dataset is ready: in this process, or as its own run-benchmark
-deployment run (its own pod) -> summary table + progress artifacts
+Per dataset, the pipeline: preprocess (each distinct dataset once; a thread, or a Dask
+subflow) -> stage on this node (preprocess stages its own output here, so only a Dask run has
+stage tasks) -> run each of its models the moment its data is ready: in this process, or as
+its own run-benchmark deployment run (its own pod) -> record. Then a summary table; a progress
+artifact moves as models finish.
 
-Each step is submitted when the one before it finishes (``Finished``): a model's task run
-begins when its own data is ready, rather than every task run at the start.
+The datasets' pipelines run side by side; each step is submitted when the one before it
+finishes (``SweepSchedule``), so a model's task run begins when its own data is ready rather
+than every task run at the start.
 """
 
 from __future__ import annotations
 
-import queue
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -34,6 +33,7 @@ from flows._workspace import using_blocks, workspace
 from flows.artifacts import best_effort
 from flows.outcomes import model_outcome
 from flows.streaming import run_streaming_task
+from flows.sweep_schedule import SweepSchedule, failed_outcome, waits_for_staging
 from flows.tasks import run_deployment_task, run_task, stage_task
 from mlstage import pipeline
 from mlstage.errors import ConfigError
@@ -43,7 +43,6 @@ from mlstage.specs import ModelSpec, SweepSpec
 from mlstage.state.report import key_slug
 
 PROGRESS_EVERY_S = 0.5
-T = TypeVar("T")
 
 
 def summarize(ws: Workspace, outcomes: list[RunOutcome], started_at: float) -> list[dict[str, Any]]:
@@ -140,20 +139,19 @@ def benchmark_sweep(
     with using_blocks(shared_block, cache_block):
         ws = workspace()
         started_at = time.time()
-        steps: Finished[Step] = Finished()
         wanted = {m.dataset for m in sweep.models}
-        for d in sweep.datasets:  # data moves first; the bookkeeping below overlaps it
-            if d.name in wanted:
-                stages_here = any(waits_for_staging(m) for m in sweep.models if m.dataset == d.name)
-                future = submit_preprocess(
-                    dask_address,
-                    d,
-                    shared_block,
-                    clearml_block,
-                    cache_block,
-                    stage_here=stages_here,
-                )
-                steps.add(future, Step("preprocess", d.name))
+        preprocessing = {  # data moves first; the bookkeeping below overlaps it
+            d.name: submit_preprocess(
+                dask_address,
+                d,
+                shared_block,
+                clearml_block,
+                cache_block,
+                stage_here=any(waits_for_staging(m) for m in sweep.models if m.dataset == d.name),
+            )
+            for d in sweep.datasets
+            if d.name in wanted
+        }
         record = ws.state.start_sweep(
             sweep.name, sweep.model_dump(mode="json"), flow_run_id=flow_run.get_id()
         )
@@ -162,72 +160,24 @@ def benchmark_sweep(
             f"benchmark-sweep {sweep.name}: models finished",
             len(sweep.models),
         )
-        steps.idle = progress.show  # a model finishing after a quiet spell shows within 0.5 s
-        outcomes: dict[str, RunOutcome | PrefectFuture[RunOutcome]] = {}
         own_deployment = (
             deployment.name if any(m.launch == "deployment" for m in sweep.models) else None
         )
-
-        def launch(m: ModelSpec, data: Prepared | Ready, upstream: PrefectFuture[Any]) -> None:
-            if m.launch == "deployment":
-                run = run_deployment_task.submit(
-                    m, opaque(data), record.id, blocks, own_deployment, wait_for=[upstream]
-                )
-            elif m.start == "first-shard":  # stage and run overlapped: starts on the first object
-                run = run_streaming_task.submit(m, opaque(data), record.id, wait_for=[upstream])
-            else:
-                run = run_task.submit(m, opaque(data), record.id, wait_for=[upstream])
-            outcomes[m.name] = run
-            steps.add(run, Step("model", m.name))
-
-        def fail(models: list[ModelSpec], what: str, exc: BaseException) -> int:
-            for m in models:
-                outcomes[m.name] = failed_outcome(m, what, exc)
-            return len(models)
-
-        def advance(step: Step, future: PrefectFuture[Any]) -> int:
-            """Submit what waited on a dataset's finished step; how many models it failed."""
-            models = [m for m in sweep.models if m.dataset == step.name]
-            here = [m for m in models if waits_for_staging(m)]
-            try:
-                data = future.result()
-            except Exception as exc:  # noqa: BLE001 - reported per model; the others go on
-                doomed = models if step.kind == "preprocess" else here
-                return fail(doomed, f"{step.name}: {step.kind} failed", exc)
-            try:
-                if step.kind == "stage":  # staged on this node: its inline models start
-                    for m in here:
-                        launch(m, data, future)
-                    return 0
-                for m in models:
-                    if m not in here:  # they start on the artifact itself
-                        launch(m, data, future)
-                if not here:
-                    return 0
-                ready = pipeline.staged_here(ws, data)  # preprocess staged it here: no stage task
-                if ready is None:
-                    staging = stage_task.submit(opaque(data), wait_for=[future])
-                    steps.add(staging, Step("stage", step.name))
-                else:
-                    for m in here:
-                        launch(m, ready, future)
-                return 0
-            except Exception as exc:  # noqa: BLE001 - what did not start fails; the rest goes on
-                unlaunched = [m for m in models if m.name not in outcomes]
-                return fail(unlaunched, f"{step.name}: launching its models failed", exc)
-
-        # Each dataset's next step is submitted when its last one finishes, so a model's task
-        # run begins when its own data is ready (not all at the start, competing for the CPU
-        # its data needs); a failed step fails the models waiting on it, and only those.
+        schedule = SweepSchedule(
+            sweep.models,
+            launch=lambda m, data, after: submit_model(
+                m, data, after, record.id, blocks, own_deployment
+            ),
+            stage=lambda prepared, after: stage_task.submit(opaque(prepared), wait_for=[after]),
+            staged_here=lambda prepared: pipeline.staged_here(ws, prepared),
+            idle=progress.show,  # a model finishing after a quiet spell shows within 0.5 s
+        )
+        for name, future in preprocessing.items():
+            schedule.preprocessing(name, future)
         try:
-            for future, step in steps:
-                progress.advance(1 if step.kind == "model" else advance(step, future))
-            outcomes_in_order = [
-                o if isinstance(o, RunOutcome) else outcome_of(m, o)
-                for m in sweep.models
-                for o in [outcomes[m.name]]
-            ]
-            rows = summarize(ws, outcomes_in_order, started_at)
+            for finished in schedule:
+                progress.advance(finished)
+            rows = summarize(ws, schedule.outcomes(outcome_of), started_at)
         except BaseException:  # the flow itself broke (or was cancelled): never left 'running'
             ws.state.finish_sweep(record.id, "failed")
             raise
@@ -251,6 +201,26 @@ def benchmark_sweep(
     return rows
 
 
+def submit_model(
+    model: ModelSpec,
+    data: Prepared | Ready,
+    after: PrefectFuture[Any],
+    sweep_id: str | None,
+    blocks: dict[str, str | None],
+    own_deployment: str | None,
+) -> PrefectFuture[RunOutcome]:
+    """The model's task run, once ``after`` (the step that produced its data) has finished: in
+    this process on the staged data, streaming from the first object, or as its own
+    run-benchmark deployment run."""
+    if model.launch == "deployment":
+        return run_deployment_task.submit(
+            model, opaque(data), sweep_id, blocks, own_deployment, wait_for=[after]
+        )
+    if model.start == "first-shard":
+        return run_streaming_task.submit(model, opaque(data), sweep_id, wait_for=[after])
+    return run_task.submit(model, opaque(data), sweep_id, wait_for=[after])
+
+
 def outcome_of(model: ModelSpec, future: PrefectFuture[RunOutcome]) -> RunOutcome:
     """The model's outcome (its task run ends Failed when the model failed, still carrying it);
     a task that never produced one (it crashed, or never started) becomes a failed outcome."""
@@ -258,18 +228,6 @@ def outcome_of(model: ModelSpec, future: PrefectFuture[RunOutcome]) -> RunOutcom
         return model_outcome(future)
     except Exception as exc:  # noqa: BLE001 - reported per model; the sweep goes on
         return failed_outcome(model, "launch failed", exc)
-
-
-def failed_outcome(model: ModelSpec, what: str, exc: BaseException) -> RunOutcome:
-    """A model that never ran: ``what`` failed first (its dataset's preprocess, its staging...)."""
-    error = scrub_text(f"{what}: {type(exc).__name__}: {exc}")
-    return RunOutcome("-", model.name, model.dataset, "failed", {}, error, None)
-
-
-def waits_for_staging(model: ModelSpec) -> bool:
-    """Whether the model starts on this node's staged copy (else on the artifact: it streams,
-    or its own run-benchmark run stages it wherever that runs)."""
-    return model.launch == "inline" and model.start == "ready"
 
 
 _NOT_UPDATED = "progress artifact not updated"
@@ -307,46 +265,6 @@ class ProgressBar:
             progress=100.0 * self.done / self.total,
         )
         self._shown, self._at = self.done, time.monotonic()
-
-
-@dataclass(frozen=True)
-class Step:
-    """What a submitted future runs: a dataset's ``preprocess`` or ``stage``, or a ``model``."""
-
-    kind: Literal["preprocess", "stage", "model"]
-    name: str
-
-
-class Finished(Generic[T]):
-    """Futures in the order they finish, tagged; more may be added while iterating.
-
-    Iteration ends when every added future has been yielded. Callbacks run in the finishing
-    task's thread (or Dask's), so they only enqueue; the flow's own thread does the rest,
-    including ``idle()``, called every ``every`` seconds while nothing finishes.
-    """
-
-    def __init__(
-        self, idle: Callable[[], None] | None = None, every: float = PROGRESS_EVERY_S
-    ) -> None:
-        self._queue: queue.SimpleQueue[tuple[PrefectFuture[Any], T]] = queue.SimpleQueue()
-        self._pending = 0
-        self.idle = idle
-        self.every = every
-
-    def add(self, future: PrefectFuture[Any], tag: T) -> None:
-        future.add_done_callback(lambda f: self._queue.put((f, tag)))
-        self._pending += 1  # only once the callback is in place (it may run at once)
-
-    def __iter__(self) -> Iterator[tuple[PrefectFuture[Any], T]]:
-        while self._pending:
-            try:
-                future, tag = self._queue.get(timeout=self.every if self.idle else None)
-            except queue.Empty:
-                if self.idle is not None:
-                    self.idle()
-                continue
-            self._pending -= 1
-            yield future, tag
 
 
 class SweepFailed(RuntimeError):

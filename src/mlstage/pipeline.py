@@ -3,7 +3,10 @@
     DatasetSpec --resolve--> Manifest --preprocess--> Artifact --publish--> shared tier
     lineage DB <--record-- BenchmarkRun <--run-- StagedDataset <--stage-----------'
 
-Flows are thin wrappers over these; everything here runs and is tested without Prefect.
+``resolve``, ``preprocess`` (which calls ``publish`` for a version the shared tier lacks),
+``stage``, ``run`` (which calls ``record`` when the model returns or fails), each below in
+that order. Flows are thin wrappers over these; everything here runs and is tested without
+Prefect.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from mlstage.cache import LocalCache, StagedDataset
 from mlstage.errors import ConfigError, MlstageError
 from mlstage.manifest import Manifest
-from mlstage.recipes import load_recipe
+from mlstage.recipes import Recipe, load_recipe
 from mlstage.redact import MASK, scrub_params_json, scrub_text, scrub_uri
 from mlstage.runner import Metrics, check_entrypoint, run_entrypoint
 from mlstage.settings import Settings, get_settings, open_cache
@@ -163,7 +166,7 @@ def resolve(ws: Workspace, spec: DatasetSpec) -> Resolved:
 
 
 def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -> Prepared:
-    """Apply the spec's recipe and publish the artifact, unless the shared tier has it.
+    """Apply the spec's recipe and ``publish`` the artifact, unless the shared tier has it.
 
     ``stage_here``: this node stages the artifact next, so the recipe's output also goes into
     its cache, recorded as this node's staging, which ``stage`` then returns: the artifact is
@@ -171,8 +174,7 @@ def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -
     """
     started = time.monotonic()
     recipe = load_recipe(resolved.spec.recipe)
-    artifact_id = recipe.artifact_id(resolved.version)
-    artifact = ws.shared.get(artifact_id)
+    artifact = ws.shared.get(recipe.artifact_id(resolved.version))
     skipped = artifact is not None
     staged: StagedDataset | None = None
     if artifact is None:
@@ -188,26 +190,13 @@ def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -
             out = Path(tmp) / "out"
             out.mkdir()
             recipe.apply(raw.path, out)
-            if not any(out.iterdir()):
-                raise ConfigError(
-                    f"recipe {recipe.name!r} produced no files for {resolved.spec.name}"
-                )
-            # what is written out is scrubbed; the artifact id above uses the real params
-            info: dict[str, Any] = {
-                "dataset": resolved.spec.name,
-                "source": scrub_uri(resolved.spec.uri),
-                "version": resolved.version,
-                "recipe": recipe.name,
-                "recipe_version": recipe.version,
-                "params": scrub_params_json(recipe.params_json),
-            }
-            artifact = ws.shared.publish(artifact_id, out, info)
+            artifact = publish(ws, resolved, recipe, out)
             staged = _stage_output(ws, artifact, out) if stage_here else None
         if not raw.hit:  # staged for the recipe alone: no lasting raw copy (see _drop_raw)
             _drop_raw(ws, raw.fingerprint)
     digest = hashlib.sha256(artifact.manifest.to_json().encode()).hexdigest()
     ws.state.record_artifact(
-        artifact_id,
+        artifact.artifact_id,
         resolved.version_id,
         (recipe.name, recipe.version, recipe.params_json),
         artifact.uri,
@@ -229,6 +218,23 @@ def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -
         time.monotonic() - started,
         made_here,
     )
+
+
+def publish(ws: Workspace, resolved: Resolved, recipe: Recipe, out: Path) -> Artifact:
+    """File ``out``, the recipe's output for this dataset version, on the shared tier as its
+    artifact (atomically: readers see all of it or none), with what it was made from. What is
+    written out is scrubbed of credentials; the artifact's id uses the real parameters."""
+    if not any(out.iterdir()):
+        raise ConfigError(f"recipe {recipe.name!r} produced no files for {resolved.spec.name}")
+    info: dict[str, Any] = {
+        "dataset": resolved.spec.name,
+        "source": scrub_uri(resolved.spec.uri),
+        "version": resolved.version,
+        "recipe": recipe.name,
+        "recipe_version": recipe.version,
+        "params": scrub_params_json(recipe.params_json),
+    }
+    return ws.shared.publish(recipe.artifact_id(resolved.version), out, info)
 
 
 def _drop_raw(ws: Workspace, fingerprint: str) -> None:
@@ -415,11 +421,8 @@ def run(
             params = model.runtime_params(resolve_secret)
             metrics = run_entrypoint(model.entrypoint, staged.path, params)
     except Exception as exc:  # noqa: BLE001 - any failure is recorded, never left 'running'
-        error = _run_error(exc, _secret_values(model, params))
-        ws.state.finish_run(row.id, status="failed", error=error)
-        return RunOutcome(row.id, model.name, model.dataset, "failed", {}, error, ready)
-    ws.state.finish_run(row.id, status="completed", metrics=metrics)
-    return RunOutcome(row.id, model.name, model.dataset, "completed", metrics, None, ready)
+        return record(ws, row, model, ready, error=_run_error(exc, _secret_values(model, params)))
+    return record(ws, row, model, ready, metrics=metrics)
 
 
 def run_streaming(
@@ -471,8 +474,7 @@ def run_streaming(
         stats = stream.stats()
     except Exception as exc:  # noqa: BLE001 - opening or closing the stream failed: record it
         error = error or _run_error(exc, _secret_values(model, params))
-        ws.state.finish_run(row.id, status="failed", metrics=metrics, error=error)
-        return RunOutcome(row.id, model.name, model.dataset, "failed", metrics, error, ready)
+        return record(ws, row, model, ready, metrics=metrics, error=error)
     if staged is not None:
         rec = ws.state.record_stage(
             artifact.artifact_id,
@@ -486,9 +488,23 @@ def run_streaming(
         assert rec.id is not None
         ready = Ready(prepared, staged, rec.id)
         ws.state.record_consumption(row.id, artifact.artifact_id, rec.id)
-    metrics = {**metrics, **stats.as_metrics()}
-    if error is not None:
-        ws.state.finish_run(row.id, status="failed", metrics=metrics, error=error)
-        return RunOutcome(row.id, model.name, model.dataset, "failed", metrics, error, ready)
-    ws.state.finish_run(row.id, status="completed", metrics=metrics)
-    return RunOutcome(row.id, model.name, model.dataset, "completed", metrics, None, ready)
+    return record(ws, row, model, ready, metrics={**metrics, **stats.as_metrics()}, error=error)
+
+
+def record(
+    ws: Workspace,
+    run: BenchmarkRun,
+    model: ModelSpec,
+    ready: Ready | None,
+    *,
+    metrics: Metrics | None = None,
+    error: str | None = None,
+) -> RunOutcome:
+    """Close a run's lineage row: completed with its metrics, or failed with its error.
+
+    The row was opened as the run started (``_start_run``) and linked to the staging it
+    consumed before the model read a byte, so a run that dies midway still says what it read.
+    """
+    status = "completed" if error is None else "failed"
+    ws.state.finish_run(run.id, status=status, metrics=metrics, error=error)
+    return RunOutcome(run.id, model.name, model.dataset, status, metrics or {}, error, ready)

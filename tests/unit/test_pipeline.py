@@ -180,3 +180,47 @@ def test_an_artifact_this_node_holds_is_staged_and_run_without_reading_its_manif
     outcome = pipeline.run(ws, fit("m"), ready)
     assert ready.staged.hit and outcome.status == "completed"
     assert prepared.artifact._manifest is None  # never read
+
+
+def test_the_six_verbs_are_plain_functions() -> None:
+    for verb in ("resolve", "preprocess", "publish", "stage", "run", "record"):
+        assert callable(getattr(pipeline, verb)), verb
+
+
+def test_publish_files_the_output_with_its_origin_and_refuses_an_empty_one(
+    ws: pipeline.Workspace, tmp_path: Path
+) -> None:
+    from mlstage.errors import ConfigError
+    from mlstage.recipes import load_recipe
+
+    remote = write_remote(tmp_path / "remote", n=3)
+    resolved = pipeline.resolve(
+        ws, DatasetSpec(name="toy", uri=str(remote), recipe=RecipeSpec(name="identity"))
+    )
+    recipe = load_recipe(resolved.spec.recipe)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="produced no files for toy"):
+        pipeline.publish(ws, resolved, recipe, empty)
+    assert ws.shared.get(recipe.artifact_id(resolved.version)) is None  # nothing half-filed
+    artifact = pipeline.publish(ws, resolved, recipe, remote)
+    assert artifact.artifact_id == recipe.artifact_id(resolved.version)
+    assert artifact.info["version"] == resolved.version and artifact.info["recipe"] == "identity"
+    assert len(artifact.manifest) == 3
+
+
+def test_record_closes_the_run_with_its_outcome(ws: pipeline.Workspace, tmp_path: Path) -> None:
+    remote = write_remote(tmp_path / "remote")
+    ready = pipeline.stage(ws, pipeline.preprocess(ws, pipeline.resolve(ws, spec(remote))))
+    model = fit("m")
+    row = ws.state.start_run(
+        model=model.name, dataset=model.dataset, entrypoint=model.entrypoint, params={}
+    )
+    done = pipeline.record(ws, row, model, ready, metrics={"score": 0.5})
+    assert done.status == "completed" and ws.state.run(row.id).metrics == {"score": 0.5}  # type: ignore[union-attr]
+    row = ws.state.start_run(
+        model=model.name, dataset=model.dataset, entrypoint=model.entrypoint, params={}
+    )
+    failed = pipeline.record(ws, row, model, None, error="out of memory")
+    stored = ws.state.run(row.id)
+    assert failed.status == "failed" and stored is not None and stored.error == "out of memory"
