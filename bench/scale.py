@@ -13,6 +13,8 @@ same clock for all: process start to exit), its peak RSS measured by ``wait4``:
             Peers: ``cp -r`` (cold), ``rsync -a`` (cold, then again with nothing changed).
   artifact  cold and warm staging of a published artifact by id (the flows' path:
             ``pipeline.find_prepared`` + ``pipeline.stage``). Peer: ``cp -r`` of its data.
+  sweep     the benchmark-sweep flow end to end on the folder (identity recipe, one model
+            counting the files), on Prefect's ephemeral API, into a fresh cache and tier.
 
 mlstage verifies every byte (sha256, the cache's content address); cp and rsync verify
 nothing. Outputs stay on disk until the benchmark ends: on an ext4 without a journal (this
@@ -73,6 +75,23 @@ def _probe(argv: list[str]) -> None:
         ws = pipeline.Workspace.from_settings(get_settings())
         ready = pipeline.stage(ws, pipeline.find_prepared(ws, argv[1]))
         print(json.dumps({"hit": ready.staged.hit, "files": ready.staged.files}))
+    elif what == "sweep":  # the benchmark-sweep flow, as `python flow.py` runs it (no server)
+        from flows.benchmark_sweep import benchmark_sweep
+        from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec, SweepSpec
+
+        sweep = SweepSpec(
+            name="scale",
+            datasets=[DatasetSpec(name="scale", uri=argv[1], recipe=RecipeSpec(name="identity"))],
+            models=[
+                ModelSpec(
+                    name="count",
+                    dataset="scale",
+                    entrypoint="mlstage.testing.workloads:count_files",
+                )
+            ],
+        )
+        (row,) = benchmark_sweep(sweep)
+        print(json.dumps({"status": row["status"], "files": row["score"]}))
     else:
         sys.exit(f"unknown probe {what}")
 
@@ -133,6 +152,16 @@ def measure_size(n: int, work: Path, *, skip_peers: bool = False) -> dict[str, A
         data = shared / "artifacts" / artifact_id / "data"
         step("artifact_cp_r", ["cp", "-r", str(data), str(work / "cp-artifact")])
 
+    # end to end through the benchmark-sweep flow: resolve, preprocess (identity recipe),
+    # publish, stage, one model counting the files, record; Prefect's ephemeral API included
+    env["MLSTAGE_SHARED"] = str(work / "shared-sweep")
+    env["MLSTAGE_CACHE_DIR"] = str(work / "cache-sweep")
+    env["PREFECT_HOME"] = str(work / "prefect")
+    step("sweep_flow", _py("sweep", str(src)))
+    swept = json.loads(rows["sweep_flow"].stdout.strip().splitlines()[-1])
+    if swept != {"status": "completed", "files": n}:
+        raise RuntimeError(f"the sweep flow's model saw {swept}, not {n} files")
+
     out: dict[str, Any] = {"files": n}
     out.update({k: v.row() for k, v in rows.items()})
     mc, cp = rows["mlstage_cold"].seconds, rows.get("cp_r")
@@ -166,6 +195,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
         ("verify_fast", "mlstage cache verify --fast", "-.", "C5"),
         ("artifact_cold", "mlstage artifact by id (cold)", "-", "C6"),
         ("artifact_warm", "mlstage artifact by id (warm)", "-", "C7"),
+        ("sweep_flow", "benchmark-sweep flow, end to end", "-", "C8"),
     ]
     for key, label, style, color in lines:
         xs = [f for f, s in zip(files, sizes, strict=True) if key in s]

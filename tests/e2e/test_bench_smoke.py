@@ -75,7 +75,15 @@ def test_scale_benchmark_runs_its_steps(tmp_path: Path) -> None:
         tmp_path,
     )
     (size,) = doc["sizes"]
-    for step in ("resolve", "mlstage_cold", "mlstage_warm", "verify_fast", "artifact_warm"):
+    steps = (
+        "resolve",
+        "mlstage_cold",
+        "mlstage_warm",
+        "verify_fast",
+        "artifact_warm",
+        "sweep_flow",
+    )
+    for step in steps:
         assert size[step]["seconds"] > 0 and size[step]["peak_rss_mb"] > 0, step
     assert (tmp_path / "scale.png").stat().st_size > 0
 
