@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -185,10 +184,8 @@ def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -
                 workers=ws.settings.workers,
                 part_size=ws.settings.part_size,
             ) as raw,
-            tempfile.TemporaryDirectory(prefix="mlstage-recipe-") as tmp,
+            ws.cache.scratch("recipe") as out,  # on the cache's disk, not a pod's small /tmp
         ):
-            out = Path(tmp) / "out"
-            out.mkdir()
             recipe.apply(raw.path, out)
             artifact = publish(ws, resolved, recipe, out)
             staged = _stage_output(ws, artifact, out) if stage_here else None

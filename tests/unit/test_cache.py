@@ -557,3 +557,30 @@ def test_cli_verify_fast_reports_in_json(tmp_path: Path, monkeypatch: pytest.Mon
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["ok"] and report["bytes_hashed"] == 0 and report["files"] == 1
+
+
+SCRATCH_AND_DIE = """
+import os, sys
+from mlstage.cache import LocalCache
+with LocalCache(sys.argv[1]).scratch("recipe") as out:
+    (out / "part.bin").write_bytes(b"x" * 1000)
+    print(out, flush=True)
+    os._exit(9)  # killed midway: the folder stays behind
+"""
+
+
+def test_scratch_lives_on_the_cache_disk_and_gc_removes_only_abandoned_ones(
+    cache: LocalCache,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRATCH_AND_DIE, str(cache.root)], capture_output=True, text=True
+    )
+    left = Path(done.stdout.strip())
+    assert left.is_relative_to(cache.root) and (left / "part.bin").exists()
+    with cache.scratch("recipe") as out:
+        assert out.is_relative_to(cache.root / "tmp") and not any(out.iterdir())
+        (out / "mine").write_text("in use")
+        report = cache.gc()  # the dead process's goes, the one in use stays
+        assert not left.parent.exists() and (out / "mine").exists()
+        assert report.stray_dirs_removed == 1
+    assert not out.parent.exists()  # removed after the block

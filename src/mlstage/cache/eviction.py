@@ -18,7 +18,14 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlstage.cache.files import CacheFiles, flock, move_tree, remove_lock, rmtree
+from mlstage.cache.files import (
+    CacheFiles,
+    flock,
+    move_tree,
+    remove_abandoned_scratch,
+    remove_lock,
+    rmtree,
+)
 from mlstage.cache.index import CacheIndex
 from mlstage.cache.leases import Leases
 from mlstage.cache.trees import Trees
@@ -237,6 +244,8 @@ class Eviction:
                         rmtree(Path(item.path))
                         report.stray_dirs_removed += 1
             for item in os.scandir(self.files.root / "tmp"):
+                if item.name.startswith("scratch-"):
+                    report.stray_dirs_removed += remove_abandoned_scratch(Path(item.path))
                 if not item.name.startswith("xfer-"):
                     continue
                 with self._stage_lock(item.name.removeprefix("xfer-")) as free:

@@ -9,6 +9,7 @@ Layout under ``root`` (see ``mlstage.cache.local`` for what each part is for)::
     manifests/<fp>.seal     what its tree's files and folders looked like (cache/seal.py)
     tmp/xfer-<fp>/          transfers in flight, resumable after a crash
     tmp/trash/              objects and trees being removed
+    tmp/scratch-<id>/       work in progress beside the cache (a recipe's output), on its disk
     locks/                  flock files: stage-<fp>, lease-<fp>, evict
 
 Every write the file system refuses because of the cache's disk (full, read-only, a quota)
@@ -86,6 +87,49 @@ class CacheFiles:
     def trash(self, name: str) -> Path:
         """A unique name in the trash for ``name`` (``<kind>-<id>``; see ``Eviction.recover``)."""
         return self.root / "tmp" / "trash" / f"{name}.{os.getpid()}-{os.urandom(4).hex()}"
+
+
+@contextmanager
+def scratch(files: CacheFiles, purpose: str) -> Iterator[Path]:
+    """An empty folder ``out`` on the cache's disk, removed after the block.
+
+    Its parent ``tmp/scratch-...`` holds an flock while in use (taken before the folder gets
+    the name ``gc`` looks for), so ``gc`` removes exactly the ones a killed process left, from
+    any process or pod sharing the cache.
+    """
+    name = f"scratch-{purpose}-{os.getpid()}-{os.urandom(4).hex()}"
+    making = files.root / "tmp" / f".{name}"
+    making.mkdir()
+    fd = os.open(making / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        path = files.root / "tmp" / name
+        os.rename(making, path)
+        try:
+            (path / "out").mkdir()
+            yield path / "out"
+        finally:
+            rmtree(path)
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned_scratch(path: Path) -> bool:
+    """Remove a ``scratch`` folder whose maker is gone (its flock is free); True if removed.
+    Its lock file is opened, never created: one that is missing is being removed by its maker."""
+    try:
+        fd = os.open(path / ".lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        rmtree(path)
+        return True
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from mlstage.cache.eviction import Eviction, GcReport
-from mlstage.cache.files import CacheFiles, flock, mapped_disk_errors, rmtree
+from mlstage.cache.files import CacheFiles, flock, mapped_disk_errors, rmtree, scratch
 from mlstage.cache.index import CacheIndex
 from mlstage.cache.leases import Lease, Leases
 from mlstage.cache.objects import Objects
@@ -439,6 +439,11 @@ class LocalCache:
         )
 
     # -- leases -------------------------------------------------------------------------
+    def scratch(self, purpose: str) -> AbstractContextManager[Path]:
+        """An empty folder on the cache's disk for work in progress (a recipe's output),
+        removed after the block; one a killed process left behind goes at the next ``gc``."""
+        return scratch(self.files, purpose)
+
     @contextmanager
     def lease(self, fingerprint: str) -> Iterator[Path]:
         """Keep a cached dataset from eviction while the block runs; freed on exit or death.
