@@ -12,7 +12,9 @@ same clock for all: process start to exit), its peak RSS measured by ``wait4``:
             check, one lstat a file each), ``cache verify --fast`` and ``cache verify``.
             Peers: ``cp -r`` (cold), ``rsync -a`` (cold, then again with nothing changed).
   artifact  cold and warm staging of a published artifact by id (the flows' path:
-            ``pipeline.find_prepared`` + ``pipeline.stage``). Peer: ``cp -r`` of its data.
+            ``pipeline.find_prepared`` + ``pipeline.stage``), warm both with the default
+            hand-out check (one lstat a file against the seal) and trusting the cache
+            (``MLSTAGE_HIT_CHECK=none``: no per-file work). Peer: ``cp -r`` of its data.
   sweep     the benchmark-sweep flow end to end on the folder (identity recipe, one model
             counting the files), on Prefect's ephemeral API, into a fresh cache and tier.
 
@@ -115,8 +117,10 @@ def measure_size(n: int, work: Path, *, skip_peers: bool = False) -> dict[str, A
     env["MLSTAGE_HOME"] = str(work / "home")
     rows: dict[str, Timed] = {}
 
-    def step(name: str, cmd: list[str], *, check_files: Path | None = None) -> None:
-        t = run(cmd, env=env)
+    def step(
+        name: str, cmd: list[str], *, check_files: Path | None = None, hit_check: str = "seal"
+    ) -> None:
+        t = run(cmd, env={**env, "MLSTAGE_HIT_CHECK": hit_check})
         if check_files is not None and _count(check_files) != n:
             raise RuntimeError(f"{name}: {_count(check_files)} files at {check_files}, not {n}")
         rows[name] = t
@@ -148,6 +152,9 @@ def measure_size(n: int, work: Path, *, skip_peers: bool = False) -> dict[str, A
     env["MLSTAGE_CACHE_DIR"] = str(work / "cache-artifact")
     step("artifact_cold", _py("stage-artifact", artifact_id))
     step("artifact_warm", _py("stage-artifact", artifact_id))
+    # the same, trusting the cache (MLSTAGE_HIT_CHECK=none: no lstat of every file against
+    # the seal): what a hit costs when jobs get the cache read-only
+    step("artifact_warm_trusted", _py("stage-artifact", artifact_id), hit_check="none")
     if not skip_peers:
         data = shared / "artifacts" / artifact_id / "data"
         step("artifact_cp_r", ["cp", "-r", str(data), str(work / "cp-artifact")])
@@ -195,6 +202,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
         ("verify_fast", "mlstage cache verify --fast", "-.", "C5"),
         ("artifact_cold", "mlstage artifact by id (cold)", "-", "C6"),
         ("artifact_warm", "mlstage artifact by id (warm)", "-", "C7"),
+        ("artifact_warm_trusted", "... warm, MLSTAGE_HIT_CHECK=none", ":", "C7"),
         ("sweep_flow", "benchmark-sweep flow, end to end", "-", "C8"),
     ]
     for key, label, style, color in lines:
