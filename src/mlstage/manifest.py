@@ -580,40 +580,33 @@ class Manifest:
         """Read a manifest written by ``write``; also returns the sha256 digests it carries,
         32 bytes an entry in its order (empty when it carries none)."""
         it = iter(lines)
-        try:
-            header = json.loads(next(it))
-        except (StopIteration, ValueError) as exc:
-            raise ConfigError(f"{origin or 'a manifest'} is not an mlstage manifest") from exc
-        if not isinstance(header, dict) or header.get("mlstage_manifest") != MANIFEST_FORMAT:
-            raise ConfigError(
-                f"{origin or 'a manifest'} is not an mlstage manifest of format {MANIFEST_FORMAT}",
-                hint="it was written by another mlstage version: publish or stage it again",
-            )
-        builder = ManifestBuilder(str(header.get("source", "")))
-        with_digests = bool(header.get("digests"))
+        source, count = _read_header(it, origin)
+        builder = ManifestBuilder(source)
         digests = bytearray()
-        loads = json.loads
-        for n, line in enumerate(it, 2):
-            if not line.strip():
-                continue
-            try:
-                row = loads(line)
-                path, size, checksum, etag, locator = row[:5]
-                builder.add(Entry(path, size, checksum, etag, locator))
-                if with_digests:
-                    digests += bytes.fromhex(row[5])
-            except (ValueError, TypeError, IndexError) as exc:
-                raise ConfigError(
-                    f"{origin or 'a manifest'}: line {n} is not a manifest entry ({exc})"
-                ) from exc
+        for entry, digest in _read_rows(it, origin):
+            builder.add(entry)
+            digests += digest
         m = builder.build()
-        if header.get("entries") not in (None, len(m)):
-            raise ConfigError(
-                f"{origin or 'a manifest'} lists {len(m)} entries, its header says "
-                f"{header.get('entries')}: it is incomplete",
-                hint="publish or stage it again",
-            )
+        _check_count(len(m), count, origin)
         return m, digests
+
+    @classmethod
+    def stream(cls, lines: Iterable[str | bytes], *, origin: str = "") -> Iterator[ManifestRow]:
+        """The entries of a manifest written by ``write``, each with its sha256 digest (32
+        bytes; empty when it carries none), as they are read: memory stays flat however many
+        there are. Raises ConfigError where the text stops being a manifest, or is out of
+        order, or ends before its header's count."""
+        it = iter(lines)
+        _source, count = _read_header(it, origin)
+        n = 0
+        last: str | None = None
+        for entry, digest in _read_rows(it, origin):
+            if last is not None and entry.path <= last:
+                raise ConfigError(f"{origin or 'a manifest'}: {entry.path!r} is out of order")
+            last = entry.path
+            n += 1
+            yield ManifestRow(entry, digest)
+        _check_count(n, count, origin)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, origin: str = "") -> Manifest:
@@ -629,6 +622,55 @@ class Manifest:
     def save(self, path: Path) -> None:
         with open(path, "w", encoding="utf-8") as f:
             self.write(f)
+
+
+class ManifestRow(NamedTuple):
+    """One entry of a manifest as ``Manifest.stream`` reads it, with its digest (32 bytes)."""
+
+    entry: Entry
+    digest: bytes
+
+
+def _read_header(it: Iterator[str | bytes], origin: str) -> tuple[str, int | None]:
+    """The source and entry count a manifest's first line states."""
+    try:
+        header = json.loads(next(it))
+    except (StopIteration, ValueError) as exc:
+        raise ConfigError(f"{origin or 'a manifest'} is not an mlstage manifest") from exc
+    if not isinstance(header, dict) or header.get("mlstage_manifest") != MANIFEST_FORMAT:
+        raise ConfigError(
+            f"{origin or 'a manifest'} is not an mlstage manifest of format {MANIFEST_FORMAT}",
+            hint="it was written by another mlstage version: publish or stage it again",
+        )
+    count = header.get("entries")
+    return str(header.get("source", "")), count if isinstance(count, int) else None
+
+
+def _read_rows(it: Iterator[str | bytes], origin: str) -> Iterator[tuple[Entry, bytes]]:
+    loads = json.loads
+    for n, line in enumerate(it, 2):
+        if not line.strip():
+            continue
+        try:
+            row = loads(line)
+            path, size, checksum, etag, locator = row[:5]
+            yield (
+                Entry(path, size, checksum, etag, locator),
+                (bytes.fromhex(row[5]) if len(row) > 5 else b""),
+            )
+        except (ValueError, TypeError, IndexError) as exc:
+            raise ConfigError(
+                f"{origin or 'a manifest'}: line {n} is not a manifest entry ({exc})"
+            ) from exc
+
+
+def _check_count(n: int, count: int | None, origin: str) -> None:
+    if count is not None and count != n:
+        raise ConfigError(
+            f"{origin or 'a manifest'} lists {n} entries, its header says {count}: "
+            "it is incomplete",
+            hint="publish or stage it again",
+        )
 
 
 class _PathView(Sequence[str]):

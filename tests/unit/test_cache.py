@@ -186,6 +186,49 @@ def test_verify_finds_and_repairs_a_flipped_byte_and_a_missing_file(
     assert cache.verify().problems == []
 
 
+def test_verify_reads_the_tree_beside_its_record_in_path_order(
+    cache: LocalCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Extra files before, between and after the listed ones, and a missing one, are found
+    by one pass over the tree and the record, never by loading the manifest whole."""
+    staged = stage_folder(
+        cache, make_dataset(tmp_path / "d", {"a-b": b"1", "a/x": b"2", "c": b"3"})
+    )
+    for folder in (staged.path, staged.path / "a"):
+        os.chmod(folder, 0o755)
+    (staged.path / "a/x").unlink()
+    for extra in ("0", "a/w", "a0", "zz"):
+        (staged.path / extra).write_bytes(b"?")
+    monkeypatch.setattr("mlstage.cache.verify.read_record", _never_loaded)
+    found = cache.verify()
+    assert [(p.kind, p.path) for p in found.problems] == [
+        ("extra_file", "0"),
+        ("extra_file", "a/w"),
+        ("missing_file", "a/x"),
+        ("extra_file", "a0"),
+        ("extra_file", "zz"),
+    ]
+    assert found.files == 3
+    monkeypatch.undo()
+    assert not cache.verify(repair=True).unrepaired
+    assert cache.verify().problems == []
+    assert sorted(p.name for p in staged.path.iterdir()) == ["a", "a-b", "c"]
+
+
+def test_verify_counts_a_cut_record_as_missing(cache: LocalCache, tmp_path: Path) -> None:
+    staged = stage_folder(
+        cache, make_dataset(tmp_path / "d", {f"f{i}": b"%d" % i for i in range(5)})
+    )
+    record = cache.manifest_path(staged.fingerprint)
+    record.write_text("\n".join(record.read_text().splitlines()[:-2]) + "\n")
+    (problem,) = cache.verify().problems
+    assert problem.kind == "missing_manifest" and problem.fingerprint == staged.fingerprint
+
+
+def _never_loaded(path: Path) -> None:
+    raise AssertionError(f"{path} was loaded whole")
+
+
 def test_verify_reports_what_it_cannot_repair(cache: LocalCache, tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "d", {"x": b"x" * 50})
     staged = stage_folder(cache, root)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 from mlstage.errors import CacheError, ConfigError
-from mlstage.manifest import Manifest
+from mlstage.manifest import Entry, Manifest
 
 
 class Digests(Sequence[str]):
@@ -60,14 +61,44 @@ def read_record(path: Path) -> tuple[Manifest, Digests] | None:
     except FileNotFoundError:
         return None
     except (ConfigError, UnicodeDecodeError, OSError) as exc:
-        raise CacheError(
-            f"{path} is unreadable: {exc}", hint="run `mlstage cache verify --repair`"
-        ) from exc
+        raise _unreadable(path, exc) from exc
     if len(digests) != 32 * len(manifest):
         raise CacheError(
             f"{path} holds no digest for some entries", hint="run `mlstage cache verify --repair`"
         )
     return manifest, Digests(len(manifest), digests)
+
+
+def stream_record(path: Path) -> Iterator[tuple[Entry, str]] | None:
+    """The record at ``path`` read entry by entry, each with its digest (hex), in path order,
+    holding one line at a time (a full check of a million-file dataset never holds its
+    manifest); None when there is no record. Raises CacheError where it turns out unreadable
+    or an entry has no digest, possibly after yielding the entries before."""
+    try:
+        f = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the generator
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    return _rows(path, f)
+
+
+def _rows(path: Path, f: IO[str]) -> Iterator[tuple[Entry, str]]:
+    with f:
+        try:
+            for entry, digest in Manifest.stream(f, origin=str(path)):
+                if len(digest) != 32:
+                    raise CacheError(
+                        f"{path} holds no digest for {entry.path!r}",
+                        hint="run `mlstage cache verify --repair`",
+                    )
+                yield entry, digest.hex()
+        except (ConfigError, UnicodeDecodeError, OSError) as exc:
+            raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> CacheError:
+    return CacheError(f"{path} is unreadable: {exc}", hint="run `mlstage cache verify --repair`")
 
 
 def write_record(path: Path, manifest: Manifest, digests: Sequence[str]) -> None:

@@ -3,8 +3,9 @@
 Two modes. ``full`` (the default) hashes every object: it finds any damage, including bytes
 changed without a trace in the file's metadata (bit rot, a write that set the mtime back).
 Fast checks sizes and file metadata (each object's inode, size and mtime as recorded, each
-tree against its seal) and hashes only files whose metadata changed. Both hold one dataset's
-record in memory at a time, plus the list of damaged objects.
+tree against its seal) and hashes only files whose metadata changed. Both read each dataset's
+record line by line beside a walk of its tree, holding one folder's listing and the list of
+damaged objects: memory stays flat however many files a dataset has.
 
 Repair re-stages each damaged dataset under its stage lock (``LocalCache.refetch``): sound
 objects are kept, a changed file is hashed and kept if its bytes are right, anything else is
@@ -16,20 +17,21 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlstage.cache.files import move_tree, rmtree
-from mlstage.cache.records import read_record
+from mlstage.cache.records import read_record, stream_record
 from mlstage.errors import CacheError, ConfigError, MlstageError
 from mlstage.folders import walk
 from mlstage.transfer import file_sha256
 
 if TYPE_CHECKING:
     from mlstage.cache.local import LocalCache, SourceOpener
+    from mlstage.manifest import Entry
 
 Progress = Callable[[str, int, int], None]
 
@@ -151,52 +153,73 @@ def _check_dataset(
     if not full and not bad and row is not None and cache.trees.intact(fp):
         report.files += row.files  # as sealed, and no object damaged: nothing more to read
         return []
+    missing_manifest = Problem(
+        "missing_manifest", fp, str(cache.manifest_path(fp)), "cannot check or repair this dataset"
+    )
     try:
-        record = read_record(cache.manifest_path(fp))
+        rows = stream_record(cache.manifest_path(fp))
+        if rows is None:
+            return [missing_manifest]
+        if not tree.is_dir() or tree.is_symlink():
+            return [Problem("missing_tree", fp, None, "dataset folder is gone")]
+        intact = cache.trees.intact(fp)
+        if intact and not full:  # sealed: only entries whose object is damaged need a look
+            files = 0
+            damaged = False
+            for _entry, digest in rows:
+                files += 1
+                damaged = damaged or digest in bad
+            if not damaged:
+                report.files += files
+                return []
+            rows = stream_record(cache.manifest_path(fp))
+            if rows is None:
+                return [missing_manifest]
+        problems = _check_tree(cache, fp, tree, rows, bad, report)
     except CacheError:
-        record = None
-    if record is None:
+        return [missing_manifest]
+    except _ForeignLink:
+        # mlstage never puts links in a tree; one that appeared could point anywhere, so the
+        # tree is set aside (links removed, never followed) and rebuilt from objects
         return [
-            Problem(
-                "missing_manifest",
-                fp,
-                str(cache.manifest_path(fp)),
-                "cannot check or repair this dataset",
-            )
+            Problem("foreign_link", fp, None, "the tree contains a link; it is rebuilt, not read")
         ]
-    manifest, digests = record
-    if not tree.is_dir() or tree.is_symlink():
-        return [Problem("missing_tree", fp, None, "dataset folder is gone")]
-    intact = cache.trees.intact(fp)
-    if intact and not full and not (bad and any(d in bad for d in digests)):
-        report.files += len(manifest)
-        return []
-    problems: list[Problem] = []
+    if not problems and not intact:  # every file checked: only metadata changed (touch)
+        with cache.stage_lock(fp):
+            cache.trees.reseal(fp)
+    return problems
+
+
+class _ForeignLink(Exception):
+    """The tree holds something that is neither a file nor a folder."""
+
+
+def _tree_files(tree: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Each file of ``tree`` (relative path, lstat) in path order; raises _ForeignLink."""
     for _path, rel, st in walk(str(tree)):
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            # mlstage never puts links in a tree; one that appeared could point anywhere, so
-            # the tree is set aside (links removed, never followed) and rebuilt from objects
-            return [
-                Problem(
-                    "foreign_link", fp, None, "the tree contains a link; it is rebuilt, not read"
-                )
-            ]
-        if stat.S_ISREG(st.st_mode) and manifest.index(rel) is None:
-            problems.append(Problem("extra_file", fp, rel, "a file the manifest does not list"))
-    entries = manifest.entries
-    for start in range(0, len(manifest), 1000):  # a thousand entries' rows at a time
-        chunk = range(start, min(start + 1000, len(manifest)))
-        rows = cache.index.object_rows(digests[i] for i in chunk)
-        for i in chunk:
-            e, d = entries[i], digests[i]
-            report.files += 1
-            p = tree / e.path
-            try:
-                st = p.lstat()
-            except FileNotFoundError:
-                problems.append(Problem("missing_file", fp, e.path, "file is missing"))
-                continue
-            row = rows.get(d)
+        if stat.S_ISREG(st.st_mode):
+            yield rel, st
+        elif not stat.S_ISDIR(st.st_mode):
+            raise _ForeignLink(rel)
+
+
+def _check_tree(
+    cache: LocalCache,
+    fp: str,
+    tree: Path,
+    rows: Iterator[tuple[Entry, str]],
+    bad: dict[str, str],
+    report: VerifyReport,
+) -> list[Problem]:
+    """Every file of the tree against the record, both read in path order side by side (one
+    line of the record and one folder's listing held at a time, whatever the size)."""
+    problems: list[Problem] = []
+    pending: list[tuple[Entry, str, os.stat_result]] = []
+
+    def check_pending() -> None:  # a thousand entries' object rows at a time
+        objects = cache.index.object_rows(d for _e, d, _st in pending)
+        for e, d, st in pending:
+            row = objects.get(d)
             if row is not None and st.st_ino == row.ino:  # the object's own file: hashed above
                 if bad.get(d) == "corrupt_object":
                     problems.append(
@@ -204,15 +227,32 @@ def _check_dataset(
                     )
                 continue
             report.bytes_hashed += st.st_size
-            if st.st_size != e.size or file_sha256(p) != d:
+            if st.st_size != e.size or file_sha256(tree / e.path) != d:
                 problems.append(
                     Problem("corrupt_file", fp, e.path, "content does not match its sha256")
                 )
             elif bad.get(d) == "missing_object":
                 problems.append(Problem("missing_object", fp, e.path, "object file is missing"))
-    if not problems and not intact:  # every file checked: only metadata changed (touch)
-        with cache.stage_lock(fp):
-            cache.trees.reseal(fp)
+        pending.clear()
+
+    files = _tree_files(tree)
+    here = next(files, None)
+    for entry, digest in rows:
+        while here is not None and here[0] < entry.path:
+            problems.append(Problem("extra_file", fp, here[0], "a file the manifest does not list"))
+            here = next(files, None)
+        report.files += 1
+        if here is None or here[0] != entry.path:
+            problems.append(Problem("missing_file", fp, entry.path, "file is missing"))
+            continue
+        pending.append((entry, digest, here[1]))
+        here = next(files, None)
+        if len(pending) >= 1000:
+            check_pending()
+    check_pending()
+    while here is not None:
+        problems.append(Problem("extra_file", fp, here[0], "a file the manifest does not list"))
+        here = next(files, None)
     return problems
 
 
