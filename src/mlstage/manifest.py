@@ -15,6 +15,7 @@ in memory never depends on the parser's.
 
 from __future__ import annotations
 
+import binascii
 import bisect
 import hashlib
 import io
@@ -187,6 +188,100 @@ class _Strings:
         return len(self.blob) + self.ends.itemsize * len(self.ends)
 
 
+_SHA256_TEXT = re.compile(rb"sha256:[0-9a-f]{64}")
+
+
+class _Checksums:
+    """The checksum column. While every checksum is ``sha256:`` and 64 hex digits (a
+    shared-tier artifact's, ClearML's), it holds each as its 32 bytes: a million artifact
+    entries take 32 MB, not 76 MB of text, and a cache staging them reads its digests from
+    here (``sha256_raw``) instead of holding a second copy. Any other checksum (none, md5,
+    a mix) turns it into packed strings (``_Strings``), the first one deciding."""
+
+    __slots__ = ("raw", "text")
+
+    def __init__(self, raw: bytearray | None = None, text: _Strings | None = None) -> None:
+        self.raw = raw  # None until the first checksum, and once it is text
+        self.text = text
+
+    def add(self, checksum: bytes) -> None:
+        text = self.text
+        if text is None:
+            if _SHA256_TEXT.fullmatch(checksum):
+                if self.raw is None:
+                    self.raw = bytearray()
+                self.raw += bytes.fromhex(checksum[7:].decode())
+                return
+            self._to_text()
+            text = self.text
+            assert text is not None
+        text.add(checksum)
+
+    def _to_text(self) -> None:
+        text = _Strings(bytearray())
+        for checksum in self:
+            text.add(checksum.encode())
+        self.raw, self.text = None, text
+
+    def __len__(self) -> int:
+        if self.text is not None:
+            return len(self.text)
+        return len(self.raw) // 32 if self.raw is not None else 0
+
+    def __getitem__(self, i: int) -> str:
+        if self.text is not None:
+            return self.text[i]
+        assert self.raw is not None
+        return "sha256:" + self.raw[32 * i : 32 * i + 32].hex()
+
+    def __iter__(self) -> Iterator[str]:
+        if self.text is not None:
+            yield from self.text
+        elif self.raw is not None:
+            raw = self.raw
+            for i in range(0, len(raw), 32):
+                yield "sha256:" + raw[i : i + 32].hex()
+
+    def sha256_raw(self) -> bytearray | None:
+        """Every entry's sha256, 32 bytes each, when every checksum is one; else None."""
+        return self.raw if self.text is None else None
+
+    def frozen(self) -> _Checksums:
+        return _Checksums(self.raw, self.text.frozen() if self.text is not None else None)
+
+    def reordered(self, order: Sequence[int]) -> _Checksums:
+        out = _Checksums()
+        for i in order:
+            out.add(self[i].encode())
+        return out
+
+    def hash_into(self, h: hashlib._Hash) -> None:
+        """Feed the column to ``h`` as ``_Strings.canonical`` would hold it as text, a few
+        thousand entries at a time (never the whole text at once)."""
+        if self.text is not None:
+            h.update(self.text.canonical())
+            return
+        raw = self.raw or b""
+        step = 32 * 4096
+        for start in range(0, len(raw), step):
+            hexed = binascii.hexlify(raw[start : start + step])
+            h.update(
+                b"".join(b"sha256:" + hexed[j : j + 64] + b"\0" for j in range(0, len(hexed), 64))
+            )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Checksums):
+            return NotImplemented
+        if self.text is not None and other.text is not None:
+            return self.text == other.text
+        if self.text is not None or other.text is not None:
+            return False  # the same checksums always end in the same form
+        return (self.raw or b"") == (other.raw or b"")
+
+    def nbytes(self) -> int:
+        return self.text.nbytes() if self.text is not None else len(self.raw or b"")
+
+
 class ManifestBuilder:
     """Collects entries one at a time into columns; ``build()`` returns the Manifest.
 
@@ -198,7 +293,7 @@ class ManifestBuilder:
         self.source = source
         self._paths = _Strings(bytearray())
         self._sizes = array("Q")
-        self._checksums = _Strings(bytearray())
+        self._checksums = _Checksums()
         self._etags = _Strings(bytearray())
         self._locators = _Strings(bytearray())
         self._content = 0  # entries whose checksum names content
@@ -330,7 +425,7 @@ def _fingerprint(m: Manifest, *, all_content: bool, checksummed: int) -> str:
     h.update(len(sizes).to_bytes(8, "little"))
     h.update(m._paths.canonical())
     h.update(sizes)
-    h.update(m._checksums.canonical())
+    m._checksums.hash_into(h)
     if checksummed == 0:  # folders, HTTP, multipart S3: every ETag counts
         h.update(b"\x01")
         h.update(m._etags.canonical())
@@ -451,7 +546,7 @@ class Manifest:
     source: str
     _paths: _Strings
     _sizes: array[int]
-    _checksums: _Strings
+    _checksums: _Checksums
     _etags: _Strings
     _locators: _Strings | None
     _total: int
@@ -470,6 +565,11 @@ class Manifest:
     @property
     def entries(self) -> EntryList:
         return EntryList(self)
+
+    def sha256_digests(self) -> bytearray | None:
+        """Every entry's content sha256, 32 bytes each in entry order, when every entry's
+        checksum is a sha256 (a shared-tier artifact); else None. Not a copy: read only."""
+        return self._checksums.sha256_raw()
 
     def paths(self) -> Iterator[str]:
         """Every path, in order (without making Entry objects)."""

@@ -36,7 +36,8 @@ from mlstage.errors import (
     TransientError,
     UnsafePathError,
 )
-from mlstage.manifest import Entry, Manifest
+from mlstage.folders import walk
+from mlstage.manifest import Entry, Manifest, ManifestBuilder
 from mlstage.retry import gave_up
 from mlstage.sources import scheme_of
 from mlstage.sources.base import Source
@@ -114,28 +115,27 @@ def check_artifact_id(artifact_id: str) -> str:
     return artifact_id
 
 
-def regular_files(root: Path) -> list[Path]:
-    """Every file under ``root`` (sorted), refusing links and special files (UnsafePathError).
+def regular_files(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
+    """``(path, relative path, lstat)`` of every file under ``root`` in manifest order, one
+    folder's listing held at a time; refuses links and special files (UnsafePathError).
 
-    Walks with lstat and never follows a link, so a recipe cannot publish what a link points to.
+    Never follows a link, so a recipe cannot publish what a link points to.
     """
-    files: list[Path] = []
-    pending = [root]
-    while pending:
-        folder = pending.pop()
-        for path in folder.iterdir():
-            mode = path.lstat().st_mode
-            if stat.S_ISDIR(mode):
-                pending.append(path)
-            elif stat.S_ISREG(mode):
-                files.append(path)
-            else:
-                kind = "a link" if stat.S_ISLNK(mode) else "not a regular file"
-                raise UnsafePathError(
-                    f"refusing to publish {path}: it is {kind}",
-                    hint="a recipe's output must hold only regular files and folders",
-                )
-    return sorted(files)
+    for path, rel, st in walk(str(root)):
+        if stat.S_ISREG(st.st_mode):
+            yield path, rel, st
+        elif not stat.S_ISDIR(st.st_mode):
+            kind = "a link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise UnsafePathError(
+                f"refusing to publish {path}: it is {kind}",
+                hint="a recipe's output must hold only regular files and folders",
+            )
+
+
+def refuse_links(root: Path) -> None:
+    """Raise UnsafePathError when ``root`` holds a link or a special file."""
+    for _ in regular_files(root):
+        pass
 
 
 def manifest_of_dir(root: Path, *, source: str) -> Manifest:
@@ -143,18 +143,17 @@ def manifest_of_dir(root: Path, *, source: str) -> Manifest:
 
     Links and special files are refused (UnsafePathError), see ``regular_files``.
     """
-    entries = []
-    for path in regular_files(root):
-        rel = path.relative_to(root).as_posix()
-        entries.append(
+    builder = ManifestBuilder(source)  # columns as it goes, not an Entry per file held
+    for path, rel, st in regular_files(root):
+        builder.add(
             Entry(
                 path=rel,
-                size=path.stat().st_size,
-                checksum=f"sha256:{file_sha256(path)}",
+                size=st.st_size,
+                checksum=f"sha256:{file_sha256(Path(path))}",
                 locator=rel,
             )
         )
-    return Manifest(source=source, entries=entries)
+    return builder.build()
 
 
 class SharedTier(Protocol):
@@ -200,7 +199,7 @@ class FolderSharedTier:
         if existing is not None:
             return existing
         final = self._dir(artifact_id)
-        regular_files(data_dir)  # refuse links before anything is copied
+        refuse_links(data_dir)  # before anything is copied
         tmp = final.with_name(f".tmp-{artifact_id}-{os.getpid()}-{os.urandom(4).hex()}")
         try:
             tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -319,7 +318,7 @@ class S3SharedTier:
         existing = self.get(artifact_id)
         if existing is not None:
             return existing
-        regular_files(data_dir)  # refuse links before anything is uploaded
+        refuse_links(data_dir)  # before anything is uploaded
         data = self._key(artifact_id, f"data-{os.urandom(6).hex()}")
         manifest = manifest_of_dir(data_dir, source=f"s3://{self.bucket}/{data}")
 

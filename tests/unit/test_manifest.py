@@ -128,3 +128,53 @@ def test_a_large_manifest_stays_small_in_memory() -> None:
     tracemalloc.stop()
     assert m.nbytes() / len(m) < 100, m.nbytes() / len(m)
     assert peak / len(m) < 200, peak / len(m)  # building it included
+
+
+def _sha(i: int) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(b"%d" % i).hexdigest()
+
+
+def test_sha256_checksums_are_held_as_bytes_and_fingerprint_as_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An artifact's checksums (all sha256) take 32 bytes an entry, and the manifest's
+    version is the one its text would give: a manifest held either way is the same version."""
+    import re
+
+    entries = [entry(f"d/{i:05d}", checksum=_sha(i)) for i in range(5000)]
+    compact = Manifest(source="/shared", entries=entries)
+    assert compact.nbytes() < 60 * len(compact)
+    assert compact.sha256_digests() == b"".join(bytes.fromhex(_sha(i)[7:]) for i in range(5000))
+    assert [e.checksum for e in compact.entries] == [e.checksum for e in entries]
+    assert Manifest.from_json(compact.to_json()) == compact
+
+    monkeypatch.setattr("mlstage.manifest._SHA256_TEXT", re.compile(rb"(?!)"))  # text only
+    as_text = Manifest(source="/shared", entries=entries)
+    assert as_text.sha256_digests() is None and as_text.nbytes() > 90 * len(as_text)
+    assert as_text.fingerprint == compact.fingerprint
+
+
+@pytest.mark.parametrize(
+    "checksums",
+    [[_sha(1), "md5:00", None], [None, _sha(1)], ["md5:00", _sha(1)], [_sha(1), _sha(2).upper()]],
+)
+def test_any_other_checksum_keeps_the_column_as_text(checksums: list[str | None]) -> None:
+    m = Manifest(source="/s", entries=[entry(f"f{i}", checksum=c) for i, c in enumerate(checksums)])
+    assert m.sha256_digests() is None
+    assert [e.checksum for e in m.entries] == checksums
+    assert Manifest.from_json(m.to_json()) == m
+
+
+def test_staging_an_artifact_confirms_its_listed_digests() -> None:
+    from mlstage.cache.records import Digests
+    from mlstage.errors import CacheError
+
+    m = Manifest(source="/s", entries=[entry(f"f{i}", checksum=_sha(i)) for i in range(3)])
+    digests = Digests.expecting(m)
+    assert digests.first_missing() == 0
+    digests.set(0, _sha(0)[7:])
+    assert digests.first_missing() == 1 and digests[0] == _sha(0)[7:]
+    with pytest.raises(CacheError, match="entry 1 arrived with sha256"):
+        digests.set(1, _sha(2)[7:])

@@ -281,12 +281,9 @@ def test_walk_fans_out_over_sub_prefixes_in_key_order() -> None:
     keys += [f"p/d{i:02d}/{j:04d}" for i in range(20) for j in range(300)]
     bucket = FakeBucket(keys, delay=0.05)
     seen: list[int] = []
-    started = time.monotonic()
     walked = [o.key for o in walk(bucket, "p/", workers=16, on_page=seen.append)]  # type: ignore[arg-type]
-    took = time.monotonic() - started
     assert walked == sorted(keys) and sum(seen) == len(keys)
     assert bucket.most_in_flight > 4  # sub-prefixes listed at once, not one after another
-    assert took < 0.05 * 22 / 2  # a plain listing: 7 pages; one per sub-prefix: 22
 
 
 def test_walk_keeps_many_small_sub_prefixes_on_one_listing() -> None:

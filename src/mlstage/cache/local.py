@@ -360,7 +360,7 @@ class LocalCache:
         # a path too long under the cache would fail once its bytes were fetched
         manifest.check_fits(self.root, what="cache folder (MLSTAGE_CACHE_DIR)")
         self.index.begin_staging(fp, manifest.source, n, manifest.total_bytes)
-        digests = Digests(n)
+        digests = Digests.expecting(manifest)
         missing = array("I")
         entries = manifest.entries
         for start in range(0, n, 1000):

@@ -18,18 +18,36 @@ from mlstage.manifest import Entry, Manifest
 
 class Digests(Sequence[str]):
     """The sha256 of each entry of a dataset being staged: 32 bytes an entry, filled in as
-    objects are found or fetched (a million-file staging holds 32 MB, not a million strings)."""
+    objects are found or fetched (a million-file staging holds 32 MB, not a million strings).
+    ``Digests.expecting(manifest)`` for a manifest whose checksums are all sha256 (an
+    artifact): its digests are the manifest's own bytes, only confirmed as entries arrive."""
 
     def __init__(self, n: int, raw: bytearray | None = None) -> None:
         self._raw = raw if raw is not None else bytearray(32 * n)
         self._set = bytearray(b"\x01" * n) if raw is not None else bytearray(n)
         self._n = n
+        self._known = False
+
+    @classmethod
+    def expecting(cls, manifest: Manifest) -> Digests:
+        """Digests for staging ``manifest``: none set yet."""
+        known = manifest.sha256_digests()
+        if known is None:
+            return cls(len(manifest))
+        out = cls(len(manifest), known)
+        out._set = bytearray(len(manifest))
+        out._known = True
+        return out
 
     def __len__(self) -> int:
         return self._n
 
     def set(self, i: int, digest: str) -> None:
-        self._raw[32 * i : 32 * i + 32] = bytes.fromhex(digest)
+        raw = bytes.fromhex(digest)
+        if not self._known:
+            self._raw[32 * i : 32 * i + 32] = raw
+        elif self._raw[32 * i : 32 * i + 32] != raw:  # a fetch checks the sha256: never seen
+            raise CacheError(f"entry {i} arrived with sha256 {digest}, not the one it lists")
         self._set[i] = 1
 
     def has(self, i: int) -> bool:
