@@ -64,6 +64,40 @@ def test_stage_builds_read_only_tree_and_hits_after(cache: LocalCache, tmp_path:
     assert again.hit and again.path == staged.path and again.objects_fetched == 0
 
 
+@pytest.mark.parametrize("check_hits", [True, False])
+def test_a_hit_is_checked_against_its_seal_unless_told_to_trust_the_cache(
+    tmp_path: Path, check_hits: bool
+) -> None:
+    """MLSTAGE_HIT_CHECK=seal (the default) rebuilds a tree a job wrote into before handing
+    it out again; =none hands it out as it is (the documented trade-off) and only a
+    verify finds the damage."""
+    cache = LocalCache(tmp_path / "cache", check_hits=check_hits)
+    root = make_dataset(tmp_path / "ds", {"a": b"a" * 10, "b": b"b" * 10})
+    staged = stage_folder(cache, root)
+    os.chmod(staged.path, 0o755)
+    (staged.path / "b").unlink()
+    (staged.path / "b").write_bytes(b"written by a job")
+    again = stage_folder(cache, root)
+    assert again.hit is not check_hits and again.repaired is check_hits
+    assert (again.path / "b").read_bytes() == (b"b" * 10 if check_hits else b"written by a job")
+    assert bool(cache.verify().problems) is not check_hits
+
+
+def test_a_dataset_leaves_no_lock_file_once_dropped_or_evicted(
+    cache: LocalCache, tmp_path: Path
+) -> None:
+    a = stage_folder(cache, make_dataset(tmp_path / "a", {"f": b"1"}))
+    b = stage_folder(cache, make_dataset(tmp_path / "b", {"f": b"2"}))
+    with cache.lease(a.fingerprint), cache.lease(b.fingerprint):
+        pass
+    names = {p.name for p in cache.files.lock("x").parent.iterdir()}
+    assert any(a.fingerprint in n for n in names) and any(b.fingerprint in n for n in names)
+    assert cache.drop(a.fingerprint)
+    assert cache.evict(target_bytes=0) == [b.fingerprint]
+    left = [p.name for p in cache.files.lock("x").parent.iterdir()]
+    assert not [n for n in left if a.fingerprint in n or b.fingerprint in n], left
+
+
 def test_shared_content_is_stored_once(cache: LocalCache, tmp_path: Path) -> None:
     a = stage_folder(cache, make_dataset(tmp_path / "a", {"same": b"S" * 10, "a": b"A"}))
     b = stage_folder(cache, make_dataset(tmp_path / "b", {"copy": b"S" * 10, "b": b"B"}))
