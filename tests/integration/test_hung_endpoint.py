@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -29,8 +30,13 @@ pytestmark = pytest.mark.integration
 READ_TIMEOUT = 1.0  # MLSTAGE_READ_TIMEOUT for these runs (20 s by default)
 
 
+class Silent(NamedTuple):
+    port: int
+    accepted: list[socket.socket]
+
+
 @pytest.fixture
-def silent_port() -> Iterator[int]:
+def silent() -> Iterator[Silent]:
     """A TCP server on 127.0.0.1 that accepts every connection and never sends a byte."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -48,7 +54,7 @@ def silent_port() -> Iterator[int]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield server.getsockname()[1]
+    yield Silent(server.getsockname()[1], held)
     stop.set()
     thread.join()
     for conn in held:
@@ -82,9 +88,9 @@ def _stage(uri: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[s
 
 
 def test_s3_on_a_silent_endpoint_fails_within_three_timeouts(
-    silent_port: int, tmp_path: Path
+    silent: Silent, tmp_path: Path
 ) -> None:
-    env = _env(tmp_path, AWS_ENDPOINT_URL=f"http://127.0.0.1:{silent_port}")
+    env = _env(tmp_path, AWS_ENDPOINT_URL=f"http://127.0.0.1:{silent.port}")
     proc, took = _stage("s3://bkt/data", env)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
@@ -96,11 +102,11 @@ def test_s3_on_a_silent_endpoint_fails_within_three_timeouts(
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_http_shards_on_a_silent_server_fail_in_seconds(
-    scheme: str, silent_port: int, tmp_path: Path
+    scheme: str, silent: Silent, tmp_path: Path
 ) -> None:
     """http: no answer within the read timeout, three times; https: no TLS handshake
     within the connect timeout (10 s), said at once."""
-    proc, took = _stage(f"{scheme}://127.0.0.1:{silent_port}/shard-{{0..1}}.tar", _env(tmp_path))
+    proc, took = _stage(f"{scheme}://127.0.0.1:{silent.port}/shard-{{0..1}}.tar", _env(tmp_path))
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
     if scheme == "http":
@@ -172,3 +178,37 @@ def test_a_signal_ends_a_stuck_stage_at_once(
     assert code == (130 if sig == signal.SIGINT else 128 + sig)
     assert took < 2.5, f"{took:.1f} s from {sig.name} to exit"
     assert not (tmp_path / "to").exists()  # a half-made --to folder is removed
+
+
+def test_sigterm_ends_a_stage_stuck_on_a_silent_http_server_at_once(
+    silent: Silent, tmp_path: Path
+) -> None:
+    """HTTP shards too: a stage waiting on a server that never answers (the default 20 s
+    read timeout in force) exits at once on SIGTERM."""
+    env = _env(tmp_path)
+    del env["MLSTAGE_READ_TIMEOUT"]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlstage",
+            "stage",
+            f"http://127.0.0.1:{silent.port}/s-{{0..3}}.tar",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: len(silent.accepted) >= 1, timeout=60, what="the stage to connect")
+        time.sleep(0.5)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert code == 128 + signal.SIGTERM
+    assert took < 2.5, f"{took:.1f} s from SIGTERM to exit"
