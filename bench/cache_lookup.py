@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
-    """Per-object hit latency against cached objects (log-log), one line per cache."""
+    """Per-object hit latency against cached objects (log x), one line per cache."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -366,7 +366,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         xs = [int(s) for s in sizes if key in results["sizes"][s]]
         ys = [results["sizes"][s][key]["median_us"] for s in sizes if key in results["sizes"][s]]
         ax.plot(xs, ys, marker="o", label=key, color="C0" if key == "mlstage" else next(peers))
-    ax.set(xscale="log", yscale="log", xlabel="objects in the cache", ylabel="median per hit (us)")
+    ax.set(xscale="log", xlabel="objects in the cache", ylabel="median per hit (us)")
+    ax.set_ylim(bottom=0)
     ax.set_title("a cached object's lookup: mlstage vs ClearML StorageManager", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)

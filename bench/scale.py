@@ -200,9 +200,11 @@ def chart(result: dict[str, Any], path: Path) -> None:
         ("mlstage_warm", "mlstage stage (warm)", "-", "C3"),
         ("rsync_warm", "rsync -a (nothing changed)", ":", "C4"),
         ("verify_fast", "mlstage cache verify --fast", "-.", "C5"),
+        ("verify_full", "mlstage cache verify (full: hashes)", "-.", "C9"),
         ("artifact_cold", "mlstage artifact by id (cold)", "-", "C6"),
         ("artifact_warm", "mlstage artifact by id (warm)", "-", "C7"),
         ("artifact_warm_trusted", "... warm, MLSTAGE_HIT_CHECK=none", ":", "C7"),
+        ("artifact_cp_r", "cp -r of the artifact's files", "--", "C6"),
         ("sweep_flow", "benchmark-sweep flow, end to end", "-", "C8"),
     ]
     for key, label, style, color in lines:

@@ -406,10 +406,15 @@ def chart(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     cases = [(k, v) for k, v in result["cases"].items() if isinstance(v, dict)]
-    fig, axes = plt.subplots(1, len(cases), figsize=(5.2 * len(cases), 4.6), squeeze=False)
-    for ax, (name, case) in zip(axes[0], cases, strict=True):
+    cols = min(3, len(cases))  # a grid a README page can show
+    rows = -(-len(cases) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(cases) :]:
+        ax.set_visible(False)
+    for ax, (name, case) in zip(axes.flat, cases, strict=False):
         tools = [t for t, r in case.items() if isinstance(r, dict) and "seconds" in r]
         mids = [case[t]["seconds"] for t in tools]
         lows = [m - min(case[t].get("runs_seconds", [m])) for t, m in zip(tools, mids, strict=True)]
@@ -419,8 +424,15 @@ def chart(result: dict[str, Any], path: Path) -> None:
         colors = ["C0" if t.startswith("mlstage") else "C7" for t in tools]
         ax.barh(tools, mids, xerr=[lows, highs], color=colors, capsize=3)
         ax.invert_yaxis()
-        ax.set_xscale("log")
-        ax.set_xlabel("seconds (process start to last exit), log scale")
+        if max(mids) > 10 * min(mids):  # a serial peer beside the fast ones
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("seconds (process start to last exit), log scale")
+        else:
+            ax.set_xlim(0, max(m + h for m, h in zip(mids, highs, strict=True)) * 1.05)
+            ax.set_xlabel("seconds (process start to last exit)")
         ax.set_title(case.get("title", name), fontsize=9)
         ax.grid(True, axis="x", which="both", alpha=0.3)
     m = result["machine"]
