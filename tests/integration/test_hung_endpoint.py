@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -117,6 +117,34 @@ def test_http_shards_on_a_silent_server_fail_in_seconds(
         assert 10 <= took < 10 + 8
 
 
+def _signal_when_stuck(
+    args: list[str],
+    env: dict[str, str],
+    stuck: Callable[[], bool],
+    sig: signal.Signals,
+    where: str,
+) -> tuple[int, float]:
+    """Start ``mlstage stage ARGS``, send ``sig`` once ``stuck()`` says it waits on the
+    server; its exit code and the seconds from the signal to its exit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlstage", "stage", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(stuck, timeout=60, what=f"the stage to be stuck in {where}")
+        time.sleep(0.5)
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        code = proc.wait(timeout=30)
+        return code, time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 @pytest.fixture
 def stalling(s3_env: S3Endpoint) -> Iterator[FaultProxy]:
     with fault_proxy(s3_env.url) as proxy:
@@ -144,37 +172,15 @@ def test_a_signal_ends_a_stuck_stage_at_once(
     stalling.configure(faults=[Fault("stall", key=where)])
     env = _env(tmp_path, AWS_ENDPOINT_URL=stalling.url, MLSTAGE_PART_SIZE=str(1024 * 1024))
     del env["MLSTAGE_READ_TIMEOUT"]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlstage",
-            "stage",
-            f"s3://{bucket}/d",
-            "--to",
-            str(tmp_path / "to"),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+
+    def stuck() -> bool:
+        if stuck_in == "listing":
+            return stalling.count("GET", f"/{bucket}") >= 1
+        return sum(n for k, n in stalling.counts().items() if "/d/s" in k) >= 8
+
+    code, took = _signal_when_stuck(
+        [f"s3://{bucket}/d", "--to", str(tmp_path / "to")], env, stuck, sig, stuck_in
     )
-    try:
-
-        def stuck() -> bool:
-            if stuck_in == "listing":
-                return stalling.count("GET", f"/{bucket}") >= 1
-            return sum(n for k, n in stalling.counts().items() if "/d/s" in k) >= 8
-
-        wait_until(stuck, timeout=60, what=f"the stage to be stuck in its {stuck_in}")
-        time.sleep(0.5)
-        sent = time.monotonic()
-        proc.send_signal(sig)
-        code = proc.wait(timeout=30)
-        took = time.monotonic() - sent
-    finally:
-        proc.kill()
-        proc.communicate()
     assert code == (130 if sig == signal.SIGINT else 128 + sig)
     assert took < 2.5, f"{took:.1f} s from {sig.name} to exit"
     assert not (tmp_path / "to").exists()  # a half-made --to folder is removed
@@ -187,28 +193,12 @@ def test_sigterm_ends_a_stage_stuck_on_a_silent_http_server_at_once(
     read timeout in force) exits at once on SIGTERM."""
     env = _env(tmp_path)
     del env["MLSTAGE_READ_TIMEOUT"]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlstage",
-            "stage",
-            f"http://127.0.0.1:{silent.port}/s-{{0..3}}.tar",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    code, took = _signal_when_stuck(
+        [f"http://127.0.0.1:{silent.port}/s-{{0..3}}.tar"],
+        env,
+        lambda: len(silent.accepted) >= 1,
+        signal.SIGTERM,
+        "a connection",
     )
-    try:
-        wait_until(lambda: len(silent.accepted) >= 1, timeout=60, what="the stage to connect")
-        time.sleep(0.5)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
-        took = time.monotonic() - sent
-    finally:
-        proc.kill()
-        proc.communicate()
     assert code == 128 + signal.SIGTERM
     assert took < 2.5, f"{took:.1f} s from SIGTERM to exit"
