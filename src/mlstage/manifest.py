@@ -670,6 +670,19 @@ class Manifest:
                 row.append(digests[i])
             out.write(dumps(row, ensure_ascii=False) + "\n")
 
+    def sha256(self) -> str:
+        """The sha256 of ``to_json()``'s text, hashed a line at a time (a million entries'
+        text is never held whole)."""
+        h = hashlib.sha256()
+
+        class _Hashing:
+            def write(self, text: str) -> int:
+                h.update(text.encode())
+                return len(text)
+
+        self.write(_Hashing())  # type: ignore[arg-type]
+        return h.hexdigest()
+
     def to_json(self) -> str:
         buf = io.StringIO()
         self.write(buf)

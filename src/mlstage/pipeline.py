@@ -12,7 +12,6 @@ Prefect.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -191,7 +190,7 @@ def preprocess(ws: Workspace, resolved: Resolved, *, stage_here: bool = False) -
             staged = _stage_output(ws, artifact, out) if stage_here else None
         if not raw.hit:  # staged for the recipe alone: no lasting raw copy (see _drop_raw)
             _drop_raw(ws, raw.fingerprint)
-    digest = hashlib.sha256(artifact.manifest.to_json().encode()).hexdigest()
+    digest = artifact.manifest.sha256()
     ws.state.record_artifact(
         artifact.artifact_id,
         resolved.version_id,

@@ -206,7 +206,7 @@ class FolderSharedTier:
             shutil.copytree(data_dir, tmp / "data", symlinks=True)
             manifest = manifest_of_dir(tmp / "data", source=str(final / "data"))
             (tmp / "artifact.json").write_text(json.dumps(info, indent=2, sort_keys=True))
-            (tmp / "manifest.json").write_text(manifest.to_json())
+            manifest.save(tmp / "manifest.json")  # a line at a time
             try:
                 os.rename(tmp, final)
             except OSError as exc:

@@ -178,3 +178,10 @@ def test_staging_an_artifact_confirms_its_listed_digests() -> None:
     assert digests.first_missing() == 1 and digests[0] == _sha(0)[7:]
     with pytest.raises(CacheError, match="entry 1 arrived with sha256"):
         digests.set(1, _sha(2)[7:])
+
+
+def test_sha256_is_that_of_the_json_text() -> None:
+    import hashlib
+
+    m = Manifest(source="/s", entries=[entry(f"d/é{i}", checksum=_sha(i)) for i in range(50)])
+    assert m.sha256() == hashlib.sha256(m.to_json().encode()).hexdigest()
