@@ -18,14 +18,6 @@ DOCS = REPO / "docs"
 README = REPO / "README.md"
 
 # Written by `make bench`; the README and docs/benchmarks.md show and link them.
-MADE_BY_BENCH = {
-    "bench/results/report.md",
-    "bench/results/stage_s3.png",
-    "bench/results/scale.png",
-    "bench/results/scale.json",
-    "bench/results/sweep.png",
-    "bench/results/cache_lookup.png",
-}
 # [text](target) and ![alt](target); the target up to a space, a closing parenthesis or '#'
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s#]*)(?:#[^)\s]*)?(?:\s[^)]*)?\)")
 
@@ -86,8 +78,7 @@ def test_every_relative_link_points_to_a_file(page: Path) -> None:
         if not target or re.match(r"[a-z][a-z0-9+.-]*:", target):  # an anchor, a URL
             continue
         path = (page.parent / target).resolve()
-        where = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
-        if not path.exists() and where not in MADE_BY_BENCH:
+        if not path.exists():
             broken.append(target)
     assert not broken, f"{page.relative_to(REPO)} links to missing files: {broken}"
 
