@@ -132,6 +132,9 @@ def _signal_when_stuck(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a suite started in the background (no job control) passes
+        # SIGINT on ignored, and a process that starts with it ignored rightly keeps ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         wait_until(stuck, timeout=60, what=f"the stage to be stuck in {where}")
