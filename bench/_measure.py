@@ -3,14 +3,16 @@ and the machine it ran on."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -84,3 +86,16 @@ def filesystem(path: Path) -> str:
     except OSError:
         return "unknown"
     return best[1] or "unknown"
+
+
+def emit(
+    result: dict[str, Any], out: str | None, chart: Callable[[dict[str, Any], Path], None]
+) -> None:
+    """Print ``result`` as JSON; with ``out``, also write it there and its chart beside it."""
+    text = json.dumps(result, indent=2)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        chart(result, path.with_suffix(".png"))
+    print(text)

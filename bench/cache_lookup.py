@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._measure import machine
+from bench._measure import emit, machine
 from mlstage.cache import LocalCache
 from mlstage.cache.index import ObjectRow
 from mlstage.cache.objects import source_key
@@ -335,13 +335,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             "flat_within_1_2x": flat <= 1.2,
         }
-    text = json.dumps(results, indent=2)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
-        chart(results, out.with_suffix(".png"))
-    print(text)
+    emit(results, args.out, chart)
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

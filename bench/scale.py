@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._measure import Timed, filesystem, machine, run
+from bench._measure import Timed, emit, filesystem, machine, run
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -271,11 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(base, ignore_errors=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    chart(result, out.with_suffix(".png"))
-    print(json.dumps(result, indent=2))
+    emit(result, args.out, chart)
 
 
 if __name__ == "__main__":

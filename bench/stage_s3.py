@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -52,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench._measure import filesystem, machine
+from bench._measure import emit, filesystem, machine
 from mlstage.settings import Settings
 from mlstage.testing.faults import Fault, fault_proxy
 from mlstage.testing.s3 import CREDENTIALS, moto_server
@@ -565,13 +564,7 @@ def main(argv: list[str] | None = None) -> None:
             result["proxy_requests"] = sum(proxy.counts().values())
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
-        chart(result, out.with_suffix(".png"))
-    print(text)
+    emit(result, args.out, chart)
 
 
 def _case_c(

@@ -44,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench._measure import machine
+from bench._measure import emit, machine
 from bench.stage_s3 import cpu_seconds
 from mlstage.specs import DatasetSpec, ModelSpec, RecipeSpec, SweepSpec
 from mlstage.testing.faults import fault_proxy
@@ -776,13 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_overhead_vs_staging": 0.05,
         "details": results,
     }
-    text = json.dumps(out, indent=2)
-    if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-        chart(out, path.with_suffix(".png"))
-    print(text)
+    emit(out, args.out, chart)
     return 0
 
 
