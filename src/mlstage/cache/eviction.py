@@ -246,6 +246,7 @@ class Eviction:
             for item in os.scandir(self.files.root / "tmp"):
                 if item.name.startswith("scratch-"):
                     report.stray_dirs_removed += remove_abandoned_scratch(Path(item.path))
+                    continue
                 if not item.name.startswith("xfer-"):
                     continue
                 with self._stage_lock(item.name.removeprefix("xfer-")) as free:

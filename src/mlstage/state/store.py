@@ -118,8 +118,12 @@ class Origins:
     @property
     def words(self) -> str:
         """The origins in words, largest first: ``shared tier``, ``cache + shared tier``..."""
-        parts = [(self.recipe, RECIPE), (self.shared, SHARED), (self.source, SOURCE)]
-        parts.append((self.cache, CACHE))
+        parts = [
+            (self.recipe, RECIPE),
+            (self.shared, SHARED),
+            (self.source, SOURCE),
+            (self.cache, CACHE),
+        ]
         named = [name for n, name in sorted(parts, key=lambda p: -p[0]) if n > 0]
         return " + ".join(named) or CACHE
 
